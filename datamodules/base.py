@@ -1,0 +1,205 @@
+"""The shared base of every datamodule: several datasets, each observing some modalities, paired through pivots.
+
+Pairing is configuration. Each dataset lists the modalities it observes in training; a flow ``p->q->r`` on a dataset
+asks to retrieve r from p there, through the pivot q. The retrieved modality may be hidden in that dataset's
+training split: it exists only in the dataset's val/test splits, for scoring.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from brokenbind.backbones import ModalityInfo
+from brokenbind.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset: the modalities it observes during training."""
+
+    modalities: list[str]
+
+
+@dataclass
+class Flow:
+    """A modality flow ``query->pivot->target`` evaluated on ``dataset`` (BrokenBind §4.1)."""
+
+    dataset: str
+    flow: str
+
+    @property
+    def modalities(self) -> tuple[str, str, str]:
+        parts = tuple(p.strip() for p in self.flow.split("->"))
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError(f"flow {self.flow!r} must read 'query->pivot->target', e.g. 'fou->pix->zer'")
+        return parts
+
+    @property
+    def name(self) -> str:
+        query, _, target = self.modalities
+        return f"{query}->{target}"
+
+
+class TensorDictDataset(Dataset):
+    """In-memory instances: ``{"x": {modality: tensor}, "index": global instance id, "label": class}``."""
+
+    def __init__(self, features: dict[str, Tensor], index: Tensor, label: Tensor):
+        self.features, self.index, self.label = features, index, label
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": {m: f[i] for m, f in self.features.items()}, "index": self.index[i], "label": self.label[i]}
+
+
+class PairedDataModule(LightningDataModule, ABC):
+    """Base of all datamodules. Subclasses name their ``available_modalities`` and implement ``load_split``.
+
+    Training batches come from every dataset at once: a ``CombinedLoader`` over one loader per dataset, each with the
+    same ``batch_size`` (MOX's X-mod needs equal per-dataset batches) and ``drop_last``. ``sampling`` says what an
+    epoch is: ``min_size`` ends it when the smallest dataset is exhausted (no sample repeats within an epoch),
+    ``max_size_cycle`` runs to the largest and cycles the others (smaller datasets are seen more often).
+    Validation and test loaders cover every dataset that a flow evaluates on, in the order of ``eval_datasets``.
+    """
+
+    available_modalities: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        datasets: dict[str, DatasetSpec],
+        pivot: str | list[str],
+        flows: list[Flow],
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+        sampling: Literal["min_size", "max_size_cycle"] = "min_size",
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.datasets = {
+            name: spec if isinstance(spec, DatasetSpec) else DatasetSpec(**spec) for name, spec in datasets.items()
+        }
+        self.pivots = [pivot] if isinstance(pivot, str) else list(pivot)
+        self.flows = [f if isinstance(f, Flow) else Flow(**f) for f in flows]
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError("batch sizes must be positive")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.sampling, self.num_workers = sampling, num_workers
+        self.validate()
+        self.splits: dict[str, dict[str, TensorDictDataset]] = {}
+
+    # -- pairing ---------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Reject configurations that cannot bind: unknown modalities, pivots that link nothing, unscoreable flows."""
+        if not self.datasets:
+            raise ConfigError("no datasets configured")
+        known = set(self.available_modalities)
+        for name, spec in self.datasets.items():
+            if not spec.modalities:
+                raise ConfigError(f"dataset {name!r} observes no modality")
+            unknown = set(spec.modalities) - known
+            if unknown:
+                raise ConfigError(f"dataset {name!r}: unknown modalities {sorted(unknown)}; available: {sorted(known)}")
+        for pivot in self.pivots:
+            holders = [name for name, spec in self.datasets.items() if pivot in spec.modalities]
+            if len(holders) < 2:
+                raise ConfigError(
+                    f"pivot {pivot!r} must be observed by every dataset it links (at least two); observed by {holders}"
+                )
+        if not self.flows:
+            raise ConfigError("no evaluation flow configured")
+        trained = self.trained_modalities()
+        for flow in self.flows:
+            query, pivot, target = flow.modalities
+            if flow.dataset not in self.datasets:
+                raise ConfigError(f"flow {flow.flow!r}: unknown dataset {flow.dataset!r}; have {sorted(self.datasets)}")
+            if pivot not in self.pivots:
+                raise ConfigError(f"flow {flow.flow!r}: {pivot!r} is not a configured pivot {self.pivots}")
+            for m in (query, target):
+                if m not in known:
+                    raise ConfigError(
+                        f"flow {flow.flow!r}: modality {m!r} does not exist in the evaluation split of "
+                        f"{flow.dataset!r}; available: {sorted(known)}"
+                    )
+                if m not in trained:
+                    raise ConfigError(f"flow {flow.flow!r}: modality {m!r} is observed by no training dataset")
+
+    def trained_modalities(self) -> set[str]:
+        return {m for spec in self.datasets.values() for m in spec.modalities}
+
+    def observed_together(self, first: str, second: str) -> bool:
+        """Whether some training dataset observes both modalities (else their binding is emergent)."""
+        return any({first, second} <= set(spec.modalities) for spec in self.datasets.values())
+
+    @property
+    def eval_datasets(self) -> list[str]:
+        return sorted({flow.dataset for flow in self.flows})
+
+    def split_modalities(self, dataset: str, split: str) -> list[str]:
+        """Training sees only observed modalities; val/test add the flows' query and target modalities, for scoring."""
+        mods = set(self.datasets[dataset].modalities)
+        if split != "train":
+            mods |= {m for flow in self.flows if flow.dataset == dataset for m in flow.modalities}
+        return sorted(mods)
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
+        """The instances of one dataset split, carrying exactly ``modalities``."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self.splits = {
+            name: {split: self.load_split(name, split, self.split_modalities(name, split)) for split in SPLITS}
+            for name in self.datasets
+        }
+        for name, splits in self.splits.items():
+            if len(splits["train"]) < self.batch_size:
+                raise ConfigError(
+                    f"dataset {name!r} has {len(splits['train'])} training instances, fewer than batch_size "
+                    f"{self.batch_size}: with drop_last it would yield no batch"
+                )
+
+    def modality_info(self) -> dict[str, ModalityInfo]:
+        """Input shape and training inputs of every modality, for building backbones."""
+        self.setup()
+        info = {}
+        for m in sorted(self.trained_modalities()):
+            inputs = torch.cat([s["train"].features[m] for s in self.splits.values() if m in s["train"].features])
+            info[m] = ModalityInfo(shape=tuple(inputs.shape[1:]), train_inputs=inputs)
+        return info
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {
+            name: DataLoader(
+                splits["train"],
+                batch_size=self.batch_size,
+                shuffle=True,
+                drop_last=True,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+            for name, splits in self.splits.items()
+        }
+        return CombinedLoader(loaders, mode=self.sampling)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [
+            DataLoader(self.splits[name][split], batch_size=self.eval_batch_size, num_workers=self.num_workers)
+            for name in self.eval_datasets
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")

@@ -1,0 +1,139 @@
+"""Emergent binding: retrieval along every configured modality flow on the full val/test split of its dataset."""
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from brokenbind.metrics.retrieval import retrieval_metrics
+from brokenbind.results import ResultRow, format_table, write_csv
+
+
+class EmergentBinding(Callback):
+    """For each flow p→q→r on dataset D, retrieves r from p over D's whole split and logs
+    ``<stage>/mAP/<D>/<p>-><r>`` (instance-level: the paired item is the one relevant item),
+    ``<stage>/mAP_class/...`` (same label is relevant), ``<stage>/R@k/...``, and ``<stage>/mAP``, the mean instance
+    mAP over flows, which checkpoint selection monitors.
+
+    Embeddings from every rank are gathered and deduplicated by instance id (DistributedSampler pads with repeats), so
+    every query is scored against the full gallery. At the end of fit and of test it prints the results table and
+    appends the rows to ``results.csv`` in the run directory.
+    """
+
+    def __init__(self, chunk_size: int = 1024, ks: tuple[int, ...] = (1, 5, 10)):
+        self.chunk_size, self.ks = chunk_size, tuple(ks)
+        self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self.rows: dict[str, list[ResultRow]] = {}
+
+    # -- collect ---------------------------------------------------------------------------------------------------
+    def _collect(self, outputs: dict[str, Any], dataloader_idx: int) -> None:
+        self._outputs[dataloader_idx].append(
+            {
+                "embeddings": {m: e.detach().float() for m, e in outputs["embeddings"].items()},
+                "index": outputs["index"],
+                "label": outputs["label"],
+            }
+        )
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._outputs.clear()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(outputs, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(outputs, dataloader_idx)
+
+    def _gather(self, pl_module: LightningModule, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """One split's embeddings, ids and labels from all ranks, each instance once, ordered by instance id."""
+        local = {
+            "index": torch.cat([b["index"] for b in batches]),
+            "label": torch.cat([b["label"] for b in batches]),
+            **{m: torch.cat([b["embeddings"][m] for b in batches]) for m in batches[0]["embeddings"]},
+        }
+        if pl_module.trainer.world_size > 1:
+            local = {k: pl_module.all_gather(v).flatten(0, 1) for k, v in local.items()}
+        order = torch.argsort(local["index"], stable=True)
+        ids = local["index"][order]
+        first = torch.ones_like(ids, dtype=torch.bool)
+        first[1:] = ids[1:] != ids[:-1]
+        return {k: v[order][first] for k, v in local.items()}
+
+    # -- score -----------------------------------------------------------------------------------------------------
+    def _score(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        rows = []
+        for idx, dataset in enumerate(dm.eval_datasets):
+            data = self._gather(pl_module, self._outputs[idx])
+            for flow in (f for f in dm.flows if f.dataset == dataset):
+                query, _, target = flow.modalities
+                metrics = retrieval_metrics(
+                    data[query], data[target], data["index"], data["index"], data["label"], data["label"],
+                    ks=self.ks, chunk_size=self.chunk_size,
+                )  # fmt: skip
+                for name, value in metrics.items():
+                    pl_module.log(f"{stage}/{name}/{dataset}/{flow.name}", value, sync_dist=False)
+                rows.append(self._row(trainer, pl_module, stage, flow, metrics))
+        # the mean instance mAP over flows is what checkpoint selection monitors
+        pl_module.log(f"{stage}/mAP", sum(r.map_instance for r in rows) / len(rows), sync_dist=False)
+        self.rows[stage] = rows
+        self._outputs.clear()
+
+    def _row(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, flow, metrics: dict[str, float]
+    ) -> ResultRow:
+        dm = trainer.datamodule
+        query, _, target = flow.modalities
+        supports = [n for n, s in dm.datasets.items() if target in s.modalities and n != flow.dataset]
+        return ResultRow(
+            experiment=trainer.logger.name if trainer.logger else "",
+            method=pl_module.method.name,
+            seed=os.environ.get("PL_GLOBAL_SEED", ""),
+            stage=stage,
+            weights=Path(trainer.ckpt_path).name
+            if stage == "test" and trainer.ckpt_path
+            else f"epoch {trainer.current_epoch}",
+            dataset_flow=f"{'+'.join(supports) or flow.dataset}→{flow.dataset}",
+            dataset=flow.dataset,
+            flow=flow.flow,
+            emergent=not dm.observed_together(query, target),
+            map_instance=metrics["mAP"],
+            map_class=metrics.get("mAP_class", float("nan")),
+            r1=metrics.get("R@1", float("nan")),
+            r5=metrics.get("R@5", float("nan")),
+            r10=metrics.get("R@10", float("nan")),
+        )
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:  # a couple of batches, not the whole split: no score
+            self._outputs.clear()
+            return
+        self._score(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._score(trainer, pl_module, "test")
+
+    # -- report ----------------------------------------------------------------------------------------------------
+    @rank_zero_only
+    def _report(self, trainer: Trainer, stage: str) -> None:
+        rows = self.rows.get(stage)
+        if not rows:
+            return
+        rank_zero_info(f"\n{stage} retrieval ({rows[0].weights}):\n{format_table(rows)}")
+        if trainer.log_dir is not None:
+            run_dir = Path(trainer.log_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_csv(run_dir / "results.csv", rows)
+            rank_zero_info(f"results: {run_dir / 'results.csv'}\nrun directory: {run_dir}")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, "test")

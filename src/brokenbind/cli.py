@@ -1,0 +1,66 @@
+"""``brokenbind``: the Lightning CLI (fit / validate / test / predict) over BindingModule and any PairedDataModule.
+
+Shared defaults come from ``brokenbind/configs/defaults.yaml``; an experiment YAML holds only what differs. Unknown
+keys are errors (jsonargparse). The run is named after the experiment file (``--experiment`` overrides), so
+``brokenbind fit --config experiments/two_dataset.yaml`` writes TensorBoard logs, checkpoints, the resolved config and
+``results.csv`` into ``logs/two_dataset/version_N``.
+"""
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from brokenbind.errors import ConfigError, DataError
+from brokenbind.module import BindingModule
+from datamodules.base import PairedDataModule
+
+DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
+
+
+class BrokenBindCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=str | None, default=None, help="run name (default: config file stem)")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint when training ends"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        configs = config.get("config") or []
+        name = config.experiment or (Path(str(configs[-1])).stem if configs else "default")
+        config.experiment = name
+        logger = config.trainer.logger
+        if logger and getattr(logger, "init_args", None) is not None and "name" in logger.init_args:
+            logger.init_args.name = name
+
+    def after_fit(self) -> None:
+        if not self.config.fit.test_after_fit or self.trainer.interrupted:
+            return
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        rank_zero_info(f"testing {'checkpoint ' + best if best else 'the final weights (no checkpoint was saved)'}")
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def main(args: list[str] | None = None) -> BrokenBindCLI | None:
+    try:
+        return BrokenBindCLI(
+            BindingModule,
+            PairedDataModule,
+            subclass_mode_data=True,
+            parser_kwargs={
+                command: {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf"}
+                for command in ("fit", "validate", "test", "predict")
+            },
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
+            args=args,
+        )
+    except (ConfigError, DataError) as error:
+        print(f"brokenbind: {type(error).__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure tensor loss functions: each equation of method.md lives in the file named after it."""

@@ -1,0 +1,44 @@
+"""Modality extrapolation (MOX, BrokenBind Eqs. 5-9): pseudo embeddings of a modality a dataset lacks.
+
+Row convention (method.md §2.4): F is B×d, one row per sample. For a dataset D1 lacking c and a dataset D2 holding
+the pivot b and c:
+    X-data (Eq. 8):  F~c1 = F_b1 (F_b2)^+ F_c2   any B1, B2: each D1 pivot row written in D2's pivot rows
+    X-mod  (Eq. 7):  F~c1 = F_c2 (F_b2)^+ F_b1   needs B1 == B2: it pairs rows of two unpaired batches
+    R_Fro  (Eq. 9):  ||X-mod − X-data||²_F       squared, unnormalised, as written
+The pseudo-inverse is of the *detached* pivot embeddings and is recomputed every batch (Algorithm 1, line 4).
+"""
+
+import torch
+from torch import Tensor
+
+
+def pivot_pinv(pivot: Tensor, ridge: float = 0.0) -> Tensor:
+    """(F)^+ (d×B) of detached pivot embeddings, in fp32.
+
+    ``ridge`` = 0 is the paper's Moore-Penrose inverse; ridge > 0 gives Fᵀ(F Fᵀ + ridge·I)⁻¹, which stays bounded when
+    F is ill-conditioned (batch close to the embedding dimension, duplicated rows).
+    """
+    f = pivot.detach().float()
+    if ridge == 0.0:
+        return torch.linalg.pinv(f)
+    gram = f @ f.T + ridge * torch.eye(len(f), device=f.device)
+    return torch.linalg.solve(gram, f).T
+
+
+def x_data(own_pivot: Tensor, other_pivot_pinv: Tensor, other_target: Tensor) -> Tensor:
+    """Eq. 8: F_b1 (F_b2)^+ F_c2, B1×d; the contrastive part of MOX uses these (Algorithm 1, step 5)."""
+    return own_pivot.float() @ other_pivot_pinv @ other_target.float()
+
+
+def x_mod(own_pivot: Tensor, other_pivot_pinv: Tensor, other_target: Tensor) -> Tensor:
+    """Eq. 7: F_c2 (F_b2)^+ F_b1, B1×d; literal row form, so both datasets must contribute equally many rows."""
+    if len(own_pivot) != len(other_target):
+        raise ValueError(
+            f"X-mod (Eq. 7) needs equal per-dataset batch sizes, got {len(own_pivot)} and {len(other_target)}"
+        )
+    return other_target.float() @ other_pivot_pinv @ own_pivot.float()
+
+
+def frobenius(x_mod_embeddings: Tensor, x_data_embeddings: Tensor) -> Tensor:
+    """Eq. 9: R_Fro = ||X-mod − X-data||²_F (squared Frobenius norm, not normalised by B or d)."""
+    return (x_mod_embeddings - x_data_embeddings).pow(2).sum()

@@ -1,0 +1,145 @@
+"""Retrieval metrics on similarity matrices: average precision and recall@k, plus a chunked evaluator."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def _check_pair(scores: Tensor, relevant: Tensor) -> None:
+    if scores.ndim != 2 or scores.shape != relevant.shape:
+        raise ValueError(
+            f"scores and relevant must both be (Q, G); got {tuple(scores.shape)} and {tuple(relevant.shape)}"
+        )
+    if relevant.dtype != torch.bool:
+        raise ValueError(f"relevant must be a bool tensor, got {relevant.dtype}")
+
+
+def average_precision(scores: Tensor, relevant: Tensor) -> Tensor:
+    """Average precision per query, equal to scikit-learn's ``average_precision_score`` row by row.
+
+    Args:
+        scores: (Q, G) score of each gallery item for each query; higher ranks first. Any sign.
+        relevant: (Q, G) bool, True where the gallery item is relevant to the query.
+
+    Returns:
+        (Q,) float64. Exactly equal scores form one threshold, as in scikit-learn. Rows without a relevant
+        item are NaN; callers skip them (e.g. with ``torch.nanmean``).
+    """
+    _check_pair(scores, relevant)
+    n = scores.shape[1]
+    sorted_scores, order = scores.sort(dim=1, descending=True)
+    rel = relevant.gather(1, order).to(torch.float64)
+    # float64 cumsum keeps hit counts exact for any realistic gallery size.
+    hits = rel.cumsum(dim=1)
+    pos = torch.arange(n, device=scores.device)
+    # A position closes its tie group when the next score differs, or the row ends.
+    closes = torch.ones_like(relevant)
+    closes[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    # Each position's group end is the nearest closing position at or after it: a running min from the right.
+    group_end = torch.where(closes, pos, n).flip(1).cummin(dim=1).values.flip(1)
+    # scikit-learn scores a tie group as one threshold: each of its items gets the precision at the group end.
+    precision = hits.gather(1, group_end) / (group_end + 1).to(torch.float64)
+    # With no relevant item this is 0 / 0 = NaN, the documented marker for "skip this row".
+    return (rel * precision).sum(dim=1) / rel.sum(dim=1)
+
+
+def recall_at_k(scores: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """Per-query hit indicator for each k: 1.0 if a relevant item ranks within the top k, else 0.0.
+
+    Ties are broken pessimistically: an item tied with irrelevant items ranks behind all of them, so the
+    metric never depends on sort order and never credits a coin flip. The query's rank is that of its
+    best-ranked relevant item, i.e. the number of irrelevant items scoring >= the highest relevant score;
+    relevant items tied with it do not push it down, since whichever of them comes first is a hit.
+
+    Args:
+        scores: (Q, G) score of each gallery item for each query; higher ranks first.
+        relevant: (Q, G) bool relevance.
+        ks: cut-offs, each >= 1.
+
+    Returns:
+        ``{k: (Q,) float64}``; rows without a relevant item are NaN.
+    """
+    _check_pair(scores, relevant)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1, got {list(ks)}")
+    best = scores.masked_fill(~relevant, float("-inf")).amax(dim=1, keepdim=True)
+    rank = ((scores >= best) & ~relevant).sum(dim=1)
+    has_relevant = relevant.any(dim=1)
+    return {k: (rank < k).to(torch.float64).masked_fill(~has_relevant, float("nan")) for k in ks}
+
+
+def retrieval_metrics(
+    query: Tensor,
+    gallery: Tensor,
+    query_ids: Tensor,
+    gallery_ids: Tensor,
+    query_labels: Tensor | None = None,
+    gallery_labels: Tensor | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Instance-level (and optionally class-level) retrieval metrics of queries against a gallery.
+
+    Similarity is the fp32 dot product, so the caller must pass L2-normalised embeddings for cosine; nothing
+    is renormalised here. Queries are processed ``chunk_size`` rows at a time, so memory is
+    O(chunk_size x G); per-query values are pooled before averaging, so chunking does not change the means.
+    (BLAS may round a similarity differently by a few ulps for different chunk shapes, which can only matter
+    for near-ties below fp32 resolution.)
+
+    Args:
+        query: (Q, d) query embeddings.
+        gallery: (G, d) gallery embeddings.
+        query_ids: (Q,) int64 instance ids; gallery item g is relevant to query q iff the ids match.
+        gallery_ids: (G,) int64 instance ids.
+        query_labels: (Q,) class labels, for class-level mAP. Give both label tensors or neither.
+        gallery_labels: (G,) class labels.
+        ks: cut-offs for recall@k.
+        chunk_size: query rows per similarity block.
+
+    Returns:
+        ``"mAP"`` and ``"R@k"`` for each k (instance level), plus ``"mAP_class"`` when labels are given. Each
+        is a mean over the queries with at least one relevant item (NaN if there are none).
+    """
+    if (query_labels is None) != (gallery_labels is None):
+        raise ValueError("pass both query_labels and gallery_labels, or neither")
+    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
+        shapes = f"{tuple(query.shape)} and {tuple(gallery.shape)}"
+        raise ValueError(f"need (Q, d) query and (G, d) gallery embeddings, got {shapes}")
+    if query_ids.shape != query.shape[:1] or gallery_ids.shape != gallery.shape[:1]:
+        raise ValueError("query_ids and gallery_ids must be 1-D with one id per embedding row")
+    if query.shape[0] == 0:
+        raise ValueError("need at least one query")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    device = query.device
+    gallery_t = gallery.float().T
+    # Ids and labels often stay on the CPU while embeddings sit on the GPU.
+    query_ids, gallery_ids = query_ids.to(device), gallery_ids.to(device)
+    with_labels = query_labels is not None and gallery_labels is not None
+    if with_labels:
+        query_labels, gallery_labels = query_labels.to(device), gallery_labels.to(device)
+
+    ap: list[Tensor] = []
+    ap_class: list[Tensor] = []
+    hits: dict[int, list[Tensor]] = {k: [] for k in ks}
+    for start in range(0, query.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        scores = query[rows].float() @ gallery_t
+        relevant = query_ids[rows, None] == gallery_ids[None, :]
+        ap.append(average_precision(scores, relevant))
+        for k, hit in recall_at_k(scores, relevant, ks).items():
+            hits[k].append(hit)
+        if with_labels:
+            ap_class.append(average_precision(scores, query_labels[rows, None] == gallery_labels[None, :]))
+
+    # Pool every query before averaging: a mean of chunk means would weight chunks, not queries.
+    def pooled_mean(parts: list[Tensor]) -> float:
+        return torch.cat(parts).nanmean().item()
+
+    out = {"mAP": pooled_mean(ap)}
+    out.update({f"R@{k}": pooled_mean(parts) for k, parts in hits.items()})
+    if with_labels:
+        out["mAP_class"] = pooled_mean(ap_class)
+    return out

@@ -1,0 +1,56 @@
+"""Results on disk and on screen: one row per (experiment, method, seed, stage, dataset, flow)."""
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    experiment: str
+    method: str
+    seed: str
+    stage: str
+    weights: str  # what was scored: the epoch just validated, or the checkpoint file tested
+    dataset_flow: str  # support datasets (where the target is observed) → evaluation dataset
+    dataset: str
+    flow: str  # query->pivot->target
+    emergent: bool  # query and target never observed together in one training dataset
+    map_instance: float
+    map_class: float
+    r1: float
+    r5: float
+    r10: float
+
+
+def write_csv(path: Path, rows: list[ResultRow]) -> None:
+    """Append rows to ``path``, writing the header when the file is new."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(ResultRow)])
+        if new:
+            writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)
+
+
+def format_table(rows: list[ResultRow]) -> str:
+    """The paper's layout: a row per method, a column per dataset flow × modality flow; cells are
+    instance / class mAP in %, emergent flows marked with *."""
+    columns = list(dict.fromkeys((r.dataset_flow, r.flow + ("*" if r.emergent else "")) for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    cell = {(r.method, r.dataset_flow, r.flow + ("*" if r.emergent else "")): r for r in rows}
+    header = ["method", *(f"{df} {mf}" for df, mf in columns)]
+    body = [
+        [
+            m,
+            *(
+                f"{100 * c.map_instance:.1f} / {100 * c.map_class:.1f}" if (c := cell.get((m, *col))) else "-"
+                for col in columns
+            ),
+        ]
+        for m in methods
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\nmAP in % (instance / class); * = emergent: query and target never observed together"

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+
+from brokenbind.errors import ConfigError
+from datamodules.mfeat import NUM_CLASSES, load_mfeat
+
+from .conftest import TWO_DATASETS, make_mfeat
+
+
+def test_mfeat_views_are_aligned_and_complete():
+    views, labels = load_mfeat()
+    assert {k: v.shape for k, v in views.items()} == {
+        "fou": (2000, 76), "fac": (2000, 216), "kar": (2000, 64), "pix": (2000, 240), "zer": (2000, 47), "mor": (2000, 6),
+    }  # fmt: skip
+    assert np.bincount(labels).tolist() == [200] * NUM_CLASSES
+
+
+def test_splits_are_disjoint_and_cover_every_instance(mfeat):
+    ids = [split.index for splits in mfeat.splits.values() for split in splits.values()]
+    everything = torch.cat(ids)
+    assert len(everything) == 2000
+    assert len(torch.unique(everything)) == 2000
+
+
+def test_split_sizes_follow_fractions(mfeat):
+    sizes = {name: {s: len(d) for s, d in splits.items()} for name, splits in mfeat.splits.items()}
+    assert sizes == {n: {"train": 600, "val": 200, "test": 200} for n in ("support", "evaluation")}
+
+
+def test_class_prior_shift():
+    def share_of_low_digits(dm):
+        labels = torch.cat([d.label for d in dm.splits["support"].values()])
+        return (labels < 5).float().mean().item()
+
+    shifted, uniform, disjoint = make_mfeat(class_shift=0.5), make_mfeat(class_shift=0.0), make_mfeat(class_shift=1.0)
+    for dm in (shifted, uniform, disjoint):
+        dm.setup()
+    assert share_of_low_digits(shifted) == pytest.approx(0.75)
+    assert share_of_low_digits(uniform) == pytest.approx(0.5)
+    assert share_of_low_digits(disjoint) == 1.0
+
+
+def test_hidden_target_only_in_evaluation_splits(mfeat):
+    assert sorted(mfeat.splits["evaluation"]["train"].features) == ["fou", "pix"]
+    assert sorted(mfeat.splits["evaluation"]["test"].features) == ["fou", "pix", "zer"]
+    assert sorted(mfeat.splits["support"]["train"].features) == ["pix", "zer"]
+    assert not mfeat.observed_together("fou", "zer")
+    assert mfeat.observed_together("pix", "zer")
+
+
+def test_split_depends_only_on_split_seed():
+    a, b, c = make_mfeat(), make_mfeat(), make_mfeat(split_seed=1)
+    np.random.seed(1)
+    first = a.assignment()["support"]["train"]
+    np.random.seed(2)  # the global RNG (seed_everything) must not move the split
+    assert np.array_equal(first, b.assignment()["support"]["train"])
+    assert not np.array_equal(a.assignment()["support"]["train"], c.assignment()["support"]["train"])
+
+
+def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat):
+    loader = mfeat.train_dataloader()
+    batches = list(iter(loader))
+    assert len(batches) == 600 // 32  # min_size with drop_last: the remainder is dropped
+    for batch, _, _ in batches:
+        assert sorted(batch) == ["evaluation", "support"]
+        assert {len(b["index"]) for b in batch.values()} == {32}
+        assert sorted(batch["evaluation"]["x"]) == ["fou", "pix"]
+        assert batch["support"]["x"]["zer"].dtype == torch.float32
+
+
+def test_max_size_cycle_is_an_explicit_policy():
+    dm = make_mfeat(sampling="max_size_cycle")
+    dm.setup()
+    assert dm.train_dataloader()._mode == "max_size_cycle"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pivot": "fou"}, "pivot 'fou' must be observed by every dataset it links"),
+        ({"datasets": {**TWO_DATASETS, "support": {"modalities": ["pix", "xyz"]}}}, "unknown modalities ['xyz']"),
+        ({"datasets": {**TWO_DATASETS, "support": {"modalities": []}}}, "observes no modality"),
+        ({"flows": [{"dataset": "nowhere", "flow": "fou->pix->zer"}]}, "unknown dataset 'nowhere'"),
+        ({"flows": [{"dataset": "evaluation", "flow": "fou->zer"}]}, "must read 'query->pivot->target'"),
+        ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->abc"}]}, "modality 'abc' does not exist"),
+        ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->kar"}]}, "'kar' is observed by no training dataset"),
+        ({"flows": [{"dataset": "evaluation", "flow": "fou->zer->pix"}]}, "'zer' is not a configured pivot"),
+        ({"flows": []}, "no evaluation flow"),
+        ({"class_shift": 1.5}, "class_shift must lie in [0, 1]"),
+    ],
+)
+def test_pairing_validation_rejects_bad_configs(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        make_mfeat(**overrides)
+    assert message in str(error.value)
+
+
+def test_batch_larger_than_a_dataset_is_an_error():
+    dm = make_mfeat(batch_size=601)
+    with pytest.raises(ConfigError, match="fewer than batch_size 601"):
+        dm.setup()
+
+
+def test_modality_info_fits_on_training_inputs_only(mfeat):
+    info = mfeat.modality_info()
+    assert sorted(info) == ["fou", "pix", "zer"]
+    assert info["zer"].shape == (47,)
+    assert len(info["zer"].train_inputs) == 600  # zer is observed by the support dataset only
+    assert len(info["pix"].train_inputs) == 1200

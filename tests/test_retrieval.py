@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from brokenbind.metrics.retrieval import average_precision, recall_at_k, retrieval_metrics
+
+
+def _cosines(gen: torch.Generator, q: int, g: int, d: int = 8) -> torch.Tensor:
+    a = torch.nn.functional.normalize(torch.randn(q, d, generator=gen), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(g, d, generator=gen), dim=1)
+    return a @ b.T
+
+
+def _relevance(gen: torch.Generator, q: int, g: int) -> torch.Tensor:
+    rel = torch.rand(q, g, generator=gen) < 0.25
+    # Guarantee every row is scoreable and some rows have several relevant items.
+    rel[:, 0] = True
+    rel[::2, 1] = True
+    return rel
+
+
+def _assert_matches_sklearn(scores: torch.Tensor, rel: torch.Tensor) -> None:
+    ap = average_precision(scores, rel)
+    assert ap.dtype == torch.float64 and ap.shape == (scores.shape[0],)
+    for row in range(scores.shape[0]):
+        expected = average_precision_score(rel[row].numpy(), scores[row].numpy())
+        assert ap[row].item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_ap_matches_sklearn_on_random_cosines(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    scores = _cosines(gen, 12, 50)
+    assert (scores < 0).any()
+    _assert_matches_sklearn(scores, _relevance(gen, 12, 50))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("kind", ["one_decimal", "integer"])
+def test_ap_matches_sklearn_with_ties(seed: int, kind: str) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "one_decimal":
+        scores = torch.round(_cosines(gen, 12, 50), decimals=1)
+    else:
+        scores = torch.randint(-3, 4, (12, 50), generator=gen).float()
+    # Every row must really contain ties for this test to exercise them.
+    assert all(row.unique().numel() < row.numel() for row in scores)
+    _assert_matches_sklearn(scores, _relevance(gen, 12, 50))
+
+
+def test_constant_score_row_gives_positive_rate() -> None:
+    scores = torch.full((1, 8), -0.3)
+    rel = torch.tensor([[False, True, False, False, False, False, True, False]])
+    assert average_precision(scores, rel).item() == pytest.approx(0.25, abs=1e-12)
+    _assert_matches_sklearn(scores, rel)
+
+
+@pytest.mark.parametrize(
+    ("scores", "rel", "expected"),
+    [
+        ([0.5, 0.3, -0.1], [True, False, True], 0.8333333),
+        ([0.5, 0.5, 0.5, 0.1], [False, False, True, True], 0.4166667),
+    ],
+)
+def test_ap_golden_cases(scores: list[float], rel: list[bool], expected: float) -> None:
+    ap = average_precision(torch.tensor([scores]), torch.tensor([rel]))
+    assert ap.item() == pytest.approx(expected, abs=1e-7)
+
+
+def test_row_without_relevant_item_is_nan() -> None:
+    scores = torch.tensor([[0.5, 0.3, -0.1], [0.2, 0.9, 0.1]])
+    rel = torch.tensor([[True, False, True], [False, False, False]])
+    ap = average_precision(scores, rel)
+    assert ap[0].item() == pytest.approx(5 / 6, abs=1e-12)
+    assert math.isnan(ap[1].item())
+
+
+def test_recall_at_k_counts_ties_pessimistically() -> None:
+    scores = torch.tensor(
+        [
+            [0.9, 0.5, 0.5, 0.1],  # relevant item tied with an irrelevant one: ranked behind it (rank 2)
+            [0.3, 0.3, 0.3, 0.3],  # all tied: behind all three others (rank 3)
+            [-0.2, 0.4, 0.6, -0.5],  # best relevant item is the 0.4 one (rank 1)
+            [0.7, 0.7, 0.1, 0.0],  # two relevant items tied at the top: one of them comes first (rank 0)
+            [0.1, 0.2, 0.3, 0.4],  # no relevant item
+        ]
+    )
+    rel = torch.tensor(
+        [
+            [False, False, True, False],
+            [True, False, False, False],
+            [True, True, False, False],
+            [True, True, False, False],
+            [False, False, False, False],
+        ]
+    )
+    nan = float("nan")
+    expected = {
+        1: [0.0, 0.0, 0.0, 1.0, nan],
+        2: [0.0, 0.0, 1.0, 1.0, nan],
+        3: [1.0, 0.0, 1.0, 1.0, nan],
+        4: [1.0, 1.0, 1.0, 1.0, nan],
+    }
+    out = recall_at_k(scores, rel, (1, 2, 3, 4))
+    assert out.keys() == expected.keys()
+    for k, values in expected.items():
+        assert out[k].dtype == torch.float64
+        torch.testing.assert_close(out[k], torch.tensor(values, dtype=torch.float64), equal_nan=True)
+
+
+def _paired_setup() -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(7)
+    query = torch.nn.functional.normalize(torch.randn(10, 16, generator=gen), dim=1)
+    gallery = torch.nn.functional.normalize(torch.randn(12, 16, generator=gen), dim=1)
+    # Every query but 4 has exactly one paired gallery item (shuffled). Query 4 has none, so its row is NaN;
+    # it sits mid-chunk so that averaging chunk means instead of queries would change the result.
+    gallery_ids = torch.tensor([0, 1, 2, 3, 5, 6, 7, 8, 9, 100, 101, 102])
+    gallery_ids = gallery_ids[torch.randperm(12, generator=gen)]
+    query_ids = torch.arange(10)
+    query_labels = torch.randint(0, 3, (10,), generator=gen)
+    gallery_labels = torch.randint(0, 3, (12,), generator=gen)
+    return query, gallery, query_ids, gallery_ids, query_labels, gallery_labels
+
+
+def test_chunked_equals_unchunked_exactly() -> None:
+    args = _paired_setup()
+    chunked = retrieval_metrics(*args, ks=(1, 5, 10), chunk_size=3)
+    full = retrieval_metrics(*args, ks=(1, 5, 10), chunk_size=1024)
+    assert set(full) == {"mAP", "R@1", "R@5", "R@10", "mAP_class"}
+    assert all(isinstance(v, float) for v in full.values())
+    assert chunked == full
+
+
+def test_instance_map_is_mean_reciprocal_rank_and_skips_unpaired_query() -> None:
+    query, gallery, query_ids, gallery_ids, _, _ = _paired_setup()
+    sims = query @ gallery.T
+    assert all(row.unique().numel() == row.numel() for row in sims)  # no ties, so ranks are unambiguous
+    ranks = []
+    for q in [0, 1, 2, 3, 5, 6, 7, 8, 9]:
+        paired = (gallery_ids == query_ids[q]).nonzero().item()
+        ranks.append(int((sims[q] > sims[q, paired]).sum()))
+    out = retrieval_metrics(query, gallery, query_ids, gallery_ids, ks=(1, 2, 5), chunk_size=4)
+    assert set(out) == {"mAP", "R@1", "R@2", "R@5"}
+    assert out["mAP"] == pytest.approx(sum(1 / (r + 1) for r in ranks) / 9, abs=1e-12)
+    for k in (1, 2, 5):
+        assert out[f"R@{k}"] == pytest.approx(sum(r < k for r in ranks) / 9, abs=1e-12)
+
+
+def test_class_map_matches_sklearn_mean() -> None:
+    query, gallery, query_ids, gallery_ids, query_labels, gallery_labels = _paired_setup()
+    sims = (query @ gallery.T).numpy()
+    rel = (query_labels[:, None] == gallery_labels[None, :]).numpy()
+    scored = [q for q in range(10) if rel[q].any()]
+    expected = sum(average_precision_score(rel[q], sims[q]) for q in scored) / len(scored)
+    labels = (query_labels, gallery_labels)
+    out = retrieval_metrics(query, gallery, query_ids, gallery_ids, *labels, chunk_size=3)
+    assert out["mAP_class"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_similarity_is_plain_dot_product_without_renormalising() -> None:
+    # Cosine would rank gallery item 0 first; the dot product ranks the longer item 1 first.
+    query = torch.tensor([[1.0, 0.3]])
+    gallery = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+    out = retrieval_metrics(query, gallery, torch.tensor([5]), torch.tensor([5, 6]), ks=(1,))
+    assert out == {"mAP": 0.5, "R@1": 0.0}
+
+
+def test_labels_must_come_in_pairs() -> None:
+    query, gallery, query_ids, gallery_ids, query_labels, _ = _paired_setup()
+    with pytest.raises(ValueError, match="both"):
+        retrieval_metrics(query, gallery, query_ids, gallery_ids, query_labels=query_labels)
