@@ -43,7 +43,8 @@ class BrokenBindCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def main(args: list[str] | None = None) -> BrokenBindCLI | None:
+def cli(args: list[str] | None = None) -> BrokenBindCLI:
+    """Parse ``args`` (default: the command line), build everything and run the subcommand."""
     try:
         return BrokenBindCLI(
             BindingModule,
@@ -57,9 +58,24 @@ def main(args: list[str] | None = None) -> BrokenBindCLI | None:
             auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
             args=args,
         )
-    except (ConfigError, DataError) as error:
-        print(f"brokenbind: {type(error).__name__}: {error}", file=sys.stderr)
+    except Exception as error:
+        cause = _user_error(error)
+        if cause is None:
+            raise
+        print(f"brokenbind: {type(cause).__name__}: {cause}", file=sys.stderr)
         raise SystemExit(2) from error
+
+
+def _user_error(error: BaseException | None) -> ConfigError | DataError | None:
+    """The configuration or data error behind ``error``; jsonargparse wraps errors raised while instantiating."""
+    while error is not None and not isinstance(error, ConfigError | DataError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def main() -> None:
+    """Console entry point ``brokenbind``."""
+    cli()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from brokenbind.backbones import Backbone, ProjectionHead, build_backbone
+from brokenbind.backbones import Backbone, ModalityInfo, ProjectionHead, build_backbone
 from brokenbind.methods.base import BindingMethod
 
 
@@ -54,9 +54,11 @@ class BindingModule(LightningModule):
 
     # -- model -----------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.heads is not None:
-            return
-        info = self.trainer.datamodule.modality_info()
+        if self.heads is None:
+            self.build(self.trainer.datamodule.modality_info())
+
+    def build(self, info: dict[str, ModalityInfo]) -> None:
+        """Create one backbone and one head per modality the data provides."""
         unknown = set(self.backbone_names) - set(info)
         if unknown:
             raise ValueError(f"backbones configured for modalities no dataset observes: {sorted(unknown)}")

@@ -1,0 +1,68 @@
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from brokenbind.cli import cli as main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # logs/ is relative to the working directory
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method", ["BrokenBind", "FABind"])
+def test_every_experiment_runs_fast_dev_run(experiment, method):
+    cli = main(["fit", "--config", str(experiment), "--trainer.fast_dev_run=true", f"--model.method={method}"])
+    assert cli.trainer.state.finished
+    assert type(cli.model.method).__name__ == method
+
+
+def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_path):
+    config = ROOT / "experiments" / "two_dataset.yaml"
+    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--trainer.limit_train_batches=2"])
+    run = tmp_path / "logs" / "two_dataset" / "version_0"
+    assert Path(cli.trainer.log_dir).resolve() == run
+    assert (run / "config.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    with (run / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["stage"], r["dataset"], r["flow"], r["emergent"]) for r in rows] == [
+        ("val", "evaluation", "fou->pix->zer", "True"),
+        ("test", "evaluation", "fou->pix->zer", "True"),
+    ]
+    assert rows[0]["experiment"] == "two_dataset" and rows[0]["method"] == "brokenbind" and rows[0]["seed"] == "0"
+    assert rows[1]["weights"].startswith("epoch") and rows[1]["weights"].endswith(".ckpt")
+    assert 0 < float(rows[1]["map_instance"]) <= 1 and 0 < float(rows[1]["map_class"]) <= 1
+
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not [k for k in checkpoint["state_dict"] if k.startswith("backbones.")]
+
+    validated = main(["validate", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert validated.trainer.state.finished
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.init_args.pivot=fou"], "pivot 'fou' must be observed by every dataset it links"),
+        (["--data.init_args.batch_size=5000"], "fewer than batch_size 5000"),
+    ],
+)
+def test_bad_configs_exit_with_a_clear_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--trainer.fast_dev_run=true", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_keys_are_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--model.method.bogus=1"])
+    assert "bogus" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from torch import nn
+
+from brokenbind import backbones
+from brokenbind.backbones import Backbone, ModalityInfo
+from brokenbind.callbacks import EmergentBinding
+from brokenbind.methods import BrokenBind, FABind
+from brokenbind.module import BindingModule
+
+from .conftest import make_mfeat
+
+
+class NormDropBackbone(Backbone):
+    """A frozen backbone whose state would change if it ever ran in train mode (BatchNorm stats) or got gradients."""
+
+    def __init__(self, info: ModalityInfo):
+        super().__init__()
+        generator = torch.Generator().manual_seed(7)  # deterministic, so a fresh build is the reference
+        linear = nn.Linear(info.shape[0], 16)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.1)
+            linear.bias.zero_()
+        self.net = nn.Sequential(linear, nn.BatchNorm1d(16), nn.Dropout(0.5))
+        self.out_dim = 16
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture
+def bn_backbone(monkeypatch):
+    monkeypatch.setitem(backbones.BACKBONES, "normdrop", NormDropBackbone)
+    return "normdrop"
+
+
+def make_trainer(tmp_path, **kwargs) -> Trainer:
+    args = {
+        "default_root_dir": tmp_path, "max_epochs": 2, "limit_train_batches": 3, "logger": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [EmergentBinding()],
+    }  # fmt: skip
+    return Trainer(**{**args, **kwargs})
+
+
+def test_frozen_backbones_stay_bit_identical_in_eval_mode_and_out_of_checkpoints(tmp_path, bn_backbone):
+    seed_everything(0)
+    dm = make_mfeat()
+    model = BindingModule(BrokenBind(consistency_epochs=1), default_backbone=bn_backbone)
+    trainer = make_trainer(tmp_path)
+    trainer.fit(model, datamodule=dm)
+
+    reference = BindingModule(FABind(), default_backbone=bn_backbone)
+    reference.build(dm.modality_info())
+    expected = reference.backbones.state_dict()
+    after = model.backbones.state_dict()
+    assert after.keys() == expected.keys()
+    assert all(torch.equal(after[k], expected[k]) for k in expected), "a frozen backbone changed during fit"
+    assert all(not b.training for b in model.backbones.values())
+    assert all(not p.requires_grad for p in model.backbones.parameters())
+
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not [k for k in state if k.startswith("backbones.")]
+    assert sorted({k.split(".")[1] for k in state if k.startswith("heads.")}) == ["fou", "pix", "zer"]
+
+
+def test_training_step_gives_every_head_a_gradient_and_no_backbone(bn_backbone):
+    dm = make_mfeat()
+    dm.setup()
+    model = BindingModule(BrokenBind(consistency_epochs=0), default_backbone=bn_backbone)
+    model.build(dm.modality_info())
+    model.train()
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    embeddings = {ds: model.embed(b["x"]) for ds, b in batch.items()}
+    terms = model.method(embeddings, epoch=0)
+    assert sorted(terms) == ["clip", "fro", "mox", "sym"]
+    sum(terms.values()).backward()
+    for name, p in model.heads.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for head parameter {name}"
+    assert all(p.grad is None for p in model.backbones.parameters())
+    assert all(not b.training for b in model.backbones.values())
+
+
+def test_embeddings_are_unit_norm_fp32(mfeat):
+    model = BindingModule(FABind())
+    model.build(mfeat.modality_info())
+    x = mfeat.splits["evaluation"]["test"].features
+    out = model.embed({m: v[:10] for m, v in x.items()})
+    for e in out.values():
+        assert e.dtype == torch.float32
+        torch.testing.assert_close(e.norm(dim=1), torch.ones(10))
+
+
+def test_resume_from_last_checkpoint_restores_heads_and_continues(tmp_path):
+    seed_everything(0)
+    first, trainer = BindingModule(FABind()), make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(first, datamodule=make_mfeat())
+    ckpt = tmp_path / "epoch0.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    resumed = BindingModule(FABind())
+    resumed_trainer = make_trainer(tmp_path, max_epochs=1)  # already done: restores without training
+    resumed_trainer.fit(resumed, datamodule=make_mfeat(), ckpt_path=ckpt)
+    assert resumed_trainer.global_step == trainer.global_step == 3
+    for key, value in first.heads.state_dict().items():
+        assert torch.equal(resumed.heads.state_dict()[key], value)
+
+    continued = make_trainer(tmp_path, max_epochs=2)
+    continued.fit(BindingModule(FABind()), datamodule=make_mfeat(), ckpt_path=ckpt)
+    assert continued.global_step == 6
+
+
+def test_unknown_backbone_is_a_clear_error(mfeat):
+    model = BindingModule(FABind(), backbones={"fou": "nope"})
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        model.build(mfeat.modality_info())
