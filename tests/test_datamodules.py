@@ -10,9 +10,8 @@ from .conftest import TWO_DATASETS, make_mfeat
 
 def test_mfeat_views_are_aligned_and_complete():
     views, labels = load_mfeat()
-    assert {k: v.shape for k, v in views.items()} == {
-        "fou": (2000, 76), "fac": (2000, 216), "kar": (2000, 64), "pix": (2000, 240), "zer": (2000, 47), "mor": (2000, 6),
-    }  # fmt: skip
+    dims = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
+    assert {k: v.shape for k, v in views.items()} == {k: (2000, d) for k, d in dims.items()}
     assert np.bincount(labels).tolist() == [200] * NUM_CLASSES
 
 
