@@ -1,25 +1,30 @@
 """Contrastive terms: InfoNCE (CLIP) and the cross-dataset push-away partition of BrokenBind Eq. 10.
 
 All inputs are L2-normalised embeddings, one row per sample; ``scale`` is the logit scale (1/τ).
-Computed in fp32 whatever the autocast context, because log-sum-exp over bf16 logits loses the ranking signal.
+Computed in fp32 whatever the autocast context (``losses.precision``).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from brokenbind.losses.precision import fp32
 
+
+@fp32
 def info_nce(query: Tensor, keys: Tensor, scale: Tensor | float) -> Tensor:
     """One-way InfoNCE: −(1/B) Σ_i log softmax_j(scale·⟨q_i, k_j⟩)_i; row i of ``keys`` is the positive of row i."""
     logits = scale * query.float() @ keys.float().T
     return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
 
 
+@fp32
 def symmetric_info_nce(a: Tensor, b: Tensor, scale_a: Tensor | float, scale_b: Tensor | float) -> Tensor:
     """CLIP loss: the mean of a→b and b→a InfoNCE, each with its anchor modality's scale."""
     return 0.5 * (info_nce(a, b, scale_a) + info_nce(b, a, scale_b))
 
 
+@fp32
 def push_away(query: Tensor, others: Tensor, scale: Tensor | float) -> Tensor:
     """Eq. 10's push-away term: (1/B) Σ_i log Σ_k exp(scale·⟨q_i, o_k⟩) against every row of another dataset.
 

@@ -6,13 +6,17 @@ it; several re-implementations drop the ×N. Computed in fp32: squares of bf16 c
 
 from torch import Tensor
 
+from brokenbind.losses.precision import fp32
 
+
+@fp32
 def cross_modal_cyclic(x: Tensor, y: Tensor) -> Tensor:
     """L_X-mod (Eq. 11): (1/N) Σ_ij (⟨x_i, y_j⟩ − ⟨x_j, y_i⟩)²; zero iff the x–y similarity matrix is symmetric."""
     sim = x.float() @ y.float().T
     return (sim - sim.T).pow(2).sum() / len(x)
 
 
+@fp32
 def in_modal_cyclic(x: Tensor, y: Tensor) -> Tensor:
     """L_X-data (Eq. 12): (1/N) Σ_ij (⟨x_i, x_j⟩ − ⟨y_i, y_j⟩)²; zero iff both share one similarity geometry."""
     x, y = x.float(), y.float()

@@ -11,7 +11,10 @@ The pseudo-inverse is of the *detached* pivot embeddings and is recomputed every
 import torch
 from torch import Tensor
 
+from brokenbind.losses.precision import fp32
 
+
+@fp32
 def pivot_pinv(pivot: Tensor, ridge: float = 0.0) -> Tensor:
     """(F)^+ (d×B) of detached pivot embeddings, in fp32.
 
@@ -25,11 +28,13 @@ def pivot_pinv(pivot: Tensor, ridge: float = 0.0) -> Tensor:
     return torch.linalg.solve(gram, f).T
 
 
+@fp32
 def x_data(own_pivot: Tensor, other_pivot_pinv: Tensor, other_target: Tensor) -> Tensor:
     """Eq. 8: F_b1 (F_b2)^+ F_c2, B1×d; the contrastive part of MOX uses these (Algorithm 1, step 5)."""
     return own_pivot.float() @ other_pivot_pinv @ other_target.float()
 
 
+@fp32
 def x_mod(own_pivot: Tensor, other_pivot_pinv: Tensor, other_target: Tensor) -> Tensor:
     """Eq. 7: F_c2 (F_b2)^+ F_b1, B1×d; literal row form, so both datasets must contribute equally many rows."""
     if len(own_pivot) != len(other_target):
@@ -39,6 +44,7 @@ def x_mod(own_pivot: Tensor, other_pivot_pinv: Tensor, other_target: Tensor) -> 
     return other_target.float() @ other_pivot_pinv @ own_pivot.float()
 
 
+@fp32
 def frobenius(x_mod_embeddings: Tensor, x_data_embeddings: Tensor) -> Tensor:
     """Eq. 9: R_Fro = ||X-mod − X-data||²_F (squared Frobenius norm, not normalised by B or d)."""
-    return (x_mod_embeddings - x_data_embeddings).pow(2).sum()
+    return (x_mod_embeddings.float() - x_data_embeddings.float()).pow(2).sum()

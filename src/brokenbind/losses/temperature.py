@@ -35,4 +35,6 @@ class LogitScale(nn.Module):
     def forward(self, modality: str) -> Tensor:
         if modality in self.per_modality:
             return torch.tensor(self.per_modality[modality], device=self.log_scale.device)
-        return self.log_scale.clamp(0.0, MAX_LOG_SCALE).exp()
+        if self.learnable:
+            return self.log_scale.clamp(0.0, MAX_LOG_SCALE).exp()
+        return self.log_scale.exp()
