@@ -207,7 +207,7 @@ def test_cyclic_terms_are_zero_for_a_symmetric_orthogonal_map_but_not_for_a_rota
 
 @pytest.mark.parametrize("fn", [cross_modal_cyclic, in_modal_cyclic])
 def test_cyclic_terms_take_no_scale(fn) -> None:
-    assert list(inspect.signature(fn).parameters) == ["x", "y"]
+    assert list(inspect.signature(fn).parameters) == ["x", "y", "x_full", "y_full"]  # no temperature anywhere
 
 
 def test_cyclic_terms_equal_official_cyclip_mean_times_n_form() -> None:
@@ -489,7 +489,7 @@ def test_brokenbind_skips_extrapolation_when_mox_and_fro_weights_are_zero() -> N
     emb = {"d1": {"a": _unit(gen, B), "b": _unit(gen, B)}, "d2": {"c": _unit(gen, B), "e": _unit(gen, B)}}
     terms = BrokenBind(mox_weight=0.0, fro_weight=0.0, consistency_epochs=0)(emb, epoch=5)
     assert set(terms) == {"clip", "sym"}
-    with pytest.raises(ValueError, match="no dataset pair linked by a pivot"):
+    with pytest.raises(ValueError, match="no dataset with a modality to extrapolate"):
         BrokenBind(consistency_epochs=0)(emb, epoch=5)
 
 

@@ -12,16 +12,33 @@ from brokenbind.losses.precision import fp32
 
 
 @fp32
-def info_nce(query: Tensor, keys: Tensor, scale: Tensor | float) -> Tensor:
-    """One-way InfoNCE: −(1/B) Σ_i log softmax_j(scale·⟨q_i, k_j⟩)_i; row i of ``keys`` is the positive of row i."""
+def info_nce(query: Tensor, keys: Tensor, scale: Tensor | float, offset: int = 0) -> Tensor:
+    """One-way InfoNCE: −(1/B) Σ_i log softmax_j(scale·⟨q_i, k_j⟩)_{offset+i}.
+
+    Row ``offset + i`` of ``keys`` is the positive of query row i (``offset`` > 0 when ``keys`` are gathered from
+    several ranks and ``query`` holds this rank's rows).
+    """
     logits = scale * query.float() @ keys.float().T
-    return F.cross_entropy(logits, torch.arange(len(query), device=query.device))
+    return F.cross_entropy(logits, offset + torch.arange(len(query), device=query.device))
 
 
 @fp32
-def symmetric_info_nce(a: Tensor, b: Tensor, scale_a: Tensor | float, scale_b: Tensor | float) -> Tensor:
-    """CLIP loss: the mean of a→b and b→a InfoNCE, each with its anchor modality's scale."""
-    return 0.5 * (info_nce(a, b, scale_a) + info_nce(b, a, scale_b))
+def symmetric_info_nce(
+    a: Tensor,
+    b: Tensor,
+    scale_a: Tensor | float,
+    scale_b: Tensor | float,
+    a_full: Tensor | None = None,
+    b_full: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """CLIP loss: the mean of a→b and b→a InfoNCE, each with its anchor modality's scale.
+
+    ``a``/``b`` are this rank's rows; ``a_full``/``b_full`` the gathered columns (default: the same rows).
+    """
+    a_full = a if a_full is None else a_full
+    b_full = b if b_full is None else b_full
+    return 0.5 * (info_nce(a, b_full, scale_a, offset) + info_nce(b, a_full, scale_b, offset))
 
 
 @fp32

@@ -10,14 +10,25 @@ from brokenbind.losses.precision import fp32
 
 
 @fp32
-def cross_modal_cyclic(x: Tensor, y: Tensor) -> Tensor:
-    """L_X-mod (Eq. 11): (1/N) Σ_ij (⟨x_i, y_j⟩ − ⟨x_j, y_i⟩)²; zero iff the x–y similarity matrix is symmetric."""
-    sim = x.float() @ y.float().T
-    return (sim - sim.T).pow(2).sum() / len(x)
+def cross_modal_cyclic(x: Tensor, y: Tensor, x_full: Tensor | None = None, y_full: Tensor | None = None) -> Tensor:
+    """L_X-mod (Eq. 11): (1/N) Σ_ij (⟨x_i, y_j⟩ − ⟨x_j, y_i⟩)²; zero iff the x–y similarity matrix is symmetric.
+
+    Under DDP, i runs over this rank's rows (``x``, ``y``) and j over the gathered ``x_full``, ``y_full``, divided by
+    the local batch: the mean over ranks is then the global loss and DDP's gradient is exact.
+    """
+    x_full = x if x_full is None else x_full
+    y_full = y if y_full is None else y_full
+    sim = x.float() @ y_full.float().T  # ⟨x_i, y_j⟩
+    sim_t = y.float() @ x_full.float().T  # ⟨x_j, y_i⟩
+    return (sim - sim_t).pow(2).sum() / len(x)
 
 
 @fp32
-def in_modal_cyclic(x: Tensor, y: Tensor) -> Tensor:
-    """L_X-data (Eq. 12): (1/N) Σ_ij (⟨x_i, x_j⟩ − ⟨y_i, y_j⟩)²; zero iff both share one similarity geometry."""
-    x, y = x.float(), y.float()
-    return (x @ x.T - y @ y.T).pow(2).sum() / len(x)
+def in_modal_cyclic(x: Tensor, y: Tensor, x_full: Tensor | None = None, y_full: Tensor | None = None) -> Tensor:
+    """L_X-data (Eq. 12): (1/N) Σ_ij (⟨x_i, x_j⟩ − ⟨y_i, y_j⟩)²; zero iff both share one similarity geometry.
+
+    Local rows × gathered columns under DDP, as ``cross_modal_cyclic``.
+    """
+    x_full = x if x_full is None else x_full
+    y_full = y if y_full is None else y_full
+    return (x.float() @ x_full.float().T - y.float() @ y_full.float().T).pow(2).sum() / len(x)

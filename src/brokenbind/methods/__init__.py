@@ -2,6 +2,7 @@
 
 from brokenbind.methods.base import BindingMethod, Embeddings
 from brokenbind.methods.brokenbind import BrokenBind
+from brokenbind.methods.centrobind import CentroBind
 from brokenbind.methods.fabind import FABind
 
-__all__ = ["BindingMethod", "BrokenBind", "Embeddings", "FABind"]
+__all__ = ["BindingMethod", "BrokenBind", "CentroBind", "Embeddings", "FABind"]

@@ -5,6 +5,7 @@ from itertools import combinations
 
 from torch import Tensor, nn
 
+from brokenbind.losses.distributed import Batch
 from brokenbind.losses.temperature import LogitScale
 
 # dataset name -> modality name -> (B, d) L2-normalised fp32 embeddings of one training batch
@@ -15,7 +16,8 @@ class BindingMethod(nn.Module, ABC):
     """Maps one batch of embeddings to a dict of named, already weighted loss terms.
 
     The LightningModule sums the terms and logs each one as ``train/loss/<name>``. Which modalities each dataset holds
-    is read from the keys of the embeddings, so two datasets and five take the same path.
+    is read from the keys of the embeddings, so two datasets and five take the same path. Under DDP the embeddings
+    are gathered first (``losses.distributed``) and every term is exact for the global batch.
     """
 
     name: str
@@ -29,19 +31,15 @@ class BindingMethod(nn.Module, ABC):
         super().__init__()
         self.scale = LogitScale(logit_scale, learn_logit_scale, modality_scales)
 
-    @abstractmethod
     def forward(self, embeddings: Embeddings, epoch: int) -> dict[str, Tensor]:
         """Loss terms for one batch; ``epoch`` drives schedules such as MOX's consistency pre-training."""
+        return self.terms(Batch.gather(embeddings), epoch)
+
+    @abstractmethod
+    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        """Loss terms from this rank's rows (``batch.local``) against the whole batch (``batch.full``)."""
 
 
 def modality_pairs(embeddings: Embeddings) -> list[tuple[str, str, str]]:
     """Every (dataset, modality, modality) pair observed together in one dataset, in a fixed order."""
     return [(ds, m, n) for ds, mods in embeddings.items() for m, n in combinations(sorted(mods), 2)]
-
-
-def shared_pivot(embeddings: Embeddings, first: str, second: str) -> str | None:
-    """The one modality two datasets share, None if they share none; several shared modalities are ambiguous."""
-    shared = sorted(embeddings[first].keys() & embeddings[second].keys())
-    if len(shared) > 1:
-        raise ValueError(f"datasets {first!r} and {second!r} share several modalities {shared}; the pivot is ambiguous")
-    return shared[0] if shared else None

@@ -1,31 +1,49 @@
-"""BrokenBind (arXiv 2602.06451): L = L_CLIP (Eq. 10) + L_Sym (Eqs. 11-12) + L_MOX (Eqs. 4-9), Algorithm 1.
+"""BrokenBind (arXiv 2602.06451): L = L_CLIP (Eq. 10) + L_Sym (Eqs. 11-12) + L_MOX (Eqs. 4-9, 13-22), Algorithm 1.
 
-Every weight defaults to the paper's 1. Choices the paper leaves open (method.md §2.4-2.6) are made here:
+The paper's recipe is every weight 1, the Moore-Penrose pseudo-inverse, summed R_Fro and push-away against every
+modality of the other datasets: ``BrokenBind`` with its defaults is exactly that (preset ``brokenbind_paper``).
+Choices the paper leaves open (method.md §2.4-2.6, §2.9) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
 - L_CLIP(m, dataset) averages its terms (1/3B each in the two-dataset case): InfoNCE against each other modality of
-  the same dataset, and one push-away partition against each modality of every other dataset;
-- L_MOX(t, dataset) averages one-way InfoNCE from each real modality of the dataset to the X-data pseudo embeddings
-  of the missing modality t (real → pseudo only), and adds R_Fro between X-mod and X-data.
+  the same dataset and one push-away partition per modality of every other dataset. A dataset observing a single
+  modality has no positive pair, so it is only a source of negatives;
+- L_MOX(t, dataset) averages one-way InfoNCE from each real modality of the dataset to the pseudo embeddings of the
+  missing modality t (real → pseudo only), and adds R_Fro between X-mod and X-data.
+- N datasets: a dataset's missing modalities are reached along the shortest chain of datasets linked by shared
+  modalities (Appendix B): pseudo embeddings of one step (X-data) act as the pivot of the next, as in Eqs. 20-21.
+- Under DDP the pseudo embeddings come from the gathered global batch (the pseudo-inverse of the global pivot rows),
+  computed identically on every rank; InfoNCE then scores this rank's real rows against all pseudo rows.
 """
+
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from brokenbind.errors import ConfigError
 from brokenbind.losses.clip import info_nce, push_away
 from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
+from brokenbind.losses.distributed import Batch
 from brokenbind.losses.mox import frobenius, pivot_pinv, x_data, x_mod
-from brokenbind.methods.base import BindingMethod, Embeddings, modality_pairs, shared_pivot
+from brokenbind.methods.base import BindingMethod, Embeddings, modality_pairs
 
 
 class BrokenBind(BindingMethod):
-    """BrokenBind for datasets linked directly through a shared pivot modality.
+    """BrokenBind for any number of datasets linked by shared (pivot) modalities.
 
     Args:
         clip_weight, sym_weight, mox_weight, fro_weight: weights of L_CLIP, L_Sym, the MOX contrastive part and R_Fro.
-        consistency_epochs: epochs of consistency pre-training (L_CLIP + L_Sym) before MOX switches on
-            (paper: 25 of 50).
-        pinv_ridge: 0 is the paper's Moore-Penrose pseudo-inverse; > 0 regularises it (see ``losses.mox``).
+        consistency_epochs: epochs of consistency pre-training (L_CLIP + L_Sym) before MOX switches on (paper: 25/50).
+        pinv_ridge: 0 is the paper's Moore-Penrose pseudo-inverse; > 0 regularises it (``losses.mox.pivot_pinv``).
+        fro_reduction: ``sum`` is Eq. 9's squared Frobenius norm; ``mean`` divides it by the number of entries (B·d),
+            so its size no longer grows with batch and width.
+        normalize_pseudo: L2-normalise pseudo embeddings before R_Fro and before they serve as the next pivot of a
+            chain (the paper leaves them unnormalised; its cosine normalises them only inside InfoNCE).
+        mox_contrast: which pseudo embeddings the MOX InfoNCE uses: ``x_data`` (Algorithm 1) or ``x_mod``.
+        push_away: Eq. 10's cross-dataset push-away terms: ``all`` (paper), ``observed_pairs`` (only against a modality
+            that is the anchor's own or observed with it in some dataset: never push apart two modalities that are
+            meant to bind without ever co-occurring) or ``none``.
     """
 
     name = "brokenbind"
@@ -38,57 +56,112 @@ class BrokenBind(BindingMethod):
         fro_weight: float = 1.0,
         consistency_epochs: int = 25,
         pinv_ridge: float = 0.0,
+        fro_reduction: Literal["sum", "mean"] = "sum",
+        normalize_pseudo: bool = False,
+        mox_contrast: Literal["x_data", "x_mod"] = "x_data",
+        push_away: Literal["all", "observed_pairs", "none"] = "all",
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
     ):
         super().__init__(logit_scale, learn_logit_scale, modality_scales)
         if min(clip_weight, sym_weight, mox_weight, fro_weight, consistency_epochs, pinv_ridge) < 0:
-            raise ValueError("loss weights, consistency_epochs and pinv_ridge must be non-negative")
+            raise ConfigError("loss weights, consistency_epochs and pinv_ridge must be non-negative")
         self.weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
         self.consistency_epochs = consistency_epochs
-        self.pinv_ridge = pinv_ridge
+        self.pinv_ridge, self.fro_reduction, self.normalize_pseudo = pinv_ridge, fro_reduction, normalize_pseudo
+        self.mox_contrast, self.push_away = mox_contrast, push_away
 
-    def forward(self, embeddings: Embeddings, epoch: int) -> dict[str, Tensor]:
-        terms = {"clip": self.clip(embeddings), "sym": self.symmetry(embeddings)}
+    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+        terms = {}
+        if self.weights["clip"]:
+            terms["clip"] = self.clip(batch)
+        if self.weights["sym"]:
+            terms["sym"] = self.symmetry(batch)
         if epoch >= self.consistency_epochs and (self.weights["mox"] or self.weights["fro"]):
-            terms["mox"], terms["fro"] = self.extrapolation(embeddings)
+            terms["mox"], terms["fro"] = self.extrapolation(batch)
         return {name: self.weights[name] * value for name, value in terms.items() if self.weights[name]}
 
-    def clip(self, embeddings: Embeddings) -> Tensor:
+    def _pushed(self, embeddings: Embeddings, anchor: str, other: str) -> bool:
+        if self.push_away == "all":
+            return True
+        if self.push_away == "none":
+            return False
+        return anchor == other or any({anchor, other} <= mods.keys() for mods in embeddings.values())
+
+    def clip(self, batch: Batch) -> Tensor:
         """L_CLIP with cross-dataset push-away terms (Eq. 10), summed over every (dataset, modality) anchor."""
         total = 0.0
-        for ds, mods in embeddings.items():
-            others = [f for other, omods in embeddings.items() if other != ds for f in omods.values()]
+        for ds, mods in batch.local.items():
+            if len(mods) < 2:
+                continue
             for m, anchor in mods.items():
                 scale = self.scale(m)
-                parts = [info_nce(anchor, mods[n], scale) for n in mods if n != m]
-                parts += [push_away(anchor, f, scale) for f in others]
+                parts = [info_nce(anchor, batch.full[ds][n], scale, batch.offset) for n in mods if n != m]
+                parts += [
+                    push_away(anchor, f, scale)
+                    for o_ds, o_mods in batch.full.items()
+                    if o_ds != ds
+                    for o, f in o_mods.items()
+                    if self._pushed(batch.full, m, o)
+                ]
                 total = total + sum(parts) / len(parts)
         return total
 
-    def symmetry(self, embeddings: Embeddings) -> Tensor:
+    def symmetry(self, batch: Batch) -> Tensor:
         """L_Sym (Eqs. 11-12): CyCLIP cross-modal and in-modal symmetry for every observed pair."""
         total = 0.0
-        for ds, m, n in modality_pairs(embeddings):
-            x, y = embeddings[ds][m], embeddings[ds][n]
-            total = total + cross_modal_cyclic(x, y) + in_modal_cyclic(x, y)
+        for ds, m, n in modality_pairs(batch.local):
+            rows = (batch.local[ds][m], batch.local[ds][n], batch.full[ds][m], batch.full[ds][n])
+            total = total + cross_modal_cyclic(*rows) + in_modal_cyclic(*rows)
         return total
 
-    def extrapolation(self, embeddings: Embeddings) -> tuple[Tensor, Tensor]:
-        """(contrastive part of L_MOX, R_Fro) summed over every dataset and every modality it lacks (Eqs. 4-9)."""
+    def extrapolation(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks."""
         mox, fro = 0.0, 0.0
-        for ds, mods in embeddings.items():
-            for source, smods in embeddings.items():
-                pivot = None if source == ds else shared_pivot(embeddings, ds, source)
-                if pivot is None:
-                    continue
-                pinv = pivot_pinv(smods[pivot], self.pinv_ridge)
-                for target in sorted(smods.keys() - mods.keys()):
-                    pseudo = x_data(mods[pivot], pinv, smods[target])
-                    candidates = F.normalize(pseudo, dim=1)  # Eq. 4's ⟨·,·⟩ is a cosine
-                    mox = mox + sum(info_nce(f, candidates, self.scale(m)) for m, f in mods.items()) / len(mods)
-                    fro = fro + frobenius(x_mod(mods[pivot], pinv, smods[target]), pseudo)
+        for ds, mods in batch.local.items():
+            steps = self.pseudo_embeddings(batch.full, ds)
+            for pseudo_data, pseudo_mod in steps.values():
+                contrast = pseudo_data if self.mox_contrast == "x_data" else pseudo_mod
+                candidates = F.normalize(contrast, dim=1)  # Eq. 4's ⟨·,·⟩ is a cosine
+                mox = mox + sum(info_nce(f, candidates, self.scale(m), batch.offset) for m, f in mods.items()) / len(
+                    mods
+                )
+                residual = frobenius(pseudo_mod, pseudo_data)
+                fro = fro + (residual / pseudo_data.numel() if self.fro_reduction == "mean" else residual)
         if isinstance(mox, float):
-            raise ValueError("MOX found no dataset pair linked by a pivot with a modality to extrapolate")
+            raise ConfigError("MOX found no dataset with a modality to extrapolate through a shared pivot")
         return mox, fro
+
+    def pseudo_embeddings(self, full: Embeddings, dataset: str) -> dict[str, tuple[Tensor, Tensor]]:
+        """X-data and X-mod pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
+
+        Level by level: each other dataset that shares a modality with what ``dataset`` has so far (real, or pseudo
+        from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot.
+        """
+        have = dict(full[dataset])
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        while True:
+            level = {}
+            for source, smods in full.items():
+                if source == dataset:
+                    continue
+                shared, targets = sorted(have.keys() & smods.keys()), sorted(smods.keys() - have.keys())
+                if not shared or not targets:
+                    continue
+                if len(shared) > 1:
+                    raise ConfigError(
+                        f"datasets {dataset!r} and {source!r} share several modalities {shared}: the pivot is ambiguous"
+                    )
+                for target in targets:
+                    level.setdefault(target, (source, shared[0]))
+            if not level:
+                return out
+            for target, (source, pivot) in level.items():
+                pinv = pivot_pinv(full[source][pivot], self.pinv_ridge)
+                data = x_data(have[pivot], pinv, full[source][target])
+                mod = x_mod(have[pivot], pinv, full[source][target])
+                if self.normalize_pseudo:
+                    data, mod = F.normalize(data, dim=1), F.normalize(mod, dim=1)
+                out[target] = (data, mod)
+            have.update({t: out[t][0] for t in level})

@@ -1,0 +1,58 @@
+"""Contrastive losses over the global batch under DDP, with gradients equal to one process on that batch.
+
+Each rank scores its *local rows* against *gathered columns* (every rank's rows, autograd-aware gather) with labels
+offset by ``rank × local batch``, and averages over its local rows. DDP averages gradients over ranks, so the result
+is the gradient of the global mean (pitfalls.md §1.1: open_clip's local_loss=True with gather_with_grad=True). A
+gather without autograd would drop the gradient through remote columns, and a local loss over such columns points in
+a wrong direction.
+
+Terms that need the whole batch at once (MOX's pseudo-inverses, CentroBind's anchors) are computed from gathered
+embeddings, identically on every rank; their gradients are exact for the same reason (the gather's backward sums
+each rank's contribution, DDP divides by the world size).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.nn.functional import all_gather
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Rows of ``x`` from every rank in rank order; gradients flow back to the rank that owns each row.
+
+    Every rank must hold the same number of rows (drop_last), or the collective stalls.
+    """
+    _, size = world()
+    if size == 1:
+        return x
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch seen by one rank: ``local[ds][m]`` are this rank's rows, ``full[ds][m]`` every rank's rows,
+    and this rank's rows sit at ``full[ds][m][offset : offset + B]``. Single-process: full is local, offset is 0."""
+
+    local: dict[str, dict[str, Tensor]]
+    full: dict[str, dict[str, Tensor]]
+    offset: int
+
+    @classmethod
+    def gather(cls, local: dict[str, dict[str, Tensor]]) -> "Batch":
+        rank, size = world()
+        if size == 1:
+            return cls(local, local, 0)
+        sizes = {len(x) for mods in local.values() for x in mods.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"every dataset must contribute the same number of rows per rank, got {sorted(sizes)}")
+        full = {ds: {m: gather_rows(x) for m, x in mods.items()} for ds, mods in local.items()}
+        return cls(local, full, rank * sizes.pop())
