@@ -96,8 +96,8 @@ class BindingModule(LightningModule):
         loss = sum(terms.values())
         batch_size = len(next(iter(batch.values()))["index"])
         for name, value in terms.items():
-            self.log(f"train/loss/{name}", value, batch_size=batch_size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+            self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)  # mean over ranks
         return loss
 
     def _eval_step(self, batch: dict) -> dict[str, Any]:

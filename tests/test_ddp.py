@@ -1,0 +1,101 @@
+"""Two CPU processes (gloo) compute the same loss and the same parameter gradients as one process on the global batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from brokenbind.methods import BrokenBind, CentroBind, FABind
+
+WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
+TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
+CHAIN = {"d1": ["a", "b"], "d2": ["b", "c"], "d3": ["c", "e"]}
+
+METHODS = {
+    "fabind": (lambda: FABind(), TWO),
+    "fabind_anchor": (lambda: FABind(anchor="b"), TWO),
+    "brokenbind_paper": (lambda: BrokenBind(consistency_epochs=0), TWO),
+    "brokenbind_variant": (
+        lambda: BrokenBind(
+            consistency_epochs=0,
+            pinv_ridge=0.1,
+            fro_reduction="mean",
+            normalize_pseudo=True,
+            push_away="observed_pairs",
+            learn_logit_scale=True,
+            mox_contrast="x_mod",
+        ),
+        TWO,
+    ),  # fmt: skip
+    "brokenbind_chain": (lambda: BrokenBind(consistency_epochs=0, pinv_ridge=0.01), CHAIN),
+    "centrobind": (lambda: CentroBind(), TWO),
+    "centrobind_with_grad_anchor": (lambda: CentroBind(detach_anchor=False, renormalize=False), TWO),
+}
+
+
+class Heads(nn.Module):
+    """One linear head per modality, seeded identically on every rank; the method holds any learnable scale."""
+
+    def __init__(self, layout: dict[str, list[str]], method: nn.Module):
+        super().__init__()
+        torch.manual_seed(0)
+        modalities = sorted({m for mods in layout.values() for m in mods})
+        self.heads = nn.ModuleDict({m: nn.Linear(IN_DIM, EMBED_DIM) for m in modalities})
+        self.method = method
+
+    def loss(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        emb = {ds: {m: F.normalize(self.heads[m](x), dim=-1) for m, x in mods.items()} for ds, mods in inputs.items()}
+        return sum(self.method(emb, epoch=0).values())
+
+
+def global_inputs(layout: dict[str, list[str]]) -> dict[str, dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    n = WORLD * LOCAL_BATCH
+    return {ds: {m: torch.randn(n, IN_DIM, generator=generator) for m in mods} for ds, mods in layout.items()}
+
+
+def loss_and_grads(name: str, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    make, layout = METHODS[name]
+    model = Heads(layout, make())
+    loss = model.loss(inputs)
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def worker(rank: int, port: int, name: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        _, layout = METHODS[name]
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        local = {ds: {m: x[rows] for m, x in mods.items()} for ds, mods in global_inputs(layout).items()}
+        loss, grads = loss_and_grads(name, local)
+        dist.all_reduce(grads)  # what DDP does: average the gradients over ranks
+        dist.all_reduce(loss)
+        if rank == 0:
+            torch.save({"loss": loss / WORLD, "grads": grads / WORLD}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_ddp_matches_single_process_on_the_global_batch(name, tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(worker, args=(free_port(), name, out), nprocs=WORLD, join=True)
+    ddp = torch.load(out)
+    ref_loss, ref_grads = loss_and_grads(name, global_inputs(METHODS[name][1]))
+    torch.testing.assert_close(ddp["loss"], ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ddp["grads"], ref_grads, rtol=1e-5, atol=1e-5)
+    assert ref_grads.abs().sum() > 0
