@@ -4,10 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXP ?= two_dataset
+METHOD ?=
 ARGS ?=
+SEEDS ?= 0 1 2
+METHODS ?= brokenbind brokenbind_paper brokenbind_wo_fro brokenbind_wo_cons brokenbind_wo_mox brokenbind_only_clip \
+	centrobind fabind oracle frozen
+TABLE_DIR ?= logs/table
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format tensorboard clean
+.PHONY: help install train table test lint format tensorboard clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,8 +27,17 @@ $(BIN)/brokenbind: setup.cfg pyproject.toml
 
 install: $(BIN)/brokenbind ## Create .venv and install brokenbind with its test tools
 
-train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset ARGS="--trainer.max_epochs=5"
-	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(ARGS)
+train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset [METHOD=fabind] [ARGS="--trainer.max_epochs=5"]
+	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(if $(METHOD),--method $(METHOD)) $(ARGS)
+
+table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ± std of test mAP (runs in TABLE_DIR)
+	rm -rf $(TABLE_DIR)/$(EXP)
+	set -e; for method in $(METHODS); do for seed in $(SEEDS); do \
+	  echo "$(EXP) $$method seed $$seed"; \
+	  $(BIN)/brokenbind fit --config experiments/$(EXP).yaml --method $$method --seed_everything=$$seed \
+	    --trainer.enable_progress_bar=false --trainer.logger.save_dir=$(TABLE_DIR) $(ARGS) > /dev/null; \
+	done; done
+	$(BIN)/python -m brokenbind.report $(TABLE_DIR)/$(EXP)
 
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)

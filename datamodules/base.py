@@ -69,6 +69,8 @@ class PairedDataModule(LightningDataModule, ABC):
     epoch is: ``min_size`` ends it when the smallest dataset is exhausted (no sample repeats within an epoch),
     ``max_size_cycle`` runs to the largest and cycles the others (smaller datasets are seen more often).
     Validation and test loaders cover every dataset that a flow evaluates on, in the order of ``eval_datasets``.
+    ``oracle`` makes each flow's query and target observable in its dataset's training split: the upper bound that
+    direct pairs give.
     """
 
     available_modalities: tuple[str, ...] = ()
@@ -82,13 +84,23 @@ class PairedDataModule(LightningDataModule, ABC):
         eval_batch_size: int = 512,
         sampling: Literal["min_size", "max_size_cycle"] = "min_size",
         num_workers: int = 0,
+        oracle: bool = False,
     ):
         super().__init__()
-        self.datasets = {
+        specs = {
             name: spec if isinstance(spec, DatasetSpec) else DatasetSpec(**spec) for name, spec in datasets.items()
         }
+        self.datasets = {
+            name: DatasetSpec(list(spec.modalities)) for name, spec in specs.items()
+        }  # a copy: never mutate the config
         self.pivots = [pivot] if isinstance(pivot, str) else list(pivot)
         self.flows = [f if isinstance(f, Flow) else Flow(**f) for f in flows]
+        self.oracle = oracle
+        if oracle:  # the upper bound: each evaluation dataset also observes its flows' modalities in training
+            for flow in self.flows:
+                if flow.dataset in self.datasets:
+                    spec = self.datasets[flow.dataset]
+                    spec.modalities = sorted(set(spec.modalities) | set(flow.modalities))
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("batch sizes must be positive")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -131,6 +143,23 @@ class PairedDataModule(LightningDataModule, ABC):
                     )
                 if m not in trained:
                     raise ConfigError(f"flow {flow.flow!r}: modality {m!r} is observed by no training dataset")
+            if target not in self.reachable(flow.dataset):
+                raise ConfigError(
+                    f"flow {flow.flow!r}: no chain of datasets linked by shared modalities leads from "
+                    f"{flow.dataset!r} to a dataset observing {target!r}"
+                )
+
+    def reachable(self, dataset: str) -> set[str]:
+        """Modalities ``dataset`` can reach: its own, then those of every dataset sharing one it can reach."""
+        have = set(self.datasets[dataset].modalities)
+        grown = True
+        while grown:
+            grown = False
+            for spec in self.datasets.values():
+                if have & set(spec.modalities) and not set(spec.modalities) <= have:
+                    have |= set(spec.modalities)
+                    grown = True
+        return have
 
     def trained_modalities(self) -> set[str]:
         return {m for spec in self.datasets.values() for m in spec.modalities}

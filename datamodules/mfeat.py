@@ -82,13 +82,14 @@ class MfeatDataModule(PairedDataModule):
         eval_batch_size: int = 512,
         sampling: Literal["min_size", "max_size_cycle"] = "min_size",
         num_workers: int = 0,
+        oracle: bool = False,
     ):
         if not 0.0 <= class_shift <= 1.0:
             raise ConfigError(f"class_shift must lie in [0, 1], got {class_shift}")
         if len(split_fractions) != 3 or min(split_fractions) <= 0:
             raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
         self.class_shift, self.split_fractions, self.split_seed = class_shift, tuple(split_fractions), split_seed
-        super().__init__(datasets, pivot, flows, batch_size, eval_batch_size, sampling, num_workers)
+        super().__init__(datasets, pivot, flows, batch_size, eval_batch_size, sampling, num_workers, oracle)
 
     def assignment(self) -> dict[str, dict[str, np.ndarray]]:
         """Instance ids per dataset and split: disjoint, covering all 2,000 instances, a function of the config only."""

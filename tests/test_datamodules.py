@@ -107,3 +107,27 @@ def test_modality_info_fits_on_training_inputs_only(mfeat):
     assert info["zer"].shape == (47,)
     assert len(info["zer"].train_inputs) == 600  # zer is observed by the support dataset only
     assert len(info["pix"].train_inputs) == 1200
+
+
+THREE_DATASETS = {
+    "evaluation": {"modalities": ["fou", "pix"]},
+    "bridge": {"modalities": ["pix", "kar"]},
+    "support": {"modalities": ["kar", "zer"]},
+}
+
+
+def test_chain_of_three_datasets_is_accepted_and_a_broken_chain_is_not():
+    dm = make_mfeat(datasets=THREE_DATASETS, pivot=["pix", "kar"])
+    assert dm.reachable("evaluation") == {"fou", "pix", "kar", "zer"}
+    broken = {**THREE_DATASETS, "support": {"modalities": ["mor", "zer"]}, "other": {"modalities": ["mor", "fac"]}}
+    with pytest.raises(ConfigError, match="no chain of datasets linked by shared modalities leads from 'evaluation'"):
+        make_mfeat(datasets=broken, pivot=["pix", "mor"])
+
+
+def test_oracle_makes_the_hidden_target_observable_without_touching_the_config():
+    datasets = {name: dict(spec) for name, spec in TWO_DATASETS.items()}
+    dm = make_mfeat(datasets=datasets, oracle=True)
+    dm.setup()
+    assert sorted(dm.splits["evaluation"]["train"].features) == ["fou", "pix", "zer"]
+    assert dm.observed_together("fou", "zer")
+    assert datasets["evaluation"]["modalities"] == ["fou", "pix"]

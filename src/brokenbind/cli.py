@@ -3,7 +3,8 @@
 Shared defaults come from ``brokenbind/configs/defaults.yaml``; an experiment YAML holds only what differs. Unknown
 keys are errors (jsonargparse). The run is named after the experiment file (``--experiment`` overrides), so
 ``brokenbind fit --config experiments/two_dataset.yaml`` writes TensorBoard logs, checkpoints, the resolved config and
-``results.csv`` into ``logs/two_dataset/version_N``.
+``results.csv`` into ``logs/two_dataset/version_N``; with ``--method NAME`` (a preset from ``configs/methods``) into
+``logs/two_dataset/NAME/version_N``.
 """
 
 import sys
@@ -17,23 +18,48 @@ from brokenbind.module import BindingModule
 from datamodules.base import PairedDataModule
 
 DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
+METHODS = Path(__file__).parent / "configs" / "methods"
+
+
+def method_presets() -> list[str]:
+    return sorted(p.stem for p in METHODS.glob("*.yaml"))
+
+
+def expand_method_presets(args: list[str]) -> list[str]:
+    """``--method NAME`` stands for ``--config configs/methods/NAME.yaml``: a preset is a config layer (it may set the
+    model, the data or the trainer, e.g. ``oracle``), applied where it appears, so put it after the experiment."""
+    out, rest = [], list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg != "--method" and not arg.startswith("--method="):
+            out.append(arg)
+            continue
+        name = arg.partition("=")[2] if "=" in arg else (rest.pop(0) if rest else "")
+        if name not in method_presets():
+            raise ConfigError(f"unknown method preset {name!r}; available: {method_presets()}")
+        out += ["--config", str(METHODS / f"{name}.yaml"), f"--method={name}"]
+    return out
 
 
 class BrokenBindCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None, help="run name (default: config file stem)")
+        parser.add_argument("--method", type=str | None, default=None, help=f"method preset, one of {method_presets()}")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint when training ends"
         )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        configs = config.get("config") or []
-        name = config.experiment or (Path(str(configs[-1])).stem if configs else "default")
+        experiments = [Path(str(c)) for c in config.get("config") or [] if Path(str(c)).parent != METHODS]
+        name = config.experiment or (experiments[-1].stem if experiments else "default")
         config.experiment = name
         logger = config.trainer.logger
         if logger and getattr(logger, "init_args", None) is not None and "name" in logger.init_args:
-            logger.init_args.name = name
+            logger.init_args.name = name if config.method is None else f"{name}/{config.method}"
+        for callback in config.trainer.callbacks or []:
+            if callback.class_path.endswith("EmergentBinding"):  # results rows name the experiment and the preset
+                callback.init_args.experiment, callback.init_args.method = name, config.method
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
@@ -46,6 +72,10 @@ class BrokenBindCLI(LightningCLI):
 def cli(args: list[str] | None = None) -> BrokenBindCLI:
     """Parse ``args`` (default: the command line), build everything and run the subcommand."""
     try:
+        if args is None:  # from the command line: LightningCLI reads sys.argv itself
+            sys.argv[1:] = expand_method_presets(sys.argv[1:])
+        else:
+            args = expand_method_presets(args)
         return BrokenBindCLI(
             BindingModule,
             PairedDataModule,

@@ -20,14 +20,23 @@ class EmergentBinding(Callback):
     mAP over flows, which checkpoint selection monitors.
 
     Embeddings from every rank are gathered and deduplicated by instance id (DistributedSampler pads with repeats), so
-    every query is scored against the full gallery. At the end of fit and of test it prints the results table and
-    appends the rows to ``results.csv`` in the run directory.
+    every query is scored against the full gallery. At the end of fit (the validation epoch with the best mean mAP) and
+    of test it prints the results table and appends the rows to ``results.csv`` in the run directory.
     """
 
-    def __init__(self, chunk_size: int = 1024, ks: tuple[int, ...] = (1, 5, 10)):
+    def __init__(
+        self,
+        chunk_size: int = 1024,
+        ks: tuple[int, ...] = (1, 5, 10),
+        experiment: str | None = None,
+        method: str | None = None,
+    ):
+        """``experiment`` and ``method`` label the result rows (the CLI sets them from the experiment file and the
+        method preset); by default they are the logger's name and the method's ``name``."""
         self.chunk_size, self.ks = chunk_size, tuple(ks)
+        self.experiment, self.method = experiment, method
         self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        self.rows: dict[str, list[ResultRow]] = {}
+        self.rows: dict[str, list[ResultRow]] = {}  # stage -> rows reported at the end of fit ("val") or test
 
     # -- collect ---------------------------------------------------------------------------------------------------
     def _collect(self, outputs: dict[str, Any], dataloader_idx: int) -> None:
@@ -38,6 +47,9 @@ class EmergentBinding(Callback):
                 "label": outputs["label"],
             }
         )
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rows.pop("val", None)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._outputs.clear()
@@ -81,8 +93,10 @@ class EmergentBinding(Callback):
                     pl_module.log(f"{stage}/{name}/{dataset}/{flow.name}", value, sync_dist=False)
                 rows.append(self._row(trainer, pl_module, stage, flow, metrics))
         # the mean instance mAP over flows is what checkpoint selection monitors
-        pl_module.log(f"{stage}/mAP", sum(r.map_instance for r in rows) / len(rows), sync_dist=False)
-        self.rows[stage] = rows
+        pl_module.log(f"{stage}/mAP", _mean_map(rows), sync_dist=False)
+        best = self.rows.get(stage)
+        if stage == "test" or best is None or _mean_map(rows) > _mean_map(best):
+            self.rows[stage] = rows  # val keeps the best epoch: the one checkpoint selection picks by default
         self._outputs.clear()
 
     def _row(
@@ -92,8 +106,8 @@ class EmergentBinding(Callback):
         query, _, target = flow.modalities
         supports = [n for n, s in dm.datasets.items() if target in s.modalities and n != flow.dataset]
         return ResultRow(
-            experiment=trainer.logger.name if trainer.logger else "",
-            method=pl_module.method.name,
+            experiment=self.experiment or (trainer.logger.name if trainer.logger else ""),
+            method=self.method or pl_module.method.name,
             seed=os.environ.get("PL_GLOBAL_SEED", ""),
             stage=stage,
             weights=Path(trainer.ckpt_path).name
@@ -125,7 +139,8 @@ class EmergentBinding(Callback):
         rows = self.rows.get(stage)
         if not rows:
             return
-        rank_zero_info(f"\n{stage} retrieval ({rows[0].weights}):\n{format_table(rows)}")
+        label = rows[0].weights + (", best validation mAP" if stage == "val" else "")
+        rank_zero_info(f"\n{stage} retrieval ({label}):\n{format_table(rows)}")
         if trainer.log_dir is not None:
             run_dir = Path(trainer.log_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,3 +152,7 @@ class EmergentBinding(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._report(trainer, "test")
+
+
+def _mean_map(rows: list[ResultRow]) -> float:
+    return sum(r.map_instance for r in rows) / len(rows)

@@ -1,0 +1,58 @@
+"""Aggregate ``results.csv`` files over runs: mean ± std over seeds per (experiment, method, flow, stage).
+
+python -m brokenbind.report logs/                 # every run under logs/
+python -m brokenbind.report logs/ --stage val     # validation rows (the best epoch of each run)
+"""
+
+import argparse
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def collect(root: Path) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(root.rglob("results.csv")):
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def _stat(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
+
+
+def summarise(rows: list[dict[str, str]], stage: str) -> str:
+    """A markdown table: one line per (experiment, method, dataset flow, modality flow), in first-seen order."""
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        if row["stage"] == stage:
+            key = (row["experiment"], row["dataset_flow"], row["flow"] + ("*" if row["emergent"] == "True" else ""))
+            groups[(*key, row["method"])].append(row)
+    lines = [
+        f"| experiment | dataset flow | modality flow | method | seeds | {stage} instance mAP | {stage} class mAP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (experiment, dataset_flow, flow, method), group in groups.items():
+        seeds = ",".join(sorted({r["seed"] for r in group}))
+        instance = _stat([float(r["map_instance"]) for r in group])
+        klass = _stat([float(r["map_class"]) for r in group])
+        lines.append(f"| {experiment} | {dataset_flow} | {flow} | {method} | {seeds} | {instance} | {klass} |")
+    return "\n".join(lines) + "\n\n(* emergent: query and target never observed together; std over runs)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, nargs="?", default=Path("logs"))
+    parser.add_argument("--stage", choices=["val", "test"], default="test")
+    args = parser.parse_args()
+    rows = collect(args.root)
+    if not rows:
+        raise SystemExit(f"no results.csv under {args.root}")
+    print(summarise(rows, args.stage))
+
+
+if __name__ == "__main__":
+    main()
