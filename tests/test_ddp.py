@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) compute the same loss and the same parameter gradients as one process on the global batch."""
+"""Two CPU processes (gloo) give the same loss and parameter gradients as one process on the global batch."""
 
 import os
 import socket
@@ -16,22 +16,19 @@ WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
 TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
 CHAIN = {"d1": ["a", "b"], "d2": ["b", "c"], "d3": ["c", "e"]}
 
+VARIANT = {
+    "pinv_ridge": 0.1,
+    "fro_reduction": "mean",
+    "normalize_pseudo": True,
+    "push_away": "observed_pairs",
+    "learn_logit_scale": True,
+    "mox_contrast": "x_mod",
+}
 METHODS = {
     "fabind": (lambda: FABind(), TWO),
     "fabind_anchor": (lambda: FABind(anchor="b"), TWO),
     "brokenbind_paper": (lambda: BrokenBind(consistency_epochs=0), TWO),
-    "brokenbind_variant": (
-        lambda: BrokenBind(
-            consistency_epochs=0,
-            pinv_ridge=0.1,
-            fro_reduction="mean",
-            normalize_pseudo=True,
-            push_away="observed_pairs",
-            learn_logit_scale=True,
-            mox_contrast="x_mod",
-        ),
-        TWO,
-    ),  # fmt: skip
+    "brokenbind_variant": (lambda: BrokenBind(consistency_epochs=0, **VARIANT), TWO),
     "brokenbind_chain": (lambda: BrokenBind(consistency_epochs=0, pinv_ridge=0.01), CHAIN),
     "centrobind": (lambda: CentroBind(), TWO),
     "centrobind_with_grad_anchor": (lambda: CentroBind(detach_anchor=False, renormalize=False), TWO),
