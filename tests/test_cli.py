@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from brokenbind.cli import cli as main
+from brokenbind.cli import method_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -16,11 +17,13 @@ def run_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
-@pytest.mark.parametrize("method", ["BrokenBind", "FABind"])
-def test_every_experiment_runs_fast_dev_run(experiment, method):
-    cli = main(["fit", "--config", str(experiment), "--trainer.fast_dev_run=true", f"--model.method={method}"])
+@pytest.mark.parametrize("method", method_presets())
+def test_every_experiment_runs_every_method_with_fast_dev_run(experiment, method):
+    # MOX from the first step, so that fast_dev_run exercises every term of every preset
+    mox_now = ["--model.method.consistency_epochs=0"] if method.startswith("brokenbind") else []
+    cli = main(["fit", "--config", str(experiment), "--method", method, "--trainer.fast_dev_run=true", *mox_now])
     assert cli.trainer.state.finished
-    assert type(cli.model.method).__name__ == method
+    assert cli.config.fit.method == method
 
 
 def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_path):
@@ -66,3 +69,23 @@ def test_unknown_keys_are_errors(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--model.method.bogus=1"])
     assert "bogus" in capsys.readouterr().err
+
+
+def test_unknown_method_preset_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--method", "nope"])
+    assert exit_info.value.code == 2
+    assert "unknown method preset 'nope'" in capsys.readouterr().err
+
+
+def test_report_aggregates_seeds(tmp_path):
+    from brokenbind.report import collect, summarise
+    from brokenbind.results import ResultRow, write_csv
+
+    for seed, value in (("0", 0.2), ("1", 0.4)):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        row = ResultRow("exp", "fabind", seed, "test", "last.ckpt", "s→e", "e", "a->b->c", True, value, 0.5, 0, 0, 0)
+        write_csv(run / "results.csv", [row])
+    table = summarise(collect(tmp_path), "test")
+    assert "| exp | s→e | a->b->c* | fabind | 0,1 | 0.300 ± 0.141 | 0.500 ± 0.000 |" in table
