@@ -9,13 +9,12 @@ class. Both divisions depend only on ``split_seed``, so runs with different trai
 import importlib.util
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from brokenbind.errors import ConfigError, DataError
-from datamodules.base import DatasetSpec, Flow, PairedDataModule, TensorDictDataset
+from datamodules.base import PairedDataModule, TensorDictDataset
 
 VIEWS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 NUM_CLASSES, PER_CLASS = 10, 200
@@ -72,24 +71,18 @@ class MfeatDataModule(PairedDataModule):
 
     def __init__(
         self,
-        datasets: dict[str, DatasetSpec],
-        pivot: str | list[str],
-        flows: list[Flow],
         class_shift: float = 0.5,
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
-        batch_size: int = 64,
-        eval_batch_size: int = 512,
-        sampling: Literal["min_size", "max_size_cycle"] = "min_size",
-        num_workers: int = 0,
-        oracle: bool = False,
+        **kwargs,
     ):
+        """``kwargs`` are ``PairedDataModule``'s (datasets, pivot, flows, batch sizes, sampling, ...)."""
         if not 0.0 <= class_shift <= 1.0:
             raise ConfigError(f"class_shift must lie in [0, 1], got {class_shift}")
         if len(split_fractions) != 3 or min(split_fractions) <= 0:
             raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
         self.class_shift, self.split_fractions, self.split_seed = class_shift, tuple(split_fractions), split_seed
-        super().__init__(datasets, pivot, flows, batch_size, eval_batch_size, sampling, num_workers, oracle)
+        super().__init__(**kwargs)
 
     def assignment(self) -> dict[str, dict[str, np.ndarray]]:
         """Instance ids per dataset and split: disjoint, covering all 2,000 instances, a function of the config only."""

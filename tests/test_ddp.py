@@ -16,18 +16,19 @@ WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
 TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
 CHAIN = {"d1": ["a", "b"], "d2": ["b", "c"], "d3": ["c", "e"]}
 
+PAPER = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all"}
 VARIANT = {
-    "pinv_ridge": 0.1,
-    "fro_reduction": "mean",
+    "pinv_ridge": 0.3,
     "normalize_pseudo": True,
-    "push_away": "observed_pairs",
+    "push_away": "none",
     "learn_logit_scale": True,
     "mox_contrast": "x_mod",
 }
 METHODS = {
     "fabind": (lambda: FABind(), TWO),
     "fabind_anchor": (lambda: FABind(anchor="b"), TWO),
-    "brokenbind_paper": (lambda: BrokenBind(consistency_epochs=0), TWO),
+    "brokenbind_default": (lambda: BrokenBind(consistency_epochs=0), TWO),
+    "brokenbind_paper": (lambda: BrokenBind(consistency_epochs=0, **PAPER), TWO),
     "brokenbind_variant": (lambda: BrokenBind(consistency_epochs=0, **VARIANT), TWO),
     "brokenbind_chain": (lambda: BrokenBind(consistency_epochs=0, pinv_ridge=0.01), CHAIN),
     "centrobind": (lambda: CentroBind(), TWO),

@@ -20,6 +20,8 @@ from brokenbind.methods import BrokenBind, FABind
 
 ATOL = 1e-5
 B, D = 6, 8
+# the references below are the paper's equations, so the method runs with the paper's recipe
+PAPER = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all"}
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Inputs and loop references
@@ -362,7 +364,7 @@ def test_brokenbind_terms_finite_for_rank_deficient_pivots(kind: str) -> None:
     emb = _embeddings(19)
     gen = torch.Generator().manual_seed(20)
     emb["d1"]["b"], emb["d2"]["b"] = _degenerate_pivot(kind, gen), _degenerate_pivot(kind, gen)
-    terms = BrokenBind(logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
+    terms = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
     assert set(terms) == {"clip", "sym", "mox", "fro"}
     assert all(torch.isfinite(v) for v in terms.values())
 
@@ -436,7 +438,7 @@ FIXED_S = {"a": 5.0, "b": 5.0, "c": 5.0}
 @pytest.mark.parametrize("term", ["clip", "sym", "mox", "fro"])
 def test_brokenbind_term_matches_loop_reference(seed: int, term: str) -> None:
     emb = _embeddings(seed)
-    got = BrokenBind(logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)[term].item()
+    got = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)[term].item()
     assert got == pytest.approx(_ref_brokenbind(emb, FIXED_S)[term], rel=1e-5, abs=ATOL)
 
 
@@ -444,13 +446,13 @@ def test_brokenbind_term_matches_loop_reference(seed: int, term: str) -> None:
 def test_brokenbind_contrastive_terms_use_anchor_modality_scale(term: str) -> None:
     emb = _embeddings(21)
     scales = {"a": 2.0, "b": 5.0, "c": 9.0}
-    got = BrokenBind(consistency_epochs=0, modality_scales=scales)(emb, epoch=0)[term].item()
+    got = BrokenBind(**PAPER, consistency_epochs=0, modality_scales=scales)(emb, epoch=0)[term].item()
     assert got == pytest.approx(_ref_brokenbind(emb, scales)[term], rel=1e-5, abs=ATOL)
 
 
 def test_brokenbind_mox_switches_on_at_consistency_epochs() -> None:
     emb = _embeddings(22)
-    method = BrokenBind(logit_scale=5.0, consistency_epochs=3)
+    method = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=3)
     assert set(method(emb, epoch=0)) == {"clip", "sym"}
     assert set(method(emb, epoch=2)) == {"clip", "sym"}
     assert set(method(emb, epoch=3)) == {"clip", "sym", "mox", "fro"}
@@ -459,10 +461,10 @@ def test_brokenbind_mox_switches_on_at_consistency_epochs() -> None:
 
 def test_brokenbind_weights_multiply_terms() -> None:
     emb = _embeddings(23)
-    plain = BrokenBind(logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
+    plain = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
     weights = {"clip": 2.0, "sym": 0.5, "mox": 3.0, "fro": 0.25}
     weighted = BrokenBind(
-        clip_weight=2.0, sym_weight=0.5, mox_weight=3.0, fro_weight=0.25, logit_scale=5.0, consistency_epochs=0
+        **PAPER, clip_weight=2.0, sym_weight=0.5, mox_weight=3.0, fro_weight=0.25, logit_scale=5.0, consistency_epochs=0
     )(emb, epoch=0)
     assert set(weighted) == set(plain)
     for name, w in weights.items():
@@ -479,7 +481,7 @@ def test_brokenbind_weights_multiply_terms() -> None:
     ],
 )
 def test_brokenbind_zero_weight_removes_term(zeroed: str, expected_keys: set[str]) -> None:
-    terms = BrokenBind(logit_scale=5.0, consistency_epochs=0, **{zeroed: 0.0})(_embeddings(24), epoch=0)
+    terms = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0, **{zeroed: 0.0})(_embeddings(24), epoch=0)
     assert set(terms) == expected_keys
 
 
@@ -487,21 +489,21 @@ def test_brokenbind_skips_extrapolation_when_mox_and_fro_weights_are_zero() -> N
     # No shared pivot: extrapolation would raise, so it must not be run at all.
     gen = torch.Generator().manual_seed(25)
     emb = {"d1": {"a": _unit(gen, B), "b": _unit(gen, B)}, "d2": {"c": _unit(gen, B), "e": _unit(gen, B)}}
-    terms = BrokenBind(mox_weight=0.0, fro_weight=0.0, consistency_epochs=0)(emb, epoch=5)
+    terms = BrokenBind(**PAPER, mox_weight=0.0, fro_weight=0.0, consistency_epochs=0)(emb, epoch=5)
     assert set(terms) == {"clip", "sym"}
     with pytest.raises(ValueError, match="no dataset with a modality to extrapolate"):
-        BrokenBind(consistency_epochs=0)(emb, epoch=5)
+        BrokenBind(**PAPER, consistency_epochs=0)(emb, epoch=5)
 
 
 def test_brokenbind_negative_weight_raises() -> None:
     with pytest.raises(ValueError, match="non-negative"):
-        BrokenBind(fro_weight=-1.0)
+        BrokenBind(**PAPER, fro_weight=-1.0)
 
 
 def test_brokenbind_total_is_finite_and_backpropagates_to_all_inputs() -> None:
     emb = _embeddings(26)
     leaves = {(ds, m): t.requires_grad_() for ds, mods in emb.items() for m, t in mods.items()}
-    terms = BrokenBind(logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
+    terms = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
     assert all(torch.isfinite(v) for v in terms.values())
     sum(terms.values()).backward()
     for key, leaf in leaves.items():
@@ -538,7 +540,7 @@ def test_fabind_clip_is_sum_of_symmetric_info_nce_per_dataset(seed: int) -> None
 def test_brokenbind_term_is_finite_fp32_under_bf16_autocast(term: str) -> None:
     emb = _embeddings(27)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = BrokenBind(logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)[term]
+        value = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)[term]
     assert torch.isfinite(value)
     assert value.dtype == torch.float32
 

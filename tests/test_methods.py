@@ -43,7 +43,7 @@ CHAIN = {"d1": ["a"], "d2": ["a", "b"], "d3": ["b", "c"]}
 
 def test_three_dataset_chain_composes_eqs_20_and_21():
     emb = layout(0, CHAIN)
-    steps = BrokenBind().pseudo_embeddings(emb, "d1")
+    steps = BrokenBind(pinv_ridge=0.0).pseudo_embeddings(emb, "d1")
     assert sorted(steps) == ["b", "c"]
     a1, b2 = emb["d1"]["a"].double().numpy(), emb["d2"]["b"].double().numpy()
     c3 = emb["d3"]["c"].double().numpy()
@@ -105,7 +105,7 @@ def test_push_away_modes_choose_which_partitions_enter_eq_10(mode):
 
 def test_fro_mean_divides_by_entries_and_normalize_pseudo_makes_unit_rows():
     emb = layout(5, TWO)
-    summed = BrokenBind(consistency_epochs=0)(emb, epoch=0)["fro"]
+    summed = BrokenBind(consistency_epochs=0, fro_reduction="sum")(emb, epoch=0)["fro"]
     mean = BrokenBind(consistency_epochs=0, fro_reduction="mean")(emb, epoch=0)["fro"]
     assert mean.item() == pytest.approx(summed.item() / (B * D), rel=1e-6)
     steps = BrokenBind(normalize_pseudo=True).pseudo_embeddings(emb, "d1")
@@ -127,7 +127,7 @@ def test_ridge_pinv_bounds_pseudo_embeddings_of_an_ill_conditioned_pivot():
     emb = layout(7, TWO)
     base = unit(gen, 1)
     emb["d2"]["b"] = F.normalize(base + 1e-4 * torch.randn(B, D, generator=gen), dim=1)  # nearly identical rows
-    plain = BrokenBind().pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
+    plain = BrokenBind(pinv_ridge=0.0).pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
     ridge = BrokenBind(pinv_ridge=0.1).pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
     assert plain > 10 and ridge < 2
 
