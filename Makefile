@@ -12,7 +12,7 @@ METHODS ?= brokenbind brokenbind_paper brokenbind_wo_fro brokenbind_wo_cons brok
 TABLE_DIR ?= logs/table
 
 .DEFAULT_GOAL := help
-.PHONY: help install train table test lint format tensorboard clean
+.PHONY: help install train table test bench lint format tensorboard clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)
+
+bench: $(BIN)/brokenbind ## Milliseconds per training step of each method and per retrieval evaluation
+	$(BIN)/python -m brokenbind.bench $(ARGS)
 
 lint: $(BIN)/brokenbind ## ruff check and format check
 	$(BIN)/ruff check src datamodules tests

@@ -149,6 +149,17 @@ class PairedDataModule(LightningDataModule, ABC):
                     f"{flow.dataset!r} to a dataset observing {target!r}"
                 )
 
+    def chain(self, dataset: str, target: str) -> list[str]:
+        """The shortest path of datasets, linked by shared modalities, from one observing ``target`` to ``dataset``."""
+        paths = [[dataset]]
+        while paths:
+            path = paths.pop(0)
+            if target in self.datasets[path[-1]].modalities and path[-1] != dataset:
+                return path[::-1]
+            shared = set(self.datasets[path[-1]].modalities)
+            paths += [[*path, n] for n, s in self.datasets.items() if n not in path and shared & set(s.modalities)]
+        return [dataset]
+
     def reachable(self, dataset: str) -> set[str]:
         """Modalities ``dataset`` can reach: its own, then those of every dataset sharing one it can reach."""
         have = set(self.datasets[dataset].modalities)

@@ -131,3 +131,13 @@ def test_oracle_makes_the_hidden_target_observable_without_touching_the_config()
     assert sorted(dm.splits["evaluation"]["train"].features) == ["fou", "pix", "zer"]
     assert dm.observed_together("fou", "zer")
     assert datasets["evaluation"]["modalities"] == ["fou", "pix"]
+
+
+def test_dataset_flow_is_the_shortest_chain_to_the_target():
+    assert make_mfeat(datasets=THREE_DATASETS, pivot=["pix", "kar"]).chain("evaluation", "zer") == [
+        "support",
+        "bridge",
+        "evaluation",
+    ]
+    assert make_mfeat().chain("evaluation", "zer") == ["support", "evaluation"]
+    assert make_mfeat(oracle=True).chain("evaluation", "zer") == ["support", "evaluation"]

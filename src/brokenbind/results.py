@@ -12,7 +12,7 @@ class ResultRow:
     seed: str
     stage: str
     weights: str  # what was scored: the epoch just validated, or the checkpoint file tested
-    dataset_flow: str  # support datasets (where the target is observed) → evaluation dataset
+    dataset_flow: str  # datasets from one observing the target to the evaluation dataset, e.g. support→evaluation
     dataset: str
     flow: str  # query->pivot->target
     emergent: bool  # query and target never observed together in one training dataset

@@ -104,7 +104,6 @@ class EmergentBinding(Callback):
     ) -> ResultRow:
         dm = trainer.datamodule
         query, _, target = flow.modalities
-        supports = [n for n, s in dm.datasets.items() if target in s.modalities and n != flow.dataset]
         return ResultRow(
             experiment=self.experiment or (trainer.logger.name if trainer.logger else ""),
             method=self.method or pl_module.method.name,
@@ -113,7 +112,7 @@ class EmergentBinding(Callback):
             weights=Path(trainer.ckpt_path).name
             if stage == "test" and trainer.ckpt_path
             else f"epoch {trainer.current_epoch}",
-            dataset_flow=f"{'+'.join(supports) or flow.dataset}→{flow.dataset}",
+            dataset_flow="→".join(dm.chain(flow.dataset, target)),
             dataset=flow.dataset,
             flow=flow.flow,
             emergent=not dm.observed_together(query, target),
