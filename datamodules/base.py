@@ -215,7 +215,7 @@ class PairedDataModule(LightningDataModule, ABC):
         info = {}
         for m in sorted(self.trained_modalities()):
             inputs = torch.cat([s["train"].features[m] for s in self.splits.values() if m in s["train"].features])
-            info[m] = ModalityInfo(shape=tuple(inputs.shape[1:]), train_inputs=inputs)
+            info[m] = ModalityInfo(kind="features", shape=tuple(inputs.shape[1:]), train_inputs=inputs)
         return info
 
     def train_dataloader(self) -> CombinedLoader:

@@ -8,7 +8,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from brokenbind.backbones import Backbone, ModalityInfo, ProjectionHead, build_backbone
+from brokenbind.backbones import Backbone, BackboneSpec, ModalityInfo, ProjectionHead, build_backbone
+from brokenbind.errors import ConfigError
 from brokenbind.methods.base import BindingMethod
 
 
@@ -27,8 +28,8 @@ class BindingModule(LightningModule):
     Args:
         method: the binding objective (``brokenbind.methods``).
         embed_dim, head_hidden_dim: width of the shared embedding space and of the heads' hidden layer.
-        backbones: backbone name per modality (``brokenbind.backbones.BACKBONES``); unnamed modalities use
-            ``default_backbone``.
+        backbones: backbone spec per modality (a name from ``brokenbind.backbones.BACKBONES`` or a mapping with
+            ``name`` and options); unnamed modalities use ``default_backbone``.
         optimizer, lr_scheduler: callables taking the trainable parameters (LightningCLI dependency injection).
     """
 
@@ -37,8 +38,8 @@ class BindingModule(LightningModule):
         method: BindingMethod,
         embed_dim: int = 128,
         head_hidden_dim: int = 256,
-        default_backbone: str = "standardize",
-        backbones: dict[str, str] | None = None,
+        default_backbone: BackboneSpec = "standardize",
+        backbones: dict[str, BackboneSpec] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
@@ -61,7 +62,7 @@ class BindingModule(LightningModule):
         """Create one backbone and one head per modality the data provides."""
         unknown = set(self.backbone_names) - set(info)
         if unknown:
-            raise ValueError(f"backbones configured for modalities no dataset observes: {sorted(unknown)}")
+            raise ConfigError(f"backbones configured for modalities no dataset observes: {sorted(unknown)}")
         self.backbones = nn.ModuleDict(
             {m: build_backbone(self.backbone_names.get(m, self.default_backbone), i) for m, i in info.items()}
         )

@@ -1,0 +1,48 @@
+"""Per-modality backbones: raw inputs → features. A config names one per modality from ``BACKBONES``.
+
+A spec is a registry name (``standardize``) or a mapping with ``name`` and the builder's options
+(``{name: timm, model: tf_efficientnet_lite0, weights: efficientnet_lite0}``). A builder receives the modality's
+``ModalityInfo`` and the options and returns a ``Backbone``. Adding an encoder means adding a builder here.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.tabular import Identity, Standardize
+from brokenbind.errors import ConfigError
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {"standardize": Standardize.fit, "identity": Identity}
+
+BackboneSpec = str | dict[str, Any]
+
+
+def build_backbone(spec: BackboneSpec, info: ModalityInfo) -> Backbone:
+    options = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = options.pop("name", None)
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; available: {sorted(BACKBONES)}")
+    try:
+        backbone = BACKBONES[name](info, **options)
+    except TypeError as error:  # an option the builder does not take
+        raise ConfigError(f"backbone {name!r}: {error}") from error
+    if not backbone.trainable:
+        backbone.requires_grad_(False).eval()
+    return backbone
+
+
+class ProjectionHead(nn.Module):
+    """Trainable head: Linear → GELU → Linear. LayerNorm-free and BatchNorm-free, so a sample's embedding never
+    depends on the rest of its batch (DDP and eval give the same result)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "ModalityInfo", "ProjectionHead", "build_backbone"]
