@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.lora import apply_lora
 from brokenbind.backbones.tabular import Identity, Standardize
 from brokenbind.errors import ConfigError
 
@@ -20,8 +21,10 @@ BackboneSpec = str | dict[str, Any]
 
 
 def build_backbone(spec: BackboneSpec, info: ModalityInfo) -> Backbone:
+    """Build, then freeze unless trainable; a ``lora`` option (``backbones.lora.apply_lora``'s arguments) adds
+    adapters to a frozen backbone."""
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = options.pop("name", None)
+    name, lora = options.pop("name", None), options.pop("lora", None)
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; available: {sorted(BACKBONES)}")
     try:
@@ -30,6 +33,10 @@ def build_backbone(spec: BackboneSpec, info: ModalityInfo) -> Backbone:
         raise ConfigError(f"backbone {name!r}: {error}") from error
     if not backbone.trainable:
         backbone.requires_grad_(False).eval()
+    if lora is not None:
+        if backbone.trainable:
+            raise ConfigError(f"backbone {name!r} is trainable already; LoRA adapts frozen backbones")
+        apply_lora(backbone, **lora)
     return backbone
 
 

@@ -33,6 +33,7 @@ class Backbone(nn.Module):
 
     out_dim: int
     trainable: bool = False
+    lora: bool = False  # LoRA adapters injected (``backbones.lora``): outputs change in training, never cached
 
     def fingerprint(self) -> str | None:
         return None
