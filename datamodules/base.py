@@ -218,6 +218,11 @@ class PairedDataModule(LightningDataModule, ABC):
             info[m] = ModalityInfo(kind="features", shape=tuple(inputs.shape[1:]), train_inputs=inputs)
         return info
 
+    def data_fingerprint(self) -> str | None:
+        """A string that changes whenever any instance's raw input could (files, their sizes and times, ids); the
+        feature cache keys on it. None, the default, disables caching for this datamodule."""
+        return None
+
     def train_dataloader(self) -> CombinedLoader:
         loaders = {
             name: DataLoader(
@@ -243,3 +248,14 @@ class PairedDataModule(LightningDataModule, ABC):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
+
+    @property
+    def predict_splits(self) -> list[tuple[str, str]]:
+        """(dataset, split) of each predict loader: every split of every dataset, each with its own modalities."""
+        return [(name, split) for name in self.datasets for split in SPLITS]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(self.splits[name][split], batch_size=self.eval_batch_size, num_workers=self.num_workers)
+            for name, split in self.predict_splits
+        ]

@@ -1,6 +1,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,18 @@ def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_p
 
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert validated.trainer.state.finished
+
+    main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    embeddings = tmp_path / "logs" / "two_dataset" / "version_2" / "embeddings"
+    written = sorted(p.relative_to(embeddings).as_posix() for p in embeddings.rglob("*"))
+    assert "evaluation/test/zer.npy" in written and "evaluation/train/fou.npy" in written
+    assert "evaluation/train/zer.npy" not in written  # hidden in training, so absent from the train split
+    test_dir = embeddings / "evaluation" / "test"
+    fou = np.load(test_dir / "fou.npy")
+    with (test_dir / "index.csv").open() as f:
+        index = list(csv.DictReader(f))
+    assert fou.shape == (200, 128) and fou.dtype == np.float32 and len(index) == 200
+    np.testing.assert_allclose(np.linalg.norm(fou, axis=1), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from brokenbind.backbones import Backbone, BackboneSpec, ModalityInfo, ProjectionHead, build_backbone
+from brokenbind.backbones.lora import lora_parameters
+from brokenbind.cache import FeatureCache, cache_key
 from brokenbind.errors import ConfigError
 from brokenbind.methods.base import BindingMethod
 
@@ -31,6 +33,9 @@ class BindingModule(LightningModule):
         backbones: backbone spec per modality (a name from ``brokenbind.backbones.BACKBONES`` or a mapping with
             ``name`` and options); unnamed modalities use ``default_backbone``.
         optimizer, lr_scheduler: callables taking the trainable parameters (LightningCLI dependency injection).
+        feature_cache: reuse frozen-backbone outputs across epochs (``brokenbind.cache``); off for trainable or LoRA
+            backbones and for data with random augmentation.
+        cache_dir: where cached features persist across runs (default: memory only, for this run).
     """
 
     def __init__(
@@ -42,9 +47,13 @@ class BindingModule(LightningModule):
         backbones: dict[str, BackboneSpec] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        feature_cache: bool = True,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["method", "optimizer", "lr_scheduler"])
+        self.use_cache, self.cache = feature_cache, FeatureCache(cache_dir)
+        self.cache_keys: dict[str, str] = {}  # modality -> cache key, for cacheable backbones only
         self.method = method
         self.embed_dim, self.head_hidden_dim = embed_dim, head_hidden_dim
         self.backbone_names = dict(backbones or {})
@@ -56,10 +65,13 @@ class BindingModule(LightningModule):
     # -- model -----------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.heads is None:
-            self.build(self.trainer.datamodule.modality_info())
+            dm = self.trainer.datamodule
+            cacheable = self.use_cache and not getattr(dm, "augment", False)
+            self.build(dm.modality_info(), dm.data_fingerprint() if cacheable else None)
 
-    def build(self, info: dict[str, ModalityInfo]) -> None:
-        """Create one backbone and one head per modality the data provides."""
+    def build(self, info: dict[str, ModalityInfo], data_fingerprint: str | None = None) -> None:
+        """Create one backbone and one head per modality the data provides; with a ``data_fingerprint``, cache the
+        outputs of every backbone that computes a fixed function."""
         unknown = set(self.backbone_names) - set(info)
         if unknown:
             raise ConfigError(f"backbones configured for modalities no dataset observes: {sorted(unknown)}")
@@ -69,6 +81,10 @@ class BindingModule(LightningModule):
         self.heads = nn.ModuleDict(
             {m: ProjectionHead(b.out_dim, self.head_hidden_dim, self.embed_dim) for m, b in self.backbones.items()}
         )
+        for m, backbone in self.backbones.items():
+            fingerprint = backbone.fingerprint()
+            if data_fingerprint and fingerprint and not backbone.trainable and not backbone.lora:
+                self.cache_keys[m] = cache_key(fingerprint, data_fingerprint, m)
 
     def frozen_backbones(self) -> dict[str, Backbone]:
         return {m: b for m, b in (self.backbones or {}).items() if not b.trainable}
@@ -80,19 +96,32 @@ class BindingModule(LightningModule):
             backbone.eval()
         return self
 
-    def embed(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """L2-normalised fp32 embeddings of every modality in ``inputs``."""
-        out = {}
-        for m, x in inputs.items():
-            backbone = self.backbones[m]
-            with torch.set_grad_enabled(torch.is_grad_enabled() and backbone.trainable):
-                features = backbone(x)
-            out[m] = F.normalize(self.heads[m](features).float(), dim=-1)
-        return out
+    def embed(self, inputs: dict[str, Any], index: Tensor | None = None) -> dict[str, Tensor]:
+        """L2-normalised fp32 embeddings of every modality in ``inputs`` (instance ids ``index`` enable the cache)."""
+        return {m: F.normalize(self.heads[m](self.features(m, x, index)).float(), dim=-1) for m, x in inputs.items()}
+
+    def features(self, modality: str, x: Any, index: Tensor | None) -> Tensor:
+        """Backbone output, from the feature cache when the backbone is cacheable and the instances are in it."""
+        backbone, key = self.backbones[modality], self.cache_keys.get(modality)
+        if key is None or index is None:
+            adapting = backbone.lora and any(p.requires_grad for p in lora_parameters(backbone))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and (backbone.trainable or adapting)):
+                return backbone(x)
+        missing = self.cache.missing(key, index)
+        if missing:  # encode only the instances not seen before
+            rows = torch.tensor(missing)
+            subset = x[rows.to(x.device)] if isinstance(x, Tensor) else [x[i] for i in missing]
+            with torch.no_grad():
+                self.cache.put(key, index[rows.to(index.device)], backbone(subset))
+        return self.cache.get(key, index).to(self.device)
+
+    def on_train_epoch_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.cache.save()
 
     # -- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
-        embeddings = {ds: self.embed(b["x"]) for ds, b in batch.items()}
+        embeddings = {ds: self.embed(b["x"], b["index"]) for ds, b in batch.items()}
         terms = self.method(embeddings, epoch=self.current_epoch)
         loss = sum(terms.values())
         batch_size = len(next(iter(batch.values()))["index"])
@@ -102,7 +131,7 @@ class BindingModule(LightningModule):
         return loss
 
     def _eval_step(self, batch: dict) -> dict[str, Any]:
-        return {"embeddings": self.embed(batch["x"]), "index": batch["index"], "label": batch["label"]}
+        return {"embeddings": self.embed(batch["x"], batch["index"]), "index": batch["index"], "label": batch["label"]}
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._eval_step(batch)
@@ -110,17 +139,25 @@ class BindingModule(LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._eval_step(batch)
 
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._eval_step(batch)
+
     # -- optimisation and checkpoints ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        # LoRA adapters join from the start, frozen until their stage (callbacks.stages): AdamW skips parameters
+        # without gradients, and the optimiser state keeps one layout across the stages and across resumes.
+        optimizer = self.optimizer([p for n, p in self.named_parameters() if p.requires_grad or "lora_" in n])
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen backbones are not saved: they are rebuilt from their source (weights file, data statistics)."""
+        """Frozen backbones are not saved: they are rebuilt from their source (weights file, data statistics). Their
+        LoRA adapters are trained, so they are."""
         prefixes = tuple(f"backbones.{m}." for m in self.frozen_backbones())
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes) or "lora_" in k
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt frozen backbones back so that loading stays strict for every other tensor."""

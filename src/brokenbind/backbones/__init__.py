@@ -10,12 +10,21 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from brokenbind.backbones.audio import LogMelCNN
 from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.image import TimmImage
 from brokenbind.backbones.lora import apply_lora
 from brokenbind.backbones.tabular import Identity, Standardize
+from brokenbind.backbones.text import MiniLMText
 from brokenbind.errors import ConfigError
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {"standardize": Standardize.fit, "identity": Identity}
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "standardize": Standardize.fit,
+    "identity": Identity,
+    "timm": TimmImage,
+    "minilm": MiniLMText,
+    "logmel_cnn": LogMelCNN,
+}
 
 BackboneSpec = str | dict[str, Any]
 

@@ -1,0 +1,159 @@
+"""One loader per modality kind: files named in a manifest become the tensors the backbones expect.
+
+Conventions (the backbones rely on them):
+
+- image: float32 tensor (C, H, W) in [0, 1], resized bilinearly (with antialiasing) to a fixed size; C is 1 for
+  grayscale files (L, 1, I, I;16, F: depth and thermal maps included) and 3 for colour files, unless ``channels``
+  forces 1 (ITU-R 601 luma) or 3 (gray replicated). Alpha is dropped. 16-bit files are scaled by 65535, 32-bit
+  integer files are assumed to hold 16-bit values (what PNG/TIFF depth maps decode to) and float files are clipped.
+- audio: float32 mono waveform of exactly ``round(seconds * sample_rate)`` samples: PCM WAV (uint8, int16, int24,
+  int32) read with the standard library, stereo averaged, resampled by linear interpolation when the file's rate
+  differs (no anti-alias filter: fine for speech at similar rates, not a substitute for a proper resampler), then
+  cropped at the end or zero-padded at the end.
+- features: a ``.npy`` array, flattened to a float32 1-D tensor; non-finite values are an error.
+- text: the manifest cell itself, as a str.
+
+A missing or unreadable file raises ``DataError`` naming the file and ``context`` (the caller passes the manifest
+row), never a silent skip.
+"""
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from brokenbind.errors import DataError
+
+KINDS = ("image", "audio", "text", "features")
+FILE_KINDS = ("image", "audio", "features")
+GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _where(path: str | Path, context: str) -> str:
+    return f"{path}" + (f" ({context})" if context else "")
+
+
+def _require_file(path: str | Path, context: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file missing: {_where(path, context)}")
+    return path
+
+
+def _image_array(image: Image.Image) -> np.ndarray:
+    """The pixels as float32 (H, W, C) in [0, 1], with C = 1 for grayscale modes and 3 otherwise."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return (np.asarray(image, dtype=np.float32) / 65535.0)[..., None]
+    if mode == "I":
+        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)[..., None]
+    if mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)[..., None]
+    if mode in GRAY_MODES:
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | Path, channels: int | None, size: int | tuple[int, int], context: str = "") -> Tensor:
+    """An image file as float32 (C, H, W) in [0, 1] at ``size`` (an int gives a square); see the module docstring."""
+    path = _require_file(path, context)
+    if channels not in (None, 1, 3):
+        raise DataError(f"image channels must be 1, 3 or None (keep the file's), got {channels}")
+    height, width = (size, size) if isinstance(size, int) else size
+    try:
+        with Image.open(path) as image:
+            image.load()
+            pixels = _image_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {_where(path, context)}: {error}") from error
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    if channels == 1 and x.shape[0] == 3:
+        x = (x * LUMA[:, None, None]).sum(0, keepdim=True)
+    elif channels == 3 and x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if tuple(x.shape[1:]) != (height, width):
+        x = F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0]
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def _pcm_to_float(frames: bytes, width: int) -> np.ndarray:
+    if width == 1:
+        return (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    if width == 2:
+        return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    if width == 3:
+        raw = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        value = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+        value = np.where(value >= 1 << 23, value - (1 << 24), value)
+        return value.astype(np.float32) / float(1 << 23)
+    if width == 4:
+        return (np.frombuffer(frames, dtype="<i4").astype(np.float64) / float(1 << 31)).astype(np.float32)
+    raise ValueError(f"unsupported sample width of {width} bytes")
+
+
+def resample_linear(wave_: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Linear-interpolation resampling (no low-pass filter): sample k of the output is read at time k / target_rate."""
+    if rate == target_rate or len(wave_) == 0:
+        return wave_
+    length = max(1, round(len(wave_) * target_rate / rate))
+    positions = np.arange(length, dtype=np.float64) * (rate / target_rate)
+    return np.interp(positions, np.arange(len(wave_), dtype=np.float64), wave_).astype(np.float32)
+
+
+def fix_length(wave_: np.ndarray, length: int) -> np.ndarray:
+    """Crop at the end or zero-pad at the end to exactly ``length`` samples."""
+    if len(wave_) >= length:
+        return wave_[:length]
+    return np.concatenate([wave_, np.zeros(length - len(wave_), dtype=np.float32)])
+
+
+def read_wav(path: str | Path, context: str = "") -> tuple[np.ndarray, int]:
+    """A PCM WAV file as a float32 mono waveform in [-1, 1] (channels averaged) and its sample rate."""
+    path = _require_file(path, context)
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, n_channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+        usable = len(frames) - len(frames) % (width * n_channels)
+        samples = _pcm_to_float(frames[:usable], width).reshape(-1, n_channels).mean(axis=1)
+    except (wave.Error, EOFError, OSError, ValueError) as error:
+        raise DataError(
+            f"cannot read WAV {_where(path, context)}: {error} (PCM uint8/int16/int24/int32 WAV files are supported)"
+        ) from error
+    if rate <= 0:
+        raise DataError(f"cannot read WAV {_where(path, context)}: sample rate {rate}")
+    return samples.astype(np.float32), rate
+
+
+def load_wav(path: str | Path, sample_rate: int, seconds: float, context: str = "") -> Tensor:
+    """A WAV file as a float32 mono waveform of ``round(seconds * sample_rate)`` samples; see the module docstring."""
+    samples, rate = read_wav(path, context)
+    samples = fix_length(resample_linear(samples, rate, sample_rate), round(seconds * sample_rate))
+    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+
+
+def load_npy(path: str | Path, context: str = "") -> Tensor:
+    """A ``.npy`` feature file as a float32 1-D tensor (flattened)."""
+    path = _require_file(path, context)
+    try:
+        array = np.load(path, allow_pickle=False)
+        if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"expected a numeric array, got {getattr(array, 'dtype', type(array))}")
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"cannot read features {_where(path, context)}: {error}") from error
+    array = np.asarray(array, dtype=np.float32).reshape(-1)
+    if not np.isfinite(array).all():
+        raise DataError(f"features {_where(path, context)} contain NaN or infinite values")
+    return torch.from_numpy(array)
+
+
+def load_text(value: object, context: str = "") -> str:
+    """Text modalities are the manifest cell itself."""
+    if value is None:
+        raise DataError(f"empty text ({context})" if context else "empty text")
+    return str(value)

@@ -1,0 +1,49 @@
+"""``brokenbind predict``: the bound embeddings of every instance, written for use downstream."""
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class EmbeddingWriter(Callback):
+    """Writes ``<output_dir>/<dataset>/<split>/<modality>.npy`` (float32, one row per instance, L2-normalised) and
+    ``index.csv`` (row → instance id, label) for every split of every dataset. ``output_dir`` defaults to
+    ``embeddings/`` in the run directory. Single process only: predict on one device."""
+
+    def __init__(self, output_dir: str | None = None):
+        self.output_dir = output_dir
+        self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError("predict writes embeddings from one process; run it with --trainer.devices=1")
+        self._outputs.clear()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._outputs[dataloader_idx].append(outputs)
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        root = Path(self.output_dir or Path(trainer.log_dir or ".") / "embeddings")
+        for idx, (dataset, split) in enumerate(trainer.datamodule.predict_splits):
+            batches = self._outputs[idx]
+            if not batches:
+                continue
+            out = root / dataset / split
+            out.mkdir(parents=True, exist_ok=True)
+            for m in batches[0]["embeddings"]:
+                rows = torch.cat([b["embeddings"][m] for b in batches]).float().cpu().numpy()
+                np.save(out / f"{m}.npy", rows.astype(np.float32))
+            index = torch.cat([b["index"] for b in batches]).tolist()
+            label = torch.cat([b["label"] for b in batches]).tolist()
+            with (out / "index.csv").open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["row", "index", "label"])
+                writer.writerows(zip(range(len(index)), index, label, strict=True))
+        rank_zero_info(f"embeddings: {root}")
+        self._outputs.clear()
