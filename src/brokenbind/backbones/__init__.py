@@ -1,7 +1,7 @@
 """Per-modality backbones: raw inputs → features. A config names one per modality from ``BACKBONES``.
 
 A spec is a registry name (``standardize``) or a mapping with ``name`` and the builder's options
-(``{name: timm, model: tf_efficientnet_lite0, weights: efficientnet_lite0}``). A builder receives the modality's
+(``{name: timm, model: tf_efficientnet_lite0, weights: efficientnet_lite0_wheel}``). A builder receives the modality's
 ``ModalityInfo`` and the options and returns a ``Backbone``. Adding an encoder means adding a builder here.
 """
 

@@ -3,6 +3,7 @@
 Input: float32 mono waveforms (B, L) at ``info.sample_rate``. Output: (B, out_dim).
 """
 
+import itertools
 import math
 
 import torch
@@ -63,7 +64,7 @@ class LogMelCNN(Backbone):
         self.register_buffer("mel", mel_filterbank(n_mels, n_fft, info.sample_rate), persistent=False)
         widths = [1, channels, 2 * channels, 4 * channels]
         blocks: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(widths):
             blocks += [
                 nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
                 nn.GroupNorm(math.gcd(8, c_out), c_out),

@@ -77,12 +77,20 @@ def load_wheel_state_dict(path: Path) -> dict[str, Tensor]:
     return {key_map[k]: source[k] for k in present}
 
 
+def _some(keys: list[str], shown: int = 8) -> str:
+    """``N keys [first few, ...]``: enough to recognise a wrong model or a prefix, short enough to read."""
+    more = f", ... {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{len(keys)} keys [{', '.join(keys[:shown])}{more}]"
+
+
 def _check_and_load(model: torch.nn.Module, state: dict[str, Tensor], origin: str) -> None:
     """Strict load with an error that names every missing or unexpected key and the first wrong shape."""
     expected = model.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(f"{origin} does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{origin} does not fit {type(model).__name__}: {_some(missing)} missing, {_some(unexpected)} unexpected"
+        )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             raise ValueError(
@@ -107,7 +115,8 @@ class TimmImage(Backbone):
         image_size: resize (bilinear, antialiased) to image_size × image_size first; None keeps the input size.
 
     Normalisation is timm's ``pretrained_cfg`` mean/std for ``model``. For tf_efficientnet_lite0 that is 0.5/0.5, i.e.
-    x·2 − 1, within 0.4 % of the TF recipe (255·x − 127)/128 that offline-data.md measured.
+    2x − 1, which differs from the TF recipe (255x − 127)/128 that offline-data.md measured by (1 − x)/128 at most
+    1/128: the same preprocessing for practical purposes, and timm's own number for the model.
     """
 
     def __init__(

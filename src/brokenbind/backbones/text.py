@@ -43,7 +43,9 @@ class MiniLMText(Backbone):
             model of the same architecture.
     """
 
-    def __init__(self, info: ModalityInfo, path: str | None = None, max_length: int = 128, sha256: str | None = MINILM_SHA256):
+    def __init__(
+        self, info: ModalityInfo, path: str | None = None, max_length: int = 128, sha256: str | None = MINILM_SHA256
+    ):
         super().__init__()
         if info.kind != "text":
             raise ConfigError(f"the minilm backbone encodes text, got a {info.kind!r} modality")
@@ -64,7 +66,9 @@ class MiniLMText(Backbone):
         self.model = transformers.AutoModel.from_pretrained(root, local_files_only=True, dtype=torch.float32)
         self.max_length = max_length
         self.out_dim = int(self.model.config.hidden_size)
-        tokenizer_hashes = ",".join(f"{n}={sha256_file(root / n)[:16]}" for n in TOKENIZER_FILES if (root / n).is_file())
+        tokenizer_hashes = ",".join(
+            f"{n}={sha256_file(root / n)[:16]}" for n in TOKENIZER_FILES if (root / n).is_file()
+        )
         self._fingerprint = (
             f"transformers=={transformers.__version__}:{self.model.config.model_type}|sha256={self.weights_sha256}"
             f"|tokenizer[{tokenizer_hashes}]|max_length={max_length}|pool=mean|fp32"
