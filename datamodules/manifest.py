@@ -48,6 +48,7 @@ from datamodules.loaders import FILE_KINDS, KINDS, load_image, load_npy, load_te
 
 RESERVED_COLUMNS = ("label", "split", "id")
 UNLABELLED = -1
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
 @dataclass
@@ -269,6 +270,9 @@ class ManifestDataModule(PairedDataModule):
             raise ConfigError("image_size, sample_rate and audio_seconds must be positive")
         if image_channels not in (None, 1, 3):
             raise ConfigError(f"image_channels must be 1, 3 or None (keep the files'), got {image_channels}")
+        for name, path in manifests.items():
+            if Path(path).suffix.lower() not in MANIFEST_SUFFIXES:
+                raise ConfigError(f"manifest of {name!r}: {path} must end in one of {list(MANIFEST_SUFFIXES)}")
         self.manifests = {name: str(path) for name, path in manifests.items()}
         self.modalities = dict(modalities)
         self.available_modalities = tuple(modalities)
@@ -426,10 +430,17 @@ class ManifestDataModule(PairedDataModule):
                 info[m] = ModalityInfo(kind=kind, shape=shape, sample_rate=rate)
         return info
 
+    def data_fingerprint(self) -> str:
+        """The feature cache's data key: the fingerprints of every split of every dataset."""
+        parts = [self.fingerprint(name, split) for name in sorted(self.datasets) for split in SPLITS]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
     def fingerprint(self, dataset: str, split: str, modalities: list[str] | None = None) -> str:
         """sha256 naming the inputs of one dataset split: loader settings, the manifest's bytes, and the path, size
         and modification time of every file the split's rows reference in ``modalities`` (default: the split's).
         Any edit to the manifest or to a referenced file changes it; the feature cache keys on it."""
+        if dataset not in self.datasets:
+            raise ConfigError(f"unknown dataset {dataset!r}; have {sorted(self.datasets)}")
         table = self.tables()[dataset]
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
