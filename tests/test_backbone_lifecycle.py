@@ -9,7 +9,6 @@ from brokenbind import backbones
 from brokenbind.backbones import Backbone, ModalityInfo
 from brokenbind.backbones.lora import lora_parameters
 from brokenbind.cache import FeatureCache
-from brokenbind.callbacks import LoRAStage
 from brokenbind.methods import FABind
 from brokenbind.module import BindingModule
 
@@ -132,18 +131,16 @@ def test_lora_stages_probe_heads_first_then_train_adapters_and_checkpoint_only_t
     seed_everything(0)
     dm = make_mfeat()
     spec = {"name": "probe", "lora": {"r": 2, "target_modules": ["proj"]}}
-    model = BindingModule(FABind(), default_backbone=spec)
-    trainer = fit(tmp_path, model, dm, epochs=1, callbacks=[LoRAStage(start_epoch=1)])
+    model = BindingModule(FABind(), default_backbone=spec, lora_start_epoch=1)
+    trainer = fit(tmp_path, model, dm, epochs=1)
     adapters = {m: [p.detach().clone() for p in lora_parameters(b)] for m, b in model.backbones.items()}
     assert all(not p.requires_grad for p in lora_parameters(model.backbones["fou"]))
     lora_b = [p for n, p in model.backbones["fou"].named_parameters() if "lora_B" in n]
     assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # probing saw the exact pretrained backbone
     trainer.save_checkpoint(tmp_path / "probe.ckpt")
 
-    resumed = BindingModule(FABind(), default_backbone=spec)
-    trainer = fit(
-        tmp_path, resumed, dm, epochs=2, callbacks=[LoRAStage(start_epoch=1)], ckpt_path=tmp_path / "probe.ckpt"
-    )
+    resumed = BindingModule(FABind(), default_backbone=spec, lora_start_epoch=1)
+    trainer = fit(tmp_path, resumed, dm, epochs=2, ckpt_path=tmp_path / "probe.ckpt")
     for m, backbone in resumed.backbones.items():
         after = lora_parameters(backbone)
         assert all(p.requires_grad for p in after)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from brokenbind.backbones import Backbone, BackboneSpec, ModalityInfo, ProjectionHead, build_backbone
@@ -36,6 +37,10 @@ class BindingModule(LightningModule):
         feature_cache: reuse frozen-backbone outputs across epochs (``brokenbind.cache``); off for trainable or LoRA
             backbones and for data with random augmentation.
         cache_dir: where cached features persist across runs (default: memory only, for this run).
+        lora_start_epoch: the paper's two stages in one run (Table 9) when backbones carry LoRA adapters (a ``lora``
+            option in their spec): epochs before it train the heads alone (linear probing; peft's zero init keeps
+            the backbones exactly pretrained), from it on the adapters train too, starting from the probed heads.
+            0 trains the adapters from the start. The stage follows the epoch number, so resumes land in the right one.
     """
 
     def __init__(
@@ -49,10 +54,14 @@ class BindingModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         feature_cache: bool = True,
         cache_dir: str | None = None,
+        lora_start_epoch: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["method", "optimizer", "lr_scheduler"])
         self.use_cache, self.cache = feature_cache, FeatureCache(cache_dir)
+        if lora_start_epoch < 0:
+            raise ConfigError("lora_start_epoch must be non-negative")
+        self.lora_start_epoch = lora_start_epoch
         self.cache_keys: dict[str, str] = {}  # modality -> cache key, for cacheable backbones only
         self.method = method
         self.embed_dim, self.head_hidden_dim = embed_dim, head_hidden_dim
@@ -115,6 +124,15 @@ class BindingModule(LightningModule):
                 self.cache.put(key, index[rows.to(index.device)], backbone(subset))
         return self.cache.get(key, index).to(self.device)
 
+    def on_train_epoch_start(self) -> None:
+        adapting = self.current_epoch >= self.lora_start_epoch
+        for m, backbone in self.backbones.items():
+            parameters = lora_parameters(backbone)
+            if parameters and parameters[0].requires_grad != adapting:
+                for p in parameters:
+                    p.requires_grad_(adapting)
+                rank_zero_info(f"epoch {self.current_epoch}: LoRA adapters of {m} {'train' if adapting else 'frozen'}")
+
     def on_train_epoch_end(self) -> None:
         if self.trainer.is_global_zero:
             self.cache.save()
@@ -144,7 +162,7 @@ class BindingModule(LightningModule):
 
     # -- optimisation and checkpoints ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        # LoRA adapters join from the start, frozen until their stage (callbacks.stages): AdamW skips parameters
+        # LoRA adapters join from the start, frozen until their stage (lora_start_epoch): AdamW skips parameters
         # without gradients, and the optimiser state keeps one layout across the stages and across resumes.
         optimizer = self.optimizer([p for n, p in self.named_parameters() if p.requires_grad or "lora_" in n])
         if self.lr_scheduler is None:

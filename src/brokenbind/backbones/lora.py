@@ -14,8 +14,8 @@ def apply_lora(
 
     The base weights stay frozen; only the adapters train, and only they are saved in checkpoints. peft initialises
     each adapter's B matrix to zero, so the backbone computes exactly what it did before until the adapters train:
-    the linear-probing stage sees the pretrained features. The adapters start frozen; ``callbacks.stages.LoRAStage``
-    unfreezes them when the LoRA stage begins.
+    the linear-probing stage sees the pretrained features. The adapters start frozen; ``BindingModule`` unfreezes
+    them when the LoRA stage begins (``lora_start_epoch``).
     """
     from peft import LoraConfig, inject_adapter_in_model  # optional dependency: only LoRA runs need it
 

@@ -1,7 +1,6 @@
-"""Callbacks: retrieval and emergent-binding evaluation, embedding export, training stages."""
+"""Callbacks: retrieval and emergent-binding evaluation, embedding export."""
 
 from brokenbind.callbacks.embeddings import EmbeddingWriter
 from brokenbind.callbacks.emergent import EmergentBinding
-from brokenbind.callbacks.stages import LoRAStage
 
-__all__ = ["EmbeddingWriter", "EmergentBinding", "LoRAStage"]
+__all__ = ["EmbeddingWriter", "EmergentBinding"]
