@@ -1,7 +1,11 @@
 """Two CPU processes (gloo) give the same loss and parameter gradients as one process on the global batch."""
 
+import csv
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +101,20 @@ def test_ddp_matches_single_process_on_the_global_batch(name, tmp_path):
     torch.testing.assert_close(ddp["loss"], ref_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ddp["grads"], ref_grads, rtol=1e-5, atol=1e-5)
     assert ref_grads.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_cli_fit_and_test_under_lightning_ddp_with_two_cpu_processes(tmp_path):
+    """The whole path under Lightning's DDP: training, gathered evaluation, rank-zero reporting, test after fit."""
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "brokenbind.cli", "fit", "--config", str(root / "experiments" / "two_dataset.yaml"),
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "logs" / "two_dataset" / "version_0" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["stage"] for r in rows] == ["val", "test"]
+    assert all(0 < float(r["map_class"]) <= 1 for r in rows)

@@ -90,10 +90,11 @@ class EmergentBinding(Callback):
                     ks=self.ks, chunk_size=self.chunk_size,
                 )  # fmt: skip
                 for name, value in metrics.items():
-                    pl_module.log(f"{stage}/{name}/{dataset}/{flow.name}", value, sync_dist=False)
+                    # identical on every rank (gathered above); sync_dist only tells Lightning so
+                    pl_module.log(f"{stage}/{name}/{dataset}/{flow.name}", value, sync_dist=True)
                 rows.append(self._row(trainer, pl_module, stage, flow, metrics))
         # the mean instance mAP over flows is what checkpoint selection monitors
-        pl_module.log(f"{stage}/mAP", _mean_map(rows), sync_dist=False)
+        pl_module.log(f"{stage}/mAP", _mean_map(rows), sync_dist=True)
         best = self.rows.get(stage)
         if stage == "test" or best is None or _mean_map(rows) > _mean_map(best):
             self.rows[stage] = rows  # val keeps the best epoch: the one checkpoint selection picks by default
@@ -134,23 +135,24 @@ class EmergentBinding(Callback):
 
     # -- report ----------------------------------------------------------------------------------------------------
     @rank_zero_only
-    def _report(self, trainer: Trainer, stage: str) -> None:
+    def _report(self, log_dir: str | None, stage: str) -> None:
         rows = self.rows.get(stage)
         if not rows:
             return
         label = rows[0].weights + (", best validation mAP" if stage == "val" else "")
         rank_zero_info(f"\n{stage} retrieval ({label}):\n{format_table(rows)}")
-        if trainer.log_dir is not None:
-            run_dir = Path(trainer.log_dir)
+        if log_dir is not None:
+            run_dir = Path(log_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_csv(run_dir / "results.csv", rows)
             rank_zero_info(f"results: {run_dir / 'results.csv'}\nrun directory: {run_dir}")
 
+    # trainer.log_dir is a collective under DDP (a broadcast): read it on every rank, report on rank 0 only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._report(trainer, "val")
+        self._report(trainer.log_dir, "val")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._report(trainer, "test")
+        self._report(trainer.log_dir, "test")
 
 
 def _mean_map(rows: list[ResultRow]) -> float:
