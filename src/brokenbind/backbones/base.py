@@ -1,6 +1,8 @@
 """The backbone interface: what every per-modality encoder provides to the module and the feature cache."""
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -37,3 +39,9 @@ class Backbone(nn.Module):
 
     def fingerprint(self) -> str | None:
         return None
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file: pins weights files and names them in fingerprints."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

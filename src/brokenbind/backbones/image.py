@@ -3,7 +3,6 @@
 Input: a float32 batch (B, C, H, W) in [0, 1] with C = 1 or 3. Output: timm's pooled features (B, num_features).
 """
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.base import Backbone, ModalityInfo, sha256_file
 from brokenbind.errors import ConfigError
 
 WHEEL_WEIGHTS = "efficientnet_lite0_wheel"
@@ -44,11 +43,6 @@ def lite0_key_map() -> dict[str, str]:
             flat += 1
     modules += [("_conv_head", "conv_head", _CONV), ("_bn1", "bn2", _BN)]
     return {f"{src}.{t}": f"{dst}.{t}" for src, dst, tensors in modules for t in tensors}
-
-
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def wheel_weights_path() -> Path:

@@ -3,7 +3,6 @@
 Input: a list of strings. Output: mean-pooled last hidden states (B, 384), not normalised (the module does that).
 """
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,18 +10,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.base import Backbone, ModalityInfo, sha256_file
 from brokenbind.errors import ConfigError
 
 # sha256 of all-MiniLM-L6-v2's model.safetensors: equal to the Hugging Face etag of the file (offline-data.md §2, §4).
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 # Files besides the weights that change what is computed (tokenisation); hashed into the fingerprint.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def wheel_model_path() -> Path:
