@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from brokenbind.methods import BrokenBind, CentroBind, FABind
+from brokenbind.methods.brokenbind import PAPER_RECIPE as PAPER
 
 WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
 TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
 CHAIN = {"d1": ["a", "b"], "d2": ["b", "c"], "d3": ["c", "e"]}
 
-PAPER = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all"}
 VARIANT = {
     "pinv_ridge": 0.3,
     "normalize_pseudo": True,

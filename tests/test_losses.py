@@ -17,11 +17,10 @@ from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
 from brokenbind.losses.mox import frobenius, pivot_pinv, x_data, x_mod
 from brokenbind.losses.temperature import LogitScale
 from brokenbind.methods import BrokenBind, FABind
+from brokenbind.methods.brokenbind import PAPER_RECIPE as PAPER  # the references are the paper's equations
 
 ATOL = 1e-5
 B, D = 6, 8
-# the references below are the paper's equations, so the method runs with the paper's recipe
-PAPER = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all"}
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Inputs and loop references

@@ -15,13 +15,14 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from brokenbind.methods import BrokenBind, CentroBind, FABind
+from brokenbind.methods.brokenbind import PAPER_RECIPE
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.module import BindingModule
 from datamodules import DigitsDataModule, MfeatDataModule
 
 METHODS = {
     "brokenbind": lambda: BrokenBind(consistency_epochs=0),
-    "brokenbind_paper": lambda: BrokenBind(consistency_epochs=0, pinv_ridge=0.0, fro_reduction="sum", push_away="all"),
+    "brokenbind_paper": lambda: BrokenBind(consistency_epochs=0, **PAPER_RECIPE),
     "centrobind": CentroBind,
     "fabind": FABind,
 }
