@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from brokenbind.errors import ConfigError, DataError
-from datamodules.base import PairedDataModule, TensorDictDataset
+from datamodules.base import SPLITS, PairedDataModule, TensorDictDataset
 
 VIEWS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 NUM_CLASSES, PER_CLASS = 10, 200
@@ -82,6 +82,7 @@ class MfeatDataModule(PairedDataModule):
         if len(split_fractions) != 3 or min(split_fractions) <= 0:
             raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
         self.class_shift, self.split_fractions, self.split_seed = class_shift, tuple(split_fractions), split_seed
+        self._ids: dict[str, dict[str, np.ndarray]] | None = None  # the assignment, made once for all splits
         super().__init__(**kwargs)
 
     def assignment(self) -> dict[str, dict[str, np.ndarray]]:
@@ -90,19 +91,21 @@ class MfeatDataModule(PairedDataModule):
         rng = np.random.default_rng(self.split_seed)
         names = list(self.datasets)
         blocks = np.array_split(np.arange(NUM_CLASSES), len(names))
-        out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in ("train", "val", "test")} for n in names}
+        out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in SPLITS} for n in names}
         for c in range(NUM_CLASSES):
             members = rng.permutation(np.flatnonzero(labels == c))
             shares = np.array([(1 - self.class_shift) / len(names) + self.class_shift * (c in b) for b in blocks])
             for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
                 pieces = np.split(part, _cumulative_counts(len(part), np.array(self.split_fractions))[:-1])
-                for split, ids in zip(("train", "val", "test"), pieces, strict=True):
+                for split, ids in zip(SPLITS, pieces, strict=True):
                     out[name][split].append(ids)
         return {n: {s: np.sort(np.concatenate(ids)) for s, ids in splits.items()} for n, splits in out.items()}
 
     def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
         views, labels = load_mfeat()
-        ids = self.assignment()[dataset][split]
+        if self._ids is None:
+            self._ids = self.assignment()
+        ids = self._ids[dataset][split]
         return TensorDictDataset(
             {m: torch.from_numpy(views[m][ids]) for m in modalities},
             index=torch.from_numpy(ids),
