@@ -166,8 +166,9 @@ class BrokenBind(BindingMethod):
                     level.setdefault(target, (source, shared[0]))
             if not level:
                 return out
+            pinvs = {link: pivot_pinv(full[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
             for target, (source, pivot) in level.items():
-                pinv = pivot_pinv(full[source][pivot], self.pinv_ridge)
+                pinv = pinvs[source, pivot]  # one pseudo-inverse per (source, pivot), shared by its targets
                 data = x_data(have[pivot], pinv, full[source][target])
                 mod = x_mod(have[pivot], pinv, full[source][target])
                 if self.normalize_pseudo:
