@@ -5,15 +5,19 @@ asks to retrieve r from p there, through the pivot q. The retrieved modality may
 training split: it exists only in the dataset's val/test splits, for scoring.
 """
 
+import itertools
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError
@@ -59,6 +63,45 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"x": {m: f[i] for m, f in self.features.items()}, "index": self.index[i], "label": self.label[i]}
+
+
+class EpochShuffle(DistributedSampler):
+    """A shuffle whose order is a function of (seed, epoch) alone, sharded over DDP ranks, that can start mid-epoch.
+
+    Lightning calls ``set_epoch`` before every epoch and leaves a ``DistributedSampler`` in place under DDP, so one
+    sampler serves one process and many; a resumed run replays exactly the order of an uninterrupted one.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        rank, size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        super().__init__(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0  # indices to skip at the next iteration only (a mid-epoch resume)
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        return itertools.islice(super().__iter__(), start, None)
+
+
+class ResumableLoader(DataLoader):
+    """A training loader whose position Lightning saves in checkpoints (its ``state_dict`` / ``load_state_dict``
+    protocol), so that a run resumed mid-epoch continues with the next unseen batch of the same epoch."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batches_yielded = 0  # in the current epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batches_yielded = self.sampler.start // self.batch_size
+        for batch in super().__iter__():
+            self.batches_yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_yielded": self.batches_yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        done = state["batches_yielded"]
+        self.sampler.start = done * self.batch_size if done < len(self) else 0  # a finished epoch resumes at the next
 
 
 class PairedDataModule(LightningDataModule, ABC):
@@ -137,12 +180,12 @@ class PairedDataModule(LightningDataModule, ABC):
                 raise ConfigError(f"flow {flow.flow!r}: {pivot!r} is not a configured pivot {self.pivots}")
             for m in (query, target):
                 if m not in known:
-                    raise ConfigError(
-                        f"flow {flow.flow!r}: modality {m!r} does not exist in the evaluation split of "
-                        f"{flow.dataset!r}; available: {sorted(known)}"
-                    )
+                    raise ConfigError(f"flow {flow.flow!r}: unknown modality {m!r}; available: {sorted(known)}")
                 if m not in trained:
-                    raise ConfigError(f"flow {flow.flow!r}: modality {m!r} is observed by no training dataset")
+                    raise ConfigError(
+                        f"flow {flow.flow!r}: modality {m!r} is observed by no training dataset; add it to a dataset's "
+                        "modalities (data.init_args.datasets) or score another modality"
+                    )
             if target not in self.reachable(flow.dataset):
                 raise ConfigError(
                     f"flow {flow.flow!r}: no chain of datasets linked by shared modalities leads from "
@@ -206,7 +249,7 @@ class PairedDataModule(LightningDataModule, ABC):
             if len(splits["train"]) < self.batch_size:
                 raise ConfigError(
                     f"dataset {name!r} has {len(splits['train'])} training instances, fewer than batch_size "
-                    f"{self.batch_size}: with drop_last it would yield no batch"
+                    f"{self.batch_size}: with drop_last it would yield no batch; lower data.init_args.batch_size"
                 )
 
     def modality_info(self) -> dict[str, ModalityInfo]:
@@ -224,24 +267,32 @@ class PairedDataModule(LightningDataModule, ABC):
         return None
 
     def train_dataloader(self) -> CombinedLoader:
+        """One resumable loader per dataset. Orders depend on the training seed and the epoch only (each dataset its
+        own); loaders draw worker seeds from their own generator, so loading never consumes the global RNG and a
+        resumed run's RNG stream matches an uninterrupted one's."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         loaders = {
-            name: DataLoader(
+            name: ResumableLoader(
                 splits["train"],
                 batch_size=self.batch_size,
-                shuffle=True,
+                sampler=EpochShuffle(splits["train"], seed + position),
                 drop_last=True,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
+                generator=torch.Generator().manual_seed(seed + position),
             )
-            for name, splits in self.splits.items()
+            for position, (name, splits) in enumerate(self.splits.items())
         }
         return CombinedLoader(loaders, mode=self.sampling)
 
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        """An evaluation loader, in order; its own generator keeps it off the global RNG."""
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, generator=torch.Generator()
+        )
+
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [
-            DataLoader(self.splits[name][split], batch_size=self.eval_batch_size, num_workers=self.num_workers)
-            for name in self.eval_datasets
-        ]
+        return [self._loader(self.splits[name][split]) for name in self.eval_datasets]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")
@@ -255,7 +306,4 @@ class PairedDataModule(LightningDataModule, ABC):
         return [(name, split) for name in self.datasets for split in SPLITS]
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [
-            DataLoader(self.splits[name][split], batch_size=self.eval_batch_size, num_workers=self.num_workers)
-            for name, split in self.predict_splits
-        ]
+        return [self._loader(self.splits[name][split]) for name, split in self.predict_splits]

@@ -45,17 +45,18 @@ def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_p
         ("test", "evaluation", "fou->pix->zer", "True"),
     ]
     assert rows[0]["experiment"] == "two_dataset" and rows[0]["method"] == "brokenbind" and rows[0]["seed"] == "0"
-    assert rows[1]["weights"].startswith("epoch") and rows[1]["weights"].endswith(".ckpt")
+    assert rows[1]["weights"].startswith("best-epoch") and rows[1]["weights"].endswith(".ckpt")
     assert 0 < float(rows[1]["map_instance"]) <= 1 and 0 < float(rows[1]["map_class"]) <= 1
 
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in checkpoint["state_dict"] if k.startswith("backbones.")]
 
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
-    assert validated.trainer.state.finished
+    assert validated.trainer.state.finished and Path(validated.trainer.log_dir).resolve() == run
 
-    main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
-    embeddings = tmp_path / "logs" / "two_dataset" / "version_2" / "embeddings"
+    # the checkpoint alone rebuilds the run (its configuration travels with it); outputs go to its run directory
+    main(["predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    embeddings = run / "embeddings"
     written = sorted(p.relative_to(embeddings).as_posix() for p in embeddings.rglob("*"))
     assert "evaluation/test/zer.npy" in written and "evaluation/train/fou.npy" in written
     assert "evaluation/train/zer.npy" not in written  # hidden in training, so absent from the train split

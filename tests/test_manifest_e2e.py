@@ -54,7 +54,7 @@ def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
     assert all(0 < float(r["map_class"]) <= 1 for r in results)
 
     cli(["predict", "--config", str(path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
-    out = tmp_path / "logs" / "my_data" / "version_1" / "embeddings"
+    out = run / "embeddings"  # beside the checkpoint's run
     caption = np.load(out / "captions" / "test" / "caption.npy")
     sound = np.load(out / "captions" / "test" / "sound.npy")
     assert caption.shape == sound.shape == (6, 128)

@@ -171,3 +171,34 @@ def test_labels_must_come_in_pairs() -> None:
     query, gallery, query_ids, gallery_ids, query_labels, _ = _paired_setup()
     with pytest.raises(ValueError, match="both"):
         retrieval_metrics(query, gallery, query_ids, gallery_ids, query_labels=query_labels)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_single_relevant_fast_path_equals_the_sorting_path_and_sklearn(seed: int) -> None:
+    """Unique gallery ids take the counting path; it must equal the general (sorting) path and scikit-learn, with
+    negative scores, ties (quantised scores) and queries whose paired item is missing."""
+    from brokenbind.metrics.retrieval import single_match, single_relevant_metrics
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(-3, 4, (12, 9), generator=g).float() / 2  # few distinct values: many ties, negatives
+    query_ids = torch.randperm(12, generator=g)[:12] + 100
+    gallery_ids = torch.randperm(12, generator=g)[:9] + 100  # 3 queries have no paired item
+    relevant = query_ids[:, None] == gallery_ids[None, :]
+    match = single_match(query_ids, gallery_ids)
+    assert match is not None and ((match >= 0) == relevant.any(dim=1)).all()
+    ap, hits = single_relevant_metrics(scores, match, ks=(1, 3))
+    torch.testing.assert_close(ap, average_precision(scores, relevant), equal_nan=True)
+    for k, hit in recall_at_k(scores, relevant, (1, 3)).items():
+        torch.testing.assert_close(hits[k], hit, equal_nan=True)
+    for q in relevant.any(dim=1).nonzero().flatten().tolist():
+        assert ap[q].item() == pytest.approx(average_precision_score(relevant[q].numpy(), scores[q].numpy()))
+
+
+def test_repeated_gallery_ids_take_the_general_path() -> None:
+    from brokenbind.metrics.retrieval import single_match
+
+    assert single_match(torch.tensor([1, 2]), torch.tensor([1, 2, 2])) is None
+    query = torch.tensor([[1.0, 0.0]])
+    gallery = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1]])
+    out = retrieval_metrics(query, gallery, torch.tensor([7]), torch.tensor([7, 7, 3]), ks=(1,))
+    assert out["mAP"] == pytest.approx((1 / 1 + 2 / 3) / 2)  # relevant items at ranks 1 and 3

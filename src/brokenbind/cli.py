@@ -1,47 +1,175 @@
-"""``brokenbind``: the Lightning CLI (fit / validate / test / predict) over BindingModule and any PairedDataModule.
+"""``brokenbind``: the Lightning CLI (fit / validate / test / predict) over BindingModule and any PairedDataModule,
+plus ``brokenbind tune`` (``brokenbind.tune``).
 
 Shared defaults come from ``brokenbind/configs/defaults.yaml``; an experiment YAML holds only what differs. Unknown
-keys are errors (jsonargparse). The run is named after the experiment file (``--experiment`` overrides), so
-``brokenbind fit --config experiments/two_dataset.yaml`` writes TensorBoard logs, checkpoints, the resolved config and
-``results.csv`` into ``logs/two_dataset/version_N``; with ``--method NAME`` (a preset from ``configs/methods``) into
-``logs/two_dataset/NAME/version_N``.
+keys are errors (jsonargparse). ``--method NAME`` and ``--hardware NAME`` are config layers from ``configs/methods``
+and ``configs/hardware``.
+
+Run directories: ``logs/<experiment>[/<method>]/version_N`` (under SLURM ``.../slurm_<job id>``, so that a requeued
+job finds its own directory and nothing else). It holds TensorBoard logs, ``config.yaml``, ``results.csv`` and
+``checkpoints/``: ``best-epochNNN.ckpt`` (best validation mAP) and ``last.ckpt`` (the true last state: every epoch
+and whenever a signal stops the run). A run started with ``--ckpt_path`` continues the checkpoint's run directory;
+``--ckpt_path last`` picks the newest run of the experiment. A checkpoint carries its resolved configuration, so
+``brokenbind test --ckpt_path X`` needs nothing else, and a checkpoint of another configuration is refused.
+
+Exit codes: 0 finished; 2 bad configuration or data (one paragraph naming the key or file; a run directory created by
+the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number when a signal stopped the run (its
+checkpoint is named).
 """
 
+import ast
+import difflib
+import importlib
+import inspect
+import logging
+import os
+import re
+import shutil
+import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
+import torch
+import yaml
+from jsonargparse import ArgumentError
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from brokenbind.errors import ConfigError, DataError
+from brokenbind.callbacks.faults import FaultTolerance
+from brokenbind.errors import ConfigError, DataError, DivergenceError
 from brokenbind.module import BindingModule
 from datamodules.base import PairedDataModule
 
-DEFAULTS = Path(__file__).parent / "configs" / "defaults.yaml"
-METHODS = Path(__file__).parent / "configs" / "methods"
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()  # Lightning's per-run advertisement for its cloud logger
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdverts())
+
+CONFIGS = Path(__file__).parent / "configs"
+DEFAULTS = CONFIGS / "defaults.yaml"
+PRESETS = {"method": CONFIGS / "methods", "hardware": CONFIGS / "hardware"}
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SIGNAL_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGUSR1": 128 + signal.SIGUSR1, "SIGINT": 128 + signal.SIGINT}
+# Settings that may differ between a checkpoint's run and the run that loads it: the rest of model and data must match.
+CONFIG_KEYS_COMPARED = ("model", "data")
+
+
+class Stopped(Exception):
+    """A signal stopped the run; ``code`` is the exit code and the message says where its checkpoint is."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def presets(kind: str) -> list[str]:
+    return sorted(p.stem for p in PRESETS[kind].glob("*.yaml"))
 
 
 def method_presets() -> list[str]:
-    return sorted(p.stem for p in METHODS.glob("*.yaml"))
+    return presets("method")
 
 
-def expand_method_presets(args: list[str]) -> list[str]:
-    """``--method NAME`` stands for ``--config configs/methods/NAME.yaml``: a preset is a config layer (it may set the
-    model, the data or the trainer, e.g. ``oracle``), applied where it appears, so put it after the experiment."""
+def expand_presets(args: list[str]) -> list[str]:
+    """``--method NAME`` stands for ``--config configs/methods/NAME.yaml`` (and ``--hardware NAME`` likewise): a preset
+    is a config layer (it may set the model, the data or the trainer), applied where it appears, so put it after the
+    experiment."""
     out, rest = [], list(args)
     while rest:
         arg = rest.pop(0)
-        if arg != "--method" and not arg.startswith("--method="):
+        kind = next((k for k in PRESETS if arg == f"--{k}" or arg.startswith(f"--{k}=")), None)
+        if kind is None:
             out.append(arg)
             continue
         name = arg.partition("=")[2] if "=" in arg else (rest.pop(0) if rest else "")
-        if name not in method_presets():
-            raise ConfigError(f"unknown method preset {name!r}; available: {method_presets()}")
-        out += ["--config", str(METHODS / f"{name}.yaml"), f"--method={name}"]
+        if name not in presets(kind):
+            raise ConfigError(f"unknown {kind} preset {name!r}; available: {presets(kind)}")
+        out += ["--config", str(PRESETS[kind] / f"{name}.yaml")]
+        if kind == "method":
+            out.append(f"--method={name}")
     return out
 
 
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``--name X`` / ``--name=X`` (the last one given), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A brokenbind checkpoint, read with ``weights_only=True`` (plain containers and tensors only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}; pass the path of a .ckpt file or 'last'")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+
+
+def stored_config(path: str | Path) -> dict[str, Any]:
+    config = load_checkpoint(path).get("config")
+    if config is None:
+        raise ConfigError(f"checkpoint {path} holds no run configuration; pass the experiment with --config")
+    return config
+
+
+def with_checkpoint_config(args: list[str]) -> list[str]:
+    """Without ``--config``, a run given ``--ckpt_path`` takes the configuration stored in the checkpoint."""
+    ckpt = _option(args, "--ckpt_path")
+    if not args or args[0] not in SUBCOMMANDS or "--config" in args or "-c" in args or ckpt in (None, "last"):
+        if args and args[0] == "predict" and ckpt is None:
+            raise ConfigError("predict needs --ckpt_path: without trained weights it would write untrained embeddings")
+        return args
+    return [args[0], f"--config={yaml.safe_dump(stored_config(ckpt))}", *args[1:]]
+
+
+def slurm_version() -> str | None:
+    """``slurm_<job id>`` for a batch job on SLURM (a requeued job keeps its id), None elsewhere."""
+    if not SLURMEnvironment.detect() or SLURMEnvironment.job_name() in ("bash", "interactive"):
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm_{array}_{task}" if array and task else f"slurm_{os.environ['SLURM_JOB_ID']}"
+
+
+def next_version(root: Path) -> str:
+    numbers = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return f"version_{max(numbers, default=-1) + 1}"
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest of ``last.ckpt`` and Lightning's preemption checkpoints ``hpc_ckpt_N.ckpt`` in a run directory."""
+    candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
+    existing = [p for p in candidates if p.is_file()]
+    return max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else None
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configurations."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        keys = sorted(set(stored) | set(current), key=str)
+        return [d for k in keys for d in config_differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
+    return [] if stored == current else [prefix.rstrip(".")]
+
+
 class BrokenBindCLI(LightningCLI):
+    # (run directory, whether this start creates it): read by ``cli`` to remove what a failed start left behind
+    last_start: tuple[Path | None, bool] = (None, False)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None, help="run name (default: config file stem)")
         parser.add_argument("--method", type=str | None, default=None, help=f"method preset, one of {method_presets()}")
@@ -49,17 +177,111 @@ class BrokenBindCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint when training ends"
         )
 
+    # -- configuration, run directory, checkpoint ------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        experiments = [Path(str(c)) for c in config.get("config") or [] if Path(str(c)).parent != METHODS]
+        experiments = [Path(str(c)) for c in config.get("config") or [] if Path(str(c)).parent not in PRESETS.values()]
         name = config.experiment or (experiments[-1].stem if experiments else "default")
         config.experiment = name
-        logger = config.trainer.logger
-        if logger and getattr(logger, "init_args", None) is not None and "name" in logger.init_args:
-            logger.init_args.name = name if config.method is None else f"{name}/{config.method}"
+        run_name = name if config.method is None else f"{name}/{config.method}"
         for callback in config.trainer.callbacks or []:
             if callback.class_path.endswith("EmergentBinding"):  # results rows name the experiment and the preset
                 callback.init_args.experiment, callback.init_args.method = name, config.method
+        self.check_settings(config)
+        logger = config.trainer.logger
+        save_dir = Path(logger.init_args.save_dir if logger and "save_dir" in (logger.init_args or {}) else "logs")
+        self.run_dir, ckpt = self.resolve_run(config, save_dir / run_name)
+        config.ckpt_path = str(ckpt) if ckpt else None
+        if ckpt is not None:
+            self.check_checkpoint(ckpt)
+        BrokenBindCLI.last_start = (self.run_dir, not self.run_dir.exists())
+        config.trainer.default_root_dir = str(self.run_dir)  # where Lightning puts its SLURM preemption checkpoint
+        if logger and getattr(logger, "init_args", None) is not None:
+            logger.init_args.save_dir, logger.init_args.name = str(self.run_dir.parent), ""
+            logger.init_args.version = self.run_dir.name
+
+    def check_settings(self, config: Any) -> None:
+        """Settings that parse but cannot give an honest run."""
+        if self.subcommand == "fit" and config.trainer.max_epochs == 0 and config.method != "frozen":
+            raise ConfigError(
+                "trainer.max_epochs=0 trains nothing, and the results would be an untrained model labelled "
+                f"{config.method or 'brokenbind'!r}; for the untrained reference use --method frozen"
+            )
+        optimizer = config.model.optimizer
+        lr = (getattr(optimizer, "init_args", None) or {}).get("lr") if not callable(optimizer) else None
+        if lr is not None and not lr > 0:
+            raise ConfigError(f"model.optimizer.init_args.lr must be positive, got {lr}")
+
+    def resolve_run(self, config: Any, root: Path) -> tuple[Path, Path | None]:
+        """(run directory, checkpoint to start from). A checkpoint inside a run directory continues that directory;
+        ``last`` is the newest run of this experiment that has one; a requeued SLURM job resumes its own directory."""
+        ckpt = config.ckpt_path
+        if ckpt == "last":
+            runs = [p for p in root.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()]
+            if not runs:
+                raise ConfigError(f"--ckpt_path last: no run under {root} has checkpoints/last.ckpt")
+            ckpt = max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime_ns) / "checkpoints"
+            ckpt = ckpt / "last.ckpt"
+        if ckpt is not None:
+            ckpt = Path(ckpt)
+            if not ckpt.is_file():
+                raise ConfigError(f"checkpoint not found: {ckpt}; pass the path of a .ckpt file or 'last'")
+            parent = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+            if (parent / "config.yaml").is_file():  # a run directory: continue it
+                return parent, ckpt
+            return root / next_version(root), ckpt
+        version = slurm_version()
+        if version is not None and self.subcommand == "fit":
+            run_dir = root / version
+            return run_dir, newest_checkpoint(run_dir)  # a requeued job resumes; a new job starts fresh
+        return root / next_version(root), None
+
+    def check_checkpoint(self, ckpt: Path) -> None:
+        """Refuse a checkpoint written under another model or data configuration."""
+        stored = load_checkpoint(ckpt).get("config")
+        if stored is None:
+            return  # written without a stored configuration: nothing to compare
+        current = self.plain_config()
+        differences = [
+            d for key in CONFIG_KEYS_COMPARED for d in config_differences(stored.get(key), current.get(key), f"{key}.")
+        ]
+        if differences:
+            run = "experiment {!r} (method {!r})"
+            raise ConfigError(
+                f"checkpoint {ckpt} was written by {run.format(stored.get('experiment'), stored.get('method'))} with "
+                f"other settings than this run, {run.format(current.get('experiment'), current.get('method'))}: "
+                f"{', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''} differ. Load it with its own "
+                f"configuration: `brokenbind {self.subcommand} --ckpt_path {ckpt}` (no --config)"
+            )
+
+    def plain_config(self) -> dict[str, Any]:
+        """The resolved configuration of this subcommand as plain containers (for checkpoints and comparison)."""
+        parser = self._parser(self.subcommand)
+        config = yaml.safe_load(parser.dump(self.config[self.subcommand], skip_check=True))
+        for key in ("config", "ckpt_path"):
+            config.pop(key, None)
+        return config
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.model.run_config = self.plain_config()
+        self.faults = next((c for c in self.trainer.callbacks if isinstance(c, FaultTolerance)), None)
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as stop:  # Lightning's SIGTERMException, or its sys.exit(1) after Ctrl-C
+            faults = self.faults
+            if not isinstance(stop, SIGTERMException) and not (faults and faults.stopped_by):
+                raise
+            reason = faults.stopped_by if faults and faults.stopped_by else "SIGTERM"
+            saved = faults.saved if faults and faults.saved else newest_checkpoint(self.run_dir)
+            where = (
+                f"checkpoint: {saved}; resume with `brokenbind fit --ckpt_path {saved}`" if saved else "no checkpoint"
+            )
+            at = f"epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
+            raise Stopped(f"stopped by {reason} at {at}; {where}", SIGNAL_EXIT.get(reason, 1)) from stop
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
@@ -70,41 +292,126 @@ class BrokenBindCLI(LightningCLI):
 
 
 def cli(args: list[str] | None = None) -> BrokenBindCLI:
-    """Parse ``args`` (default: the command line), build everything and run the subcommand."""
+    """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
+    exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
+    BrokenBindCLI.last_start = (None, False)
+    # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     try:
-        if args is None:  # from the command line: LightningCLI reads sys.argv itself
-            sys.argv[1:] = expand_method_presets(sys.argv[1:])
-        else:
-            args = expand_method_presets(args)
-        return BrokenBindCLI(
-            BindingModule,
-            PairedDataModule,
-            subclass_mode_data=True,
-            parser_kwargs={
-                command: {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf"}
-                for command in ("fit", "validate", "test", "predict")
-            },
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
-            args=args,
-        )
+        args = with_checkpoint_config(expand_presets(sys.argv[1:] if args is None else list(args)))
+        check_yaml_files(args)
+        parser_kwargs = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
+        # LightningCLI reads the command line (and the DDP launcher re-runs it): give it the expanded arguments there
+        with patch.object(sys, "argv", [sys.argv[0], *args]):
+            return BrokenBindCLI(
+                BindingModule,
+                PairedDataModule,
+                subclass_mode_data=True,
+                parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
+            )
+    except Stopped as stop:
+        print(f"brokenbind: {stop}", file=sys.stderr)
+        raise SystemExit(stop.code) from stop
+    except DivergenceError as error:
+        print(f"brokenbind: DivergenceError: {error}", file=sys.stderr)
+        raise SystemExit(3) from error
     except Exception as error:
         cause = _user_error(error)
         if cause is None:
             raise
+        _remove_failed_start()
         print(f"brokenbind: {type(cause).__name__}: {cause}", file=sys.stderr)
         raise SystemExit(2) from error
 
 
-def _user_error(error: BaseException | None) -> ConfigError | DataError | None:
+def _remove_failed_start() -> None:
+    """A run directory that a failed start created holds no result: remove it."""
+    run_dir, created = BrokenBindCLI.last_start
+    if run_dir is not None and created and run_dir.is_dir() and not any(run_dir.glob("checkpoints/*.ckpt")):
+        shutil.rmtree(run_dir)
+
+
+def _user_error(error: BaseException | None) -> Exception | None:
     """The configuration or data error behind ``error``; jsonargparse wraps errors raised while instantiating."""
-    while error is not None and not isinstance(error, ConfigError | DataError):
+    while error is not None and not isinstance(error, ConfigError | DataError | ArgumentError):
         error = error.__cause__ or error.__context__
+    if isinstance(error, ArgumentError):
+        return ConfigError(parse_error_message(str(error)))
     return error
+
+
+def check_yaml_files(args: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file, named with its file, line and column (jsonargparse reads the
+    file's text and reports only a line of ``<unicode string>``)."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else arg.partition("=")[2]
+        if not (arg in ("--config", "-c") or arg.startswith("--config=")) or not Path(value).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(value).read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise ConfigError(
+                f"experiment file {value}: YAML syntax error{at}: {problem}; fix the file (nesting is by indentation, "
+                "the same number of spaces for keys of one mapping)"
+            ) from error
+
+
+def parse_error_message(text: str) -> str:
+    """jsonargparse's error as one short paragraph: for a class given by ``class_path`` the problem with that class
+    (not the union of accepted types and a dump of the given value), a close spelling of an unknown option, and the
+    command that lists the accepted ones."""
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    key = re.match(r'Parser key "([^"]+)": ', text)
+    problem = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$", text)
+    unknown = re.search(r"Option '([^']+)' is not accepted", problem[2]) if problem else None
+    if problem and unknown and key:
+        text = (
+            f"{key[1]}: {problem[1]} takes no option {unknown[1]!r}{_close_spelling(unknown[1], problem[1])}; "
+            f"`brokenbind fit --{key[1]}.help {problem[1]}` lists its options"
+        )
+    elif problem:
+        text = f"{key[1] + ': ' if key else ''}{problem[1]}: {problem[2]}"
+    elif key and "Not a valid subclass" in text:
+        try:
+            given = ast.literal_eval(re.sub(r"^.*Given value: ", "", text))
+        except (ValueError, SyntaxError):
+            given = None
+        extra = [k for k in given if k not in ("class_path", "init_args", "dict_kwargs")] if type(given) is dict else []
+        text = (
+            f"{key[1]}: unknown keys {extra} next to class_path and init_args; the class's options go under init_args"
+            if extra
+            else f"{key[1]}: expected a mapping with class_path and init_args (the class's options)"
+        )
+    elif option := re.search(r"Subcommand '(\w+)' does not accept option '(trainer\.)?([^']+)'", text):
+        spelling = _close_spelling(option[3], "lightning.pytorch.Trainer") if option[2] else ""
+        text += f"{spelling}; `brokenbind {option[1]} --help` lists the accepted keys"
+    return text
+
+
+def _close_spelling(option: str, class_path: str) -> str:
+    """``; did you mean 'x'?`` for an option of ``class_path`` (or of its base classes) spelt close to ``option``."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        classes = getattr(importlib.import_module(module), name).__mro__
+        options = {p for c in classes if "__init__" in vars(c) for p in inspect.signature(c.__init__).parameters}
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return ""
+    close = difflib.get_close_matches(option, sorted(options - {"self", "args", "kwargs"}), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def main() -> None:
     """Console entry point ``brokenbind``."""
+    if sys.argv[1:2] == ["tune"]:
+        from brokenbind.tune import main as tune
+
+        tune(sys.argv[2:])
+        return
     cli()
 
 

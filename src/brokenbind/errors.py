@@ -1,9 +1,26 @@
-"""Errors a user can fix: printed as one clear line by the CLI instead of a traceback."""
+"""Errors a user can fix: printed as one clear paragraph by the CLI instead of a traceback."""
 
 
-class ConfigError(ValueError):
-    """The experiment configuration is inconsistent (pairing, flows, method settings)."""
+class UserError(Exception):
+    """Base of the errors a user can fix. A DataLoader worker's error reaches the main process re-created as
+    ``type(text)`` with the worker's traceback in ``text`` (torch's ``ExceptionWrapper``); such an error keeps only
+    its own message, so that the user still reads one paragraph."""
+
+    def __init__(self, *args: object):
+        text = args[0] if len(args) == 1 else None
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if isinstance(text, str) and text.startswith("Caught ") and "\nOriginal Traceback" in text and marker in text:
+            args = (text.rsplit(marker, 1)[1].rstrip("\n"),)
+        super().__init__(*args)
 
 
-class DataError(RuntimeError):
+class ConfigError(UserError, ValueError):
+    """The experiment configuration is inconsistent (pairing, flows, method settings, checkpoints)."""
+
+
+class DataError(UserError, RuntimeError):
     """Input data is missing, malformed or inconsistent."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced NaN or Inf: the run stops at once instead of training, checkpointing or scoring it."""

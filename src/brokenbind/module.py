@@ -1,5 +1,6 @@
 """The LightningModule: per-modality backbones (frozen unless trainable) and trainable heads, trained by a method."""
 
+import warnings
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from brokenbind.backbones import Backbone, BackboneSpec, ModalityInfo, ProjectionHead, build_backbone
 from brokenbind.backbones.lora import lora_parameters
 from brokenbind.cache import FeatureCache, cache_key
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
 
 
@@ -70,6 +71,7 @@ class BindingModule(LightningModule):
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.backbones: nn.ModuleDict | None = None
         self.heads: nn.ModuleDict | None = None
+        self.run_config: dict[str, Any] | None = None  # the resolved run configuration (CLI), saved in checkpoints
 
     # -- model -----------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -124,6 +126,10 @@ class BindingModule(LightningModule):
                 self.cache.put(key, index[rows.to(index.device)], backbone(subset))
         return self.cache.get(key, index).to(self.device)
 
+    def on_fit_start(self) -> None:
+        # frozen backbones stay in eval mode on purpose (``train``); Lightning warns about any module in eval mode
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
     def on_train_epoch_start(self) -> None:
         adapting = self.current_epoch >= self.lora_start_epoch
         for m, backbone in self.backbones.items():
@@ -141,12 +147,37 @@ class BindingModule(LightningModule):
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
         embeddings = {ds: self.embed(b["x"], b["index"]) for ds, b in batch.items()}
         terms = self.method(embeddings, epoch=self.current_epoch)
+        self.check_finite(terms)
         loss = sum(terms.values())
         batch_size = len(next(iter(batch.values()))["index"])
         for name, value in terms.items():
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)  # mean over ranks
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log_pivot_conditioning(embeddings, batch_size)
         return loss
+
+    def check_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop at the first NaN or Inf loss term, before it reaches the weights: a diverged model must never be
+        trained on, checkpointed or scored. Every rank computes the same terms (global batch), so all stop together."""
+        bad = {name: value.item() for name, value in terms.items() if not torch.isfinite(value)}
+        if bad:
+            lrs = [group["lr"] for group in self.trainer.optimizers[0].param_groups] if self.trainer.optimizers else []
+            raise DivergenceError(
+                f"loss term(s) {bad} at epoch {self.current_epoch}, global step {self.global_step}: training diverged. "
+                f"Likely causes: the learning rate (now {lrs[0] if lrs else 'unknown'}; "
+                "--model.optimizer.init_args.lr) or the logit scale (--model.method.init_args.logit_scale); lower "
+                "them and start again. The diverged state was not checkpointed."
+            )
+
+    def log_pivot_conditioning(self, embeddings: dict[str, dict[str, Tensor]], batch_size: int) -> None:
+        """Condition number of each dataset's pivot embeddings, i.e. of the pseudo-inverse MOX takes of them (method.md
+        §6: B close to d makes it explode, and R_Fro with it)."""
+        for pivot in getattr(self.trainer.datamodule, "pivots", []):
+            for ds, mods in embeddings.items():
+                if pivot in mods:
+                    cond = torch.linalg.cond(mods[pivot].detach().float())
+                    self.log(f"train/cond/{ds}/{pivot}", cond, batch_size=batch_size, sync_dist=True)
 
     def _eval_step(self, batch: dict) -> dict[str, Any]:
         return {"embeddings": self.embed(batch["x"], batch["index"]), "index": batch["index"], "label": batch["label"]}
@@ -171,11 +202,14 @@ class BindingModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Frozen backbones are not saved: they are rebuilt from their source (weights file, data statistics). Their
-        LoRA adapters are trained, so they are."""
+        LoRA adapters are trained, so they are. The resolved run configuration (plain containers) goes in too, so
+        that the checkpoint alone rebuilds its run (``brokenbind test --ckpt_path X``)."""
         prefixes = tuple(f"backbones.{m}." for m in self.frozen_backbones())
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes) or "lora_" in k
         }
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt frozen backbones back so that loading stays strict for every other tensor."""

@@ -2,13 +2,15 @@
 
 import os
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from brokenbind.errors import DivergenceError
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.results import ResultRow, format_table, write_csv
 
@@ -22,6 +24,11 @@ class EmergentBinding(Callback):
     Embeddings from every rank are gathered and deduplicated by instance id (DistributedSampler pads with repeats), so
     every query is scored against the full gallery. At the end of fit (the validation epoch with the best mean mAP) and
     of test it prints the results table and appends the rows to ``results.csv`` in the run directory.
+
+    Health checks on the same embeddings: NaN or Inf stops the run (``DivergenceError``), before any checkpoint of the
+    epoch is written; ``<stage>/mean_cosine/<D>/<m>``, the mean pairwise cosine of a modality's embeddings, is logged,
+    and a warning is given once per modality when it exceeds ``collapse_cosine`` (everything mapped towards one point,
+    as the literal BrokenBind recipe does on mfeat: method.md §6).
     """
 
     def __init__(
@@ -30,11 +37,14 @@ class EmergentBinding(Callback):
         ks: tuple[int, ...] = (1, 5, 10),
         experiment: str | None = None,
         method: str | None = None,
+        collapse_cosine: float = 0.9,
     ):
         """``experiment`` and ``method`` label the result rows (the CLI sets them from the experiment file and the
         method preset); by default they are the logger's name and the method's ``name``."""
         self.chunk_size, self.ks = chunk_size, tuple(ks)
         self.experiment, self.method = experiment, method
+        self.collapse_cosine = collapse_cosine
+        self._collapse_warned: set[str] = set()
         self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
         self.rows: dict[str, list[ResultRow]] = {}  # stage -> rows reported at the end of fit ("val") or test
 
@@ -49,7 +59,16 @@ class EmergentBinding(Callback):
         )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.rows.pop("val", None)
+        if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
+            self.rows.pop("val", None)
+
+    # the best validation epoch so far travels in checkpoints, so a resumed run reports the best over the whole run
+    def state_dict(self) -> dict[str, Any]:
+        return {"val": [asdict(r) for r in self.rows.get("val", [])]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["val"]:
+            self.rows["val"] = [ResultRow(**r) for r in state["val"]]
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._outputs.clear()
@@ -83,6 +102,7 @@ class EmergentBinding(Callback):
         rows = []
         for idx, dataset in enumerate(dm.eval_datasets):
             data = self._gather(pl_module, self._outputs[idx])
+            self._check_health(trainer, pl_module, stage, dataset, data)
             for flow in (f for f in dm.flows if f.dataset == dataset):
                 query, _, target = flow.modalities
                 metrics = retrieval_metrics(
@@ -99,6 +119,30 @@ class EmergentBinding(Callback):
         if stage == "test" or best is None or _mean_map(rows) > _mean_map(best):
             self.rows[stage] = rows  # val keeps the best epoch: the one checkpoint selection picks by default
         self._outputs.clear()
+
+    def _check_health(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, dataset: str, data: dict[str, Any]
+    ) -> None:
+        for m, e in data.items():
+            if m in ("index", "label"):
+                continue
+            if not torch.isfinite(e).all():
+                raise DivergenceError(
+                    f"{stage} embeddings of modality {m!r} on dataset {dataset!r} contain NaN or Inf at epoch "
+                    f"{trainer.current_epoch}: the model diverged (learning rate or logit scale too high?). Nothing "
+                    "of this epoch is scored or checkpointed."
+                )
+            n = len(e)  # unit rows: sum over i != j of cos(e_i, e_j) is |Σ e|² − n
+            mean_cosine = ((e.sum(0).pow(2).sum() - n) / max(n * (n - 1), 1)).item()
+            pl_module.log(f"{stage}/mean_cosine/{dataset}/{m}", mean_cosine, sync_dist=True)
+            key = f"{dataset}/{m}"
+            if mean_cosine > self.collapse_cosine and key not in self._collapse_warned:
+                self._collapse_warned.add(key)
+                rank_zero_warn(
+                    f"embeddings of modality {m!r} on dataset {dataset!r} are collapsing towards one point at epoch "
+                    f"{trainer.current_epoch}: mean pairwise cosine {mean_cosine:.3f} > {self.collapse_cosine} "
+                    "(the literal BrokenBind recipe does this once MOX starts; method.md §6)"
+                )
 
     def _row(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, flow, metrics: dict[str, float]

@@ -13,10 +13,9 @@ each rank's contribution, DDP divides by the world size).
 
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.nn.functional import all_gather
+from torch.distributed._functional_collectives import all_gather_single
 
 
 def world() -> tuple[int, int]:
@@ -34,7 +33,9 @@ def gather_rows(x: Tensor) -> Tensor:
     _, size = world()
     if size == 1:
         return x
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    # torch's functional collective: differentiable (its backward reduce-scatters the gradient to each row's owner);
+    # it replaces the deprecated torch.distributed.nn.functional.all_gather
+    return all_gather_single(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 
 @dataclass(frozen=True)

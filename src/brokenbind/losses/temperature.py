@@ -5,7 +5,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-MAX_LOG_SCALE = math.log(100.0)
+from brokenbind.errors import ConfigError
+
+MAX_SCALE = 100.0
+MAX_LOG_SCALE = math.log(MAX_SCALE)
 
 
 class LogitScale(nn.Module):
@@ -16,14 +19,17 @@ class LogitScale(nn.Module):
       depth 5, thermal 10, tactile 10), else ``init`` for every modality;
     - learnable (``learnable=True``): one shared log-scale initialised at ln(init) and clamped to [0, ln 100] in the
       forward pass, as open_clip / CyCLIP do, so the scale stays in [1, 100] and ``exp`` never overflows.
+    Configured values must lie in (0, 100]: larger scales saturate the softmax (a loss of -2.5e8 was seen at 1e9).
     """
 
     def __init__(self, init: float = 10.0, learnable: bool = False, per_modality: dict[str, float] | None = None):
         super().__init__()
-        if init <= 0 or any(v <= 0 for v in (per_modality or {}).values()):
-            raise ValueError("logit scales must be positive")
+        scales = {"logit_scale": init, **{f"modality_scales.{m}": v for m, v in (per_modality or {}).items()}}
+        for name, value in scales.items():
+            if not 0 < value <= MAX_SCALE:  # beyond 100 (τ < 0.01) the softmax saturates and the loss blows up
+                raise ConfigError(f"{name} must lie in (0, {MAX_SCALE:g}] (the logit scale 1/τ), got {value:g}")
         if learnable and per_modality:
-            raise ValueError("per_modality scales are fixed values; they cannot be combined with learnable=True")
+            raise ConfigError("modality_scales are fixed values; they cannot be combined with learn_logit_scale=True")
         self.per_modality = dict(per_modality or {})
         self.learnable = learnable
         log_init = torch.tensor(math.log(init))

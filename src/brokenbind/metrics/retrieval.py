@@ -13,6 +13,8 @@ def _check_pair(scores: Tensor, relevant: Tensor) -> None:
         )
     if relevant.dtype != torch.bool:
         raise ValueError(f"relevant must be a bool tensor, got {relevant.dtype}")
+    if not torch.isfinite(scores).all():  # a NaN compares false with everything: it would rank as a hit
+        raise ValueError("scores contain NaN or Inf: the embeddings are broken, there is nothing meaningful to rank")
 
 
 def average_precision(scores: Tensor, relevant: Tensor) -> Tensor:
@@ -67,6 +69,33 @@ def recall_at_k(scores: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[int
     rank = ((scores >= best) & ~relevant).sum(dim=1)
     has_relevant = relevant.any(dim=1)
     return {k: (rank < k).to(torch.float64).masked_fill(~has_relevant, float("nan")) for k in ks}
+
+
+def single_match(query_ids: Tensor, gallery_ids: Tensor) -> Tensor | None:
+    """Gallery column of each query's one relevant item (-1 where it has none), or None when gallery ids repeat."""
+    order = torch.argsort(gallery_ids)
+    ordered = gallery_ids[order]
+    if len(ordered) > 1 and (ordered[1:] == ordered[:-1]).any():
+        return None
+    pos = torch.searchsorted(ordered, query_ids).clamp(max=len(ordered) - 1)
+    return torch.where(ordered[pos] == query_ids, order[pos], -1)
+
+
+def single_relevant_metrics(scores: Tensor, target: Tensor, ks: Sequence[int]) -> tuple[Tensor, dict[int, Tensor]]:
+    """AP and recall@k per query when each query has one relevant item, at gallery column ``target`` (-1: none).
+
+    With one relevant item, scikit-learn's AP is the precision at its score, 1 / #(items scoring >= it), and its
+    pessimistic rank is that count minus one: one comparison pass over the row, no sort. Equal to
+    ``average_precision`` and ``recall_at_k`` on the same input (tested).
+    """
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contain NaN or Inf: the embeddings are broken, there is nothing meaningful to rank")
+    has = target >= 0
+    relevant_score = scores.gather(1, target.clamp(min=0)[:, None])
+    count = (scores >= relevant_score).sum(dim=1).to(torch.float64)
+    nan = torch.full_like(count, float("nan"))
+    ap = torch.where(has, 1.0 / count, nan)
+    return ap, {k: torch.where(has, (count <= k).to(torch.float64), nan) for k in ks}
 
 
 def retrieval_metrics(
@@ -124,12 +153,17 @@ def retrieval_metrics(
     ap: list[Tensor] = []
     ap_class: list[Tensor] = []
     hits: dict[int, list[Tensor]] = {k: [] for k in ks}
+    match = single_match(query_ids, gallery_ids)  # the usual case: instance ids are unique in the gallery
     for start in range(0, query.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         scores = query[rows].float() @ gallery_t
-        relevant = query_ids[rows, None] == gallery_ids[None, :]
-        ap.append(average_precision(scores, relevant))
-        for k, hit in recall_at_k(scores, relevant, ks).items():
+        if match is not None:
+            chunk_ap, chunk_hits = single_relevant_metrics(scores, match[rows], ks)
+        else:
+            relevant = query_ids[rows, None] == gallery_ids[None, :]
+            chunk_ap, chunk_hits = average_precision(scores, relevant), recall_at_k(scores, relevant, ks)
+        ap.append(chunk_ap)
+        for k, hit in chunk_hits.items():
             hits[k].append(hit)
         if with_labels:
             ap_class.append(average_precision(scores, query_labels[rows, None] == gallery_labels[None, :]))

@@ -1,0 +1,90 @@
+"""Faults: RNG states in checkpoints, a consistent checkpoint when a signal stops the run, preemption on SLURM.
+
+- Every checkpoint carries the torch, numpy and Python RNG states; restoring one puts them back, so a resumed run
+  draws the same random numbers as an uninterrupted one (data order is seeded by epoch in the datamodule).
+- SIGTERM (a scheduler's stop, ``kill``) and Ctrl-C: Lightning stops at the next batch boundary; this callback then
+  writes ``checkpoints/last.ckpt`` of that exact state into the run directory, and the CLI exits non-zero naming it.
+- SIGUSR1 under SLURM (``#SBATCH --signal=SIGUSR1@90``): Lightning's handler saves ``hpc_ckpt_N.ckpt`` into the
+  run directory (the trainer's ``default_root_dir``) and requeues the job; this callback also stops the run at the
+  next batch boundary with a consistent ``last.ckpt``, since Lightning's save happens wherever the signal lands.
+"""
+
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+def last_checkpoint_path(trainer: Trainer) -> Path:
+    """``<run directory>/checkpoints/last.ckpt``: the true last state, written every epoch and at a stop."""
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+class FaultTolerance(Callback):
+    """See the module docstring. ``stopped_by`` names the signal that stopped the run, ``saved`` the checkpoint written
+    then (both None when the run was not stopped)."""
+
+    def __init__(self) -> None:
+        self.stopped_by: str | None = None
+        self.saved: Path | None = None
+        self._previous_sigusr1: Any = None
+
+    # -- RNG states ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        # plain containers and tensors only, so that torch.load(weights_only=True) reads the checkpoint
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
+
+    # -- signals ---------------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stopped_by, self.saved = None, None
+        if trainer.is_global_zero:  # preemption checkpoints are consumed once: the run has resumed (or started anew)
+            for path in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+                path.unlink()
+        previous = signal.getsignal(signal.SIGUSR1)
+        if callable(previous):  # Lightning's SLURM handler: keep it (save + requeue), then stop at the batch end
+            self._previous_sigusr1 = previous
+
+            def stop(signum: int, frame: Any) -> None:
+                previous(signum, frame)
+                self.stopped_by = "SIGUSR1"
+                trainer._signal_connector.received_sigterm = (
+                    True  # Lightning's stop path: SIGTERMException at batch end
+                )
+
+            signal.signal(signal.SIGUSR1, stop)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore_sigusr1()
+
+    def _restore_sigusr1(self) -> None:
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
+            self._previous_sigusr1 = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore_sigusr1()
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or not trainer.training:
+            return
+        self.stopped_by = self.stopped_by or ("SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT")
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved = path

@@ -1,0 +1,217 @@
+"""Faults as a user meets them: resume after a stop (at an epoch boundary and mid-epoch) equals an uninterrupted run,
+signals exit non-zero with a checkpoint, SLURM preemption is resumed by its own requeued job only, NaN stops the run,
+and nothing broken is ever scored or checkpointed."""
+
+import csv
+import os
+import signal
+from pathlib import Path
+from unittest.mock import Mock
+
+import pytest
+import torch
+
+from brokenbind.callbacks import EmergentBinding
+from brokenbind.cli import cli as main
+from brokenbind.cli import expand_presets
+from brokenbind.errors import ConfigError, DivergenceError
+from brokenbind.losses.temperature import LogitScale
+from brokenbind.metrics.retrieval import recall_at_k, retrieval_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO = str(ROOT / "experiments" / "two_dataset.yaml")
+# 3 epochs of 9 batches, MOX from epoch 1: a resume must restore the MOX phase, the data order and the optimiser
+BASE = [
+    "--config", TWO, "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false",
+    "--model.method.init_args.consistency_epochs=1",
+]  # fmt: skip
+RUN = Path("logs") / "two_dataset" / "version_0"
+
+
+def stop_at(epoch: int, batch: int, signum: int = signal.SIGTERM) -> str:
+    """A callback that sends ``signum`` at the end of one training batch (-1: the epoch's last batch)."""
+    init = f'{{"epoch": {epoch}, "batch": {batch}, "signum": {int(signum)}}}'
+    return f'--trainer.callbacks+={{"class_path": "tests.helpers.SignalAt", "init_args": {init}}}'
+
+
+def heads(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def results(run: Path) -> list[dict[str, str]]:
+    with (run / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_run(run: Path, reference: tuple[dict, list]) -> None:
+    weights, rows = reference
+    got = heads(run)
+    assert got.keys() == weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6)
+    got_rows = results(run)
+    assert [(r["stage"], r["weights"]) for r in got_rows] == [(r["stage"], r["weights"]) for r in rows]
+    for got_row, row in zip(got_rows, rows, strict=True):
+        for metric in ("map_instance", "map_class", "r1", "r5", "r10"):
+            assert float(got_row[metric]) == pytest.approx(float(row[metric]), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[dict, list]:
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("uninterrupted"))
+    try:
+        main(["fit", *BASE])
+        return heads(RUN), results(RUN)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(0, -1), (1, 3)], ids=["epoch_boundary", "mid_epoch"])
+def test_a_run_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(
+    epoch, batch, uninterrupted, in_tmp, capsys, caplog
+):
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", *BASE, stop_at(epoch, batch)])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    last = RUN / "checkpoints" / "last.ckpt"
+    assert f"stopped by SIGTERM at epoch {epoch + (batch == -1)}" in capsys.readouterr().err
+    assert last.is_file() and not (RUN / "results.csv").exists()
+
+    with caplog.at_level("INFO"):
+        resumed = main(["fit", *BASE, "--ckpt_path", "last"])
+    assert f"Restored all states from the checkpoint at {last}" in caplog.text
+    assert Path(resumed.trainer.log_dir) == RUN  # the same run directory, results and best-checkpoint tracking
+    assert_same_run(RUN, uninterrupted)
+
+
+def test_last_checkpoint_is_the_true_last_epoch_even_when_validation_did_not_improve(in_tmp):
+    # a learning rate of 0 never improves on epoch 0, the old single-callback setup then left last.ckpt at epoch 0
+    main(["fit", *BASE, "--model.optimizer.init_args.lr=1e-12", "--test_after_fit=false"])
+    checkpoints = sorted(p.name for p in (RUN / "checkpoints").glob("*.ckpt"))
+    assert checkpoints == ["best-epoch000.ckpt", "last.ckpt"]
+    assert torch.load(RUN / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_slurm_preemption_is_resumed_by_the_requeued_job_and_ignored_by_other_runs(
+    uninterrupted, in_tmp, monkeypatch, caplog
+):
+    bin_dir, requeues = in_tmp / "bin", in_tmp / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "brokenbind", "SLURM_JOB_ID": "4242",
+             "SLURM_NODELIST": "localhost", "SLURM_LOCALID": "0", "SLURM_PROCID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    run = Path("logs") / "two_dataset" / "slurm_4242"
+
+    with pytest.raises(SystemExit) as stopped:  # SLURM's warning before the time limit, mid-epoch
+        main(["fit", *BASE, stop_at(1, 3, signal.SIGUSR1)])
+    assert stopped.value.code == 128 + signal.SIGUSR1
+    assert requeues.read_text().split() == ["requeue", "4242"]
+    assert [p.name for p in run.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]  # in the run directory, not the cwd
+    assert not list(Path().glob("*.ckpt"))
+
+    one_epoch = ["--trainer.max_epochs=1", "--test_after_fit=false"]
+    other = main(["fit", *BASE, "--method", "fabind", *one_epoch])  # an unrelated run, same job
+    assert other.trainer.ckpt_path is None and Path(other.trainer.log_dir) == Path("logs/two_dataset/fabind/slurm_4242")
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")  # the same experiment in another job starts fresh
+    fresh = main(["fit", *BASE, *one_epoch])
+    assert fresh.trainer.ckpt_path is None and Path(fresh.trainer.log_dir) == Path("logs/two_dataset/slurm_4243")
+    assert (run / "hpc_ckpt_1.ckpt").is_file()
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the requeued job: the same command
+    with caplog.at_level("INFO"):
+        requeued = main(["fit", *BASE])
+    assert f"Restored all states from the checkpoint at {run / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    assert Path(requeued.trainer.log_dir) == run
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # consumed once
+    assert_same_run(run, uninterrupted)
+
+
+def test_nan_stops_the_run_with_exit_3_and_nothing_diverged_is_checkpointed_or_scored(in_tmp, capsys):
+    with pytest.raises(SystemExit) as failed:
+        main(["fit", *BASE, "--model.optimizer.init_args.lr=1e6"])
+    assert failed.value.code == 3
+    err = capsys.readouterr().err
+    assert (
+        "brokenbind: DivergenceError: loss term(s)" in err and "Likely causes: the learning rate (now 1000000.0" in err
+    )
+    assert not (RUN / "results.csv").exists()
+    for path in RUN.glob("checkpoints/*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values()), path
+
+
+def test_nan_embeddings_at_evaluation_stop_the_run():
+    callback, trainer = EmergentBinding(), Mock(current_epoch=4)
+    zer = torch.tensor([[1.0, 0.0], [float("nan"), 0.0], [0.0, 1.0]])
+    data = {"index": torch.arange(3), "label": torch.zeros(3), "zer": zer}
+    with pytest.raises(DivergenceError, match="val embeddings of modality 'zer' on dataset 'evaluation' contain NaN"):
+        callback._check_health(trainer, Mock(), "val", "evaluation", data)
+
+
+def test_collapse_is_logged_and_warned_once_per_modality():
+    callback, trainer, module = EmergentBinding(), Mock(current_epoch=30), Mock()
+    collapsed = torch.nn.functional.normalize(torch.ones(5, 4) + 1e-3 * torch.randn(5, 4), dim=1)
+    data = {"index": torch.arange(5), "label": torch.zeros(5), "zer": collapsed}
+    with pytest.warns(UserWarning, match="modality 'zer' on dataset 'evaluation' are collapsing .* at epoch 30"):
+        callback._check_health(trainer, module, "val", "evaluation", data)
+    name, value = module.log.call_args.args
+    assert name == "val/mean_cosine/evaluation/zer" and value > 0.99
+    callback._check_health(trainer, module, "val", "evaluation", data)  # no second warning (pytest: error on warn)
+
+
+def test_metrics_refuse_nan_scores_instead_of_counting_them_as_hits():
+    scores = torch.tensor([[float("nan"), 0.5], [0.1, 0.2]])
+    relevant = torch.eye(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        recall_at_k(scores, relevant, ks=(1,))
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        retrieval_metrics(torch.full((2, 3), float("nan")), torch.ones(2, 3), torch.arange(2), torch.arange(2))
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, 101.0, 1e9])
+def test_out_of_range_logit_scales_are_config_errors(scale):
+    with pytest.raises(ConfigError, match=r"logit_scale must lie in \(0, 100\]"):
+        LogitScale(scale)
+
+
+def test_hardware_presets_are_config_layers():
+    assert expand_presets(["fit", "--hardware", "ddp_cpu"])[1:] == [
+        "--config", str(ROOT / "src" / "brokenbind" / "configs" / "hardware" / "ddp_cpu.yaml")
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown hardware preset 'tpu'"):
+        expand_presets(["fit", "--hardware=tpu"])
+
+
+def test_checkpoint_holds_its_configuration_as_plain_containers(in_tmp):
+    main(["fit", *BASE, "--trainer.max_epochs=1", "--method", "fabind", "--test_after_fit=false"])
+    checkpoint = torch.load(Path("logs/two_dataset/fabind/version_0/checkpoints/last.ckpt"), weights_only=True)
+    config = checkpoint["config"]
+    assert config["experiment"] == "two_dataset" and config["method"] == "fabind"
+    assert config["model"]["method"]["class_path"] == "brokenbind.methods.FABind"
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.0005
+    assert config["data"]["init_args"]["datasets"]["support"] == {"modalities": ["pix", "zer"]}
+    assert not [k for k in checkpoint["state_dict"] if k.startswith("backbones.")]  # frozen: rebuilt, not saved
+
+
+@pytest.mark.parametrize("script", ["single_node.sbatch", "multinode.sbatch"])
+def test_sbatch_templates_follow_the_cluster_contract(script):
+    text = (ROOT / "scripts" / "slurm" / script).read_text()
+    sbatch = dict(
+        line.removeprefix("#SBATCH --").partition("=")[::2] for line in text.splitlines() if "#SBATCH" in line
+    )
+    assert sbatch["signal"] == "SIGUSR1@90" and "requeue" in sbatch  # Lightning checkpoints and requeues in time
+    assert sbatch["ntasks-per-node"] == sbatch["gpus-per-node"]  # one task per GPU: each task is one DDP rank
+    assert "srun .venv/bin/brokenbind fit" in text and '--trainer.devices="${SLURM_NTASKS_PER_NODE}"' in text
+    hardware = text.split("--hardware ")[1].split()[0]
+    assert expand_presets(["--hardware", hardware])  # an existing preset
