@@ -5,6 +5,8 @@ and nothing broken is ever scored or checkpointed."""
 import csv
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from unittest.mock import Mock
 
@@ -215,3 +217,14 @@ def test_sbatch_templates_follow_the_cluster_contract(script):
     assert "srun .venv/bin/brokenbind fit" in text and '--trainer.devices="${SLURM_NTASKS_PER_NODE}"' in text
     hardware = text.split("--hardware ")[1].split()[0]
     assert expand_presets(["--hardware", hardware])  # an existing preset
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
+    # a subprocess: Lightning ignores SIGINT for the rest of a process after a KeyboardInterrupt
+    command = [sys.executable, "-m", "brokenbind.cli", "fit", *BASE, stop_at(0, 3, signal.SIGINT)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 128 + signal.SIGINT, done.stderr[-2000:]
+    checkpoint = RUN / "checkpoints" / "last.ckpt"
+    assert f"brokenbind: stopped by SIGINT at epoch 0, step 4; checkpoint: {checkpoint}" in done.stderr
+    assert torch.load(tmp_path / checkpoint, weights_only=True)["global_step"] == 4

@@ -86,5 +86,5 @@ class FaultTolerance(Callback):
             return
         self.stopped_by = self.stopped_by or ("SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT")
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume needs the optimiser
         self.saved = path
