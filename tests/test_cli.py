@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from brokenbind.cli import cli as main
 from brokenbind.cli import method_presets
@@ -32,7 +33,8 @@ def test_every_experiment_runs_every_method_with_fast_dev_run(experiment, method
 
 def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_path):
     config = ROOT / "experiments" / "two_dataset.yaml"
-    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--trainer.limit_train_batches=2"])
+    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
+                "--trainer.log_every_n_steps=1"])  # fmt: skip
     run = tmp_path / "logs" / "two_dataset" / "version_0"
     assert Path(cli.trainer.log_dir).resolve() == run
     assert (run / "config.yaml").is_file()
@@ -50,6 +52,10 @@ def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_p
 
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in checkpoint["state_dict"] if k.startswith("backbones.")]
+
+    events = EventAccumulator(str(next(run.glob("events.out.tfevents.*"))), size_guidance={"images": 0})
+    assert {"figures/val_map", "figures/loss_terms"} <= set(events.Reload().Tags()["images"])
+    assert "val_embeddings" in (run / "projector_config.pbtxt").read_text()  # TensorBoard's embedding projector
 
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert validated.trainer.state.finished and Path(validated.trainer.log_dir).resolve() == run

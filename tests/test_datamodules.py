@@ -82,7 +82,7 @@ def test_max_size_cycle_is_an_explicit_policy():
         ({"datasets": {**TWO_DATASETS, "support": {"modalities": []}}}, "observes no modality"),
         ({"flows": [{"dataset": "nowhere", "flow": "fou->pix->zer"}]}, "unknown dataset 'nowhere'"),
         ({"flows": [{"dataset": "evaluation", "flow": "fou->zer"}]}, "must read 'query->pivot->target'"),
-        ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->abc"}]}, "modality 'abc' does not exist"),
+        ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->abc"}]}, "unknown modality 'abc'"),
         ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->kar"}]}, "'kar' is observed by no training dataset"),
         ({"flows": [{"dataset": "evaluation", "flow": "fou->zer->pix"}]}, "'zer' is not a configured pivot"),
         ({"flows": []}, "no evaluation flow"),

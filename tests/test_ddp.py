@@ -109,7 +109,7 @@ def test_cli_fit_and_test_under_lightning_ddp_with_two_cpu_processes(tmp_path):
     root = Path(__file__).resolve().parents[1]
     command = [
         sys.executable, "-m", "brokenbind.cli", "fit", "--config", str(root / "experiments" / "two_dataset.yaml"),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+        "--hardware", "ddp_cpu", "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -1,86 +1,290 @@
-"""Benchmarks (``make bench``): milliseconds per training step of each method, of one retrieval evaluation, and
-the feature cache's effect on epoch time with frozen pretrained backbones.
+"""Cost benchmarks (``make bench``): what BrokenBind costs next to fine-tuning, and what evaluation costs.
 
-A step is forward, loss, backward and optimiser step on one combined batch of the two_dataset experiment (mfeat,
-64 rows per dataset), with MOX switched on. Timings are the median over repeats after warm-up, on this machine.
-The cache benchmark trains two epochs on the built-in digits with frozen EfficientNet-Lite0 (images) and MiniLM
-(text): the first epoch encodes every instance, the second reads the cache.
+This 2-core CPU is noisy (timings swing 2× when anything else runs), so every comparison is made inside one process,
+methods interleaved round by round, and reported as ratios with their range over rounds; absolute times are context.
+
+1. ``step``: training-step time (forward, loss, backward, AdamW) of each method at 8, 64 and 256 rows per dataset on
+   the two_dataset mfeat batch, (a) on cached features (the standardised views) and (b) with a frozen timm backbone
+   in the step (EfficientNet-Lite0, random weights: the cost is the same, on mfeat's pix view as a 64×64 image).
+   MOX is on.
+2. ``profile``: torch.profiler on the BrokenBind step at batch 64: the share of the step in the pseudo-inverses and
+   in each loss term's forward pass, and in backward + optimiser.
+3. ``retrieval``: exact instance mAP + R@1/5/10 (and class mAP) on a 10,000 × 10,000 query × gallery (d = 128), ours
+   vs torchmetrics' RetrievalMAP (fed the same scores shifted into (0, 1], its documented domain) vs a scikit-learn
+   per-query loop (timed on 500 queries, extrapolated). Each runs in its own process, so its peak memory is its own;
+   values are checked against scikit-learn on the same 500 queries.
+4. ``cache``: the first and second training epoch with frozen EfficientNet-Lite0 + MiniLM on the built-in digits,
+   with and without the feature cache (needs espeak-ng).
+5. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test).
+
+``--quick`` (``make bench-quick``) uses fewer rounds and a 2,000 × 2,000 retrieval. The Markdown report goes to
+``--out`` (default ``benchmarks/results/cost.md``) with the command and versions that produced it.
 """
 
 import argparse
+import json
+import os
+import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
+from torch.profiler import ProfilerActivity, profile, record_function
 
+import brokenbind.methods.brokenbind as brokenbind_method
+from brokenbind.backbones import ModalityInfo
 from brokenbind.methods import BrokenBind, CentroBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.module import BindingModule
 from datamodules import DigitsDataModule, MfeatDataModule
 
-METHODS = {
+ROOT = Path(__file__).resolve().parents[2]
+METHODS: dict[str, Callable[[], torch.nn.Module]] = {
     "brokenbind": lambda: BrokenBind(consistency_epochs=0),
     "brokenbind_paper": lambda: BrokenBind(consistency_epochs=0, **PAPER_RECIPE),
     "centrobind": CentroBind,
     "fabind": FABind,
 }
+TWO_DATASETS = {"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}}
 
 
-def median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--batch_size", type=int, default=64)
-    args = parser.parse_args()
+# -- 1. training steps ---------------------------------------------------------------------------------------------
+def mfeat_batch(batch_size: int) -> tuple[dict, dict[str, ModalityInfo]]:
     dm = MfeatDataModule(
-        datasets={"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}},
-        pivot="pix",
-        flows=[{"dataset": "evaluation", "flow": "fou->pix->zer"}],
-        batch_size=args.batch_size,
-    )
+        datasets=TWO_DATASETS, pivot="pix", flows=[{"dataset": "evaluation", "flow": "fou->pix->zer"}],
+        batch_size=batch_size,
+    )  # fmt: skip
     dm.setup()
     batch, _, _ = next(iter(dm.train_dataloader()))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} per dataset")
-    for name, make in METHODS.items():
-        torch.manual_seed(0)
-        model = BindingModule(make())
-        model.build(dm.modality_info())
-        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    return {ds: b["x"] for ds, b in batch.items()}, dm.modality_info()
 
-        def step(model=model, optimizer=optimizer) -> None:
-            embeddings = {ds: model.embed(b["x"]) for ds, b in batch.items()}
-            loss = sum(model.method(embeddings, epoch=0).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
 
-        print(f"train step  {name:<18} {median_ms(step, args.repeats):7.2f} ms")
-    test = dm.splits["evaluation"]["test"]
-    with torch.no_grad():
-        embedded = model.embed(test.features)
+def as_images(batch: dict, info: dict[str, ModalityInfo]) -> tuple[dict, dict[str, ModalityInfo]]:
+    """mfeat's pix view is a 16 × 15 image of pixel counts (0-6): present it as a one-channel image."""
+    images = {
+        ds: {m: (x.view(-1, 1, 16, 15) / 6 if m == "pix" else x) for m, x in mods.items()} for ds, mods in batch.items()
+    }
+    return images, {**info, "pix": ModalityInfo(kind="image", shape=(1, 16, 15))}
 
-    def evaluate() -> None:
-        retrieval_metrics(embedded["fou"], embedded["zer"], test.index, test.index, test.label, test.label)
 
-    print(f"retrieval   {len(test)} × {len(test)} gallery   {median_ms(evaluate, args.repeats):7.2f} ms")
-    for cached in (True, False):
-        first, second = epoch_seconds(cached)
-        print(
-            f"epochs      frozen Lite0 + MiniLM, cache {'on ' if cached else 'off'}"
-            f"  1st {first:6.2f} s  2nd {second:6.2f} s  ({first / second:.1f}× faster)"
+def make_step(
+    name: str, batch: dict, info: dict[str, ModalityInfo], backbone: dict | None
+) -> tuple[Callable[[], None], BindingModule]:
+    torch.manual_seed(0)
+    model = BindingModule(METHODS[name](), backbones=backbone)
+    model.build(info)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+
+    def step() -> None:
+        embeddings = {ds: model.embed(x) for ds, x in batch.items()}
+        loss = sum(model.method(embeddings, epoch=0).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step, model
+
+
+def interleaved_ms(steps: dict[str, Callable[[], None]], rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Per round, the median milliseconds of ``repeats`` calls of each function, the functions taking turns."""
+    for fn in steps.values():  # warm-up: allocator, thread pools, lazy inits
+        for _ in range(3):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(1000 * (time.perf_counter() - start))
+            out[name].append(statistics.median(times))
+    return out
+
+
+def bench_steps(batch_sizes: list[int], rounds: int, repeats: int) -> list[str]:
+    lines = [
+        "| inputs | batch / dataset | " + " | ".join(f"{m} ms" for m in METHODS) + " | brokenbind / fabind (range) |",
+        "|---|---|" + "---|" * len(METHODS) + "---|",
+    ]
+    timm = {"pix": {"name": "timm", "model": "tf_efficientnet_lite0", "image_size": 64}}
+    for inputs in ("cached features", "frozen timm in the step"):
+        for batch_size in batch_sizes:
+            batch, info = mfeat_batch(batch_size)
+            backbone = None
+            if inputs != "cached features":
+                batch, info = as_images(batch, info)
+                backbone = timm
+            steps = {name: make_step(name, batch, info, backbone)[0] for name in METHODS}
+            ms = interleaved_ms(steps, rounds, repeats if backbone is None else max(1, repeats // 5))
+            ratios = [b / f for b, f in zip(ms["brokenbind"], ms["fabind"], strict=True)]
+            cells = " | ".join(f"{statistics.median(ms[m]):.1f}" for m in METHODS)
+            ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            lines.append(f"| {inputs} | {batch_size} | {cells} | {ratio} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+# -- 2. profile ----------------------------------------------------------------------------------------------------
+def labelled(fn: Callable, label: str) -> Callable:
+    def wrapper(*args, **kwargs):
+        with record_function(label):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def bench_profile(batch_size: int, steps: int) -> list[str]:
+    batch, info = mfeat_batch(batch_size)
+    step, model = make_step("brokenbind", batch, info, None)
+    for _ in range(3):
+        step()
+    # label the pieces from outside, so the library carries no profiling code
+    terms = ("clip", "symmetry", "extrapolation")
+    original_pinv = brokenbind_method.pivot_pinv
+    brokenbind_method.pivot_pinv = labelled(original_pinv, "pseudo-inverse")
+    for term in terms:
+        setattr(model.method, term, labelled(getattr(model.method, term), f"loss {term}"))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                with record_function("step"):
+                    step()
+    finally:
+        brokenbind_method.pivot_pinv = original_pinv
+        for term in terms:
+            del model.method.__dict__[term]
+    totals = {e.key: e.cpu_time_total for e in prof.key_averages()}
+    whole = totals["step"]
+    backward = sum(t for k, t in totals.items() if k.startswith("autograd::engine::evaluate_function"))
+    rows = {
+        "pseudo-inverses (forward)": totals.get("pseudo-inverse", 0.0),
+        "L_CLIP + push-away (forward)": totals.get("loss clip", 0.0),
+        "L_Sym / CyCLIP (forward)": totals.get("loss symmetry", 0.0),
+        "L_MOX + R_Fro incl. pseudo-inverses (forward)": totals.get("loss extrapolation", 0.0),
+        "backward (all terms)": backward,
+    }
+    lines = ["| part of a BrokenBind step, batch 64 | share of the step |", "|---|---|"]
+    lines += [f"| {name} | {100 * t / whole:.1f} % |" for name, t in rows.items()]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+# -- 3. retrieval --------------------------------------------------------------------------------------------------
+def retrieval_inputs(n: int, d: int = 128) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    query = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    gallery = F.normalize(query + 0.8 * torch.randn(n, d, generator=g), dim=1)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return query, gallery, torch.arange(n), labels
+
+
+def measure_retrieval(impl: str, n: int, sample: int) -> dict[str, float]:
+    """Run in a fresh process: seconds, peak memory above the inputs, and the values."""
+    query, gallery, ids, labels = retrieval_inputs(n)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if impl == "matmul":
+        (query @ gallery.T).max()
+        values = {}
+    elif impl == "ours":
+        values = retrieval_metrics(query, gallery, ids, ids)
+    elif impl == "ours+class":
+        values = retrieval_metrics(query, gallery, ids, ids, labels, labels)
+    elif impl == "torchmetrics":
+        from torchmetrics.retrieval import RetrievalMAP
+
+        metric = RetrievalMAP()
+        scores = (query @ gallery.T + 1) / 2 + 1e-6  # into (0, 1]: its documented input range
+        target = torch.eye(n, dtype=torch.bool)
+        indexes = torch.arange(n)[:, None].expand(n, n)
+        values = {"mAP": metric(scores.flatten(), target.flatten(), indexes=indexes.flatten()).item()}
+    elif impl == "sklearn":
+        from sklearn.metrics import average_precision_score
+
+        scores = (query[:sample] @ gallery.T).numpy()
+        aps = [average_precision_score(ids.numpy() == q, scores[q]) for q in range(sample)]
+        values = {"mAP": float(sum(aps) / sample), "sample": sample}
+    else:
+        raise ValueError(impl)
+    seconds = time.perf_counter() - start
+    if impl == "sklearn":
+        seconds *= n / sample
+    if impl in ("ours", "ours+class"):  # the same 500 queries, for the agreement check with scikit-learn
+        values["mAP_sample"] = retrieval_metrics(query[:sample], gallery, ids[:sample], ids)["mAP"]
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # kB → MB (Linux)
+    return {"seconds": seconds, "peak_mb": peak, **values}
+
+
+def bench_retrieval(n: int, sample: int, repeats: int) -> list[str]:
+    results: dict[str, list[dict]] = {}
+    for _ in range(repeats):  # interleaved: each implementation once per round, each in its own process
+        for impl in ("matmul", "ours", "ours+class", "torchmetrics", "sklearn"):
+            command = [
+                sys.executable,
+                "-m",
+                "brokenbind.bench",
+                "--measure",
+                impl,
+                "--n",
+                str(n),
+                "--sample",
+                str(sample),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results.setdefault(impl, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+    seconds = {impl: statistics.median(r["seconds"] for r in rs) for impl, rs in results.items()}
+    sklearn_map = results["sklearn"][0]["mAP"]
+    lines = [
+        f"| {n:,} × {n:,}, d = 128 | seconds (median of {repeats}) | × matmul | torchmetrics / this | peak MB | mAP |",
+        "|---|---|---|---|---|---|",
+    ]
+    for impl, rs in results.items():
+        value = rs[0].get("mAP")
+        note = f"{value:.6f}" if value is not None else "-"
+        if impl == "sklearn":
+            note += f" ({sample} queries, time extrapolated)"
+        lines.append(
+            f"| {impl} | {seconds[impl]:.2f} | {seconds[impl] / seconds['matmul']:.1f} | "
+            f"{seconds['torchmetrics'] / seconds[impl]:.1f} | {max(r['peak_mb'] for r in rs):.0f} | {note} |"
         )
+    agreement = abs(results["ours"][0]["mAP_sample"] - sklearn_map)
+    lines.append(f"\nours vs scikit-learn on the same {sample} queries: |Δ mAP| = {agreement:.2e}")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+# -- 4. a whole run ------------------------------------------------------------------------------------------------
+def bench_run() -> list[str]:
+    with tempfile.TemporaryDirectory() as cwd:
+        config = str(ROOT / "experiments" / "two_dataset.yaml")
+        command = [
+            sys.executable,
+            "-m",
+            "brokenbind.cli",
+            "fit",
+            "--config",
+            config,
+            "--trainer.enable_progress_bar=false",
+        ]
+        start = time.perf_counter()
+        subprocess.run(command, cwd=cwd, capture_output=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    run = "`brokenbind fit --config experiments/two_dataset.yaml` (50 epochs + test)"
+    line = f"{run}: {seconds:.1f} s, peak {peak:.0f} MB"
+    print(line, flush=True)
+    return [line]
 
 
 class EpochTimer(Callback):
@@ -120,6 +324,48 @@ def epoch_seconds(cached: bool) -> tuple[float, float]:
     )  # fmt: skip
     trainer.fit(BindingModule(FABind(), backbones=backbones, feature_cache=cached), datamodule=dm)
     return timer.seconds[0], timer.seconds[1]
+
+
+def bench_cache() -> list[str]:
+    lines = ["| frozen Lite0 + MiniLM, digits | 1st epoch s | 2nd epoch s | 1st / 2nd |", "|---|---|---|---|"]
+    for cached in (True, False):
+        first, second = epoch_seconds(cached)
+        lines.append(f"| cache {'on' if cached else 'off'} | {first:.2f} | {second:.2f} | {first / second:.1f} |")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, a 2,000 × 2,000 retrieval")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cost.md"))
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one retrieval measurement in this process
+    parser.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
+    parser.add_argument("--sample", type=int, default=500, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure_retrieval(args.measure, args.n, args.sample)))
+        return
+    rounds, repeats, n = (3, 5, 2_000) if args.quick else (7, 15, 10_000)
+    header = [
+        "# Cost benchmarks",
+        "",
+        f"`{' '.join(['python -m brokenbind.bench', *sys.argv[1:]])}` on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{time.strftime('%Y-%m-%d')}. Ratios are measured within one process, methods interleaved; absolute times "
+        "depend on the machine's load.",
+    ]
+    sections = [
+        ("## Training step (ms, median over rounds)", bench_steps([8, 64, 256], rounds, repeats)),
+        ("## Where a BrokenBind step goes (torch.profiler)", bench_profile(64, 20)),
+        ("## Exact retrieval", bench_retrieval(n, min(500, n), 1 if args.quick else 3)),
+        ("## Feature cache", bench_cache()),
+        ("## A whole run", bench_run()),
+    ]
+    report = "\n".join(header + [f"\n{title}\n\n" + "\n".join(lines) for title, lines in sections]) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+    print(f"report: {args.out}")
 
 
 if __name__ == "__main__":

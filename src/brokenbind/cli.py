@@ -17,10 +17,6 @@ the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number
 checkpoint is named).
 """
 
-import ast
-import difflib
-import importlib
-import inspect
 import logging
 import os
 import re
@@ -42,6 +38,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from brokenbind.callbacks.faults import FaultTolerance
 from brokenbind.errors import ConfigError, DataError, DivergenceError
+from brokenbind.messages import check_yaml_files, parse_error_message
 from brokenbind.module import BindingModule
 from datamodules.base import PairedDataModule
 
@@ -227,8 +224,9 @@ class BrokenBindCLI(LightningCLI):
             if not ckpt.is_file():
                 raise ConfigError(f"checkpoint not found: {ckpt}; pass the path of a .ckpt file or 'last'")
             parent = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-            if (parent / "config.yaml").is_file():  # a run directory: continue it
-                return parent, ckpt
+            if (parent / "config.yaml").is_file():  # a run directory: continue it, named as when it was written
+                relative = Path(os.path.relpath(parent.resolve()))
+                return (parent if relative.parts[:1] == ("..",) else relative), ckpt
             return root / next_version(root), ckpt
         version = slurm_version()
         if version is not None and self.subcommand == "fit":
@@ -297,6 +295,8 @@ def cli(args: list[str] | None = None) -> BrokenBindCLI:
     BrokenBindCLI.last_start = (None, False)
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     try:
         args = with_checkpoint_config(expand_presets(sys.argv[1:] if args is None else list(args)))
         check_yaml_files(args)
@@ -340,69 +340,6 @@ def _user_error(error: BaseException | None) -> Exception | None:
     if isinstance(error, ArgumentError):
         return ConfigError(parse_error_message(str(error)))
     return error
-
-
-def check_yaml_files(args: list[str]) -> None:
-    """A YAML syntax error in a ``--config`` file, named with its file, line and column (jsonargparse reads the
-    file's text and reports only a line of ``<unicode string>``)."""
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else arg.partition("=")[2]
-        if not (arg in ("--config", "-c") or arg.startswith("--config=")) or not Path(value).is_file():
-            continue
-        try:
-            yaml.safe_load(Path(value).read_text())
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error)
-            raise ConfigError(
-                f"experiment file {value}: YAML syntax error{at}: {problem}; fix the file (nesting is by indentation, "
-                "the same number of spaces for keys of one mapping)"
-            ) from error
-
-
-def parse_error_message(text: str) -> str:
-    """jsonargparse's error as one short paragraph: for a class given by ``class_path`` the problem with that class
-    (not the union of accepted types and a dump of the given value), a close spelling of an unknown option, and the
-    command that lists the accepted ones."""
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    key = re.match(r'Parser key "([^"]+)": ', text)
-    problem = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$", text)
-    unknown = re.search(r"Option '([^']+)' is not accepted", problem[2]) if problem else None
-    if problem and unknown and key:
-        text = (
-            f"{key[1]}: {problem[1]} takes no option {unknown[1]!r}{_close_spelling(unknown[1], problem[1])}; "
-            f"`brokenbind fit --{key[1]}.help {problem[1]}` lists its options"
-        )
-    elif problem:
-        text = f"{key[1] + ': ' if key else ''}{problem[1]}: {problem[2]}"
-    elif key and "Not a valid subclass" in text:
-        try:
-            given = ast.literal_eval(re.sub(r"^.*Given value: ", "", text))
-        except (ValueError, SyntaxError):
-            given = None
-        extra = [k for k in given if k not in ("class_path", "init_args", "dict_kwargs")] if type(given) is dict else []
-        text = (
-            f"{key[1]}: unknown keys {extra} next to class_path and init_args; the class's options go under init_args"
-            if extra
-            else f"{key[1]}: expected a mapping with class_path and init_args (the class's options)"
-        )
-    elif option := re.search(r"Subcommand '(\w+)' does not accept option '(trainer\.)?([^']+)'", text):
-        spelling = _close_spelling(option[3], "lightning.pytorch.Trainer") if option[2] else ""
-        text += f"{spelling}; `brokenbind {option[1]} --help` lists the accepted keys"
-    return text
-
-
-def _close_spelling(option: str, class_path: str) -> str:
-    """``; did you mean 'x'?`` for an option of ``class_path`` (or of its base classes) spelt close to ``option``."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        classes = getattr(importlib.import_module(module), name).__mro__
-        options = {p for c in classes if "__init__" in vars(c) for p in inspect.signature(c.__init__).parameters}
-    except (ImportError, AttributeError, TypeError, ValueError):
-        return ""
-    close = difflib.get_close_matches(option, sorted(options - {"self", "args", "kwargs"}), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def main() -> None:

@@ -17,6 +17,16 @@ from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
 
 
+def silence_known_warnings() -> None:
+    """Warnings every run would print that say nothing about the run (a clean run shows none; see each reason)."""
+    # frozen backbones stay in eval mode on purpose (BindingModule.train); Lightning warns about any module in eval mode
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Lightning 2.6 builds torch's deprecated LeafSpec when it flattens logged values; nothing a user can change
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+
+
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
     """The paper's optimiser (Appendix A): AdamW, lr 5e-4, weight decay 0.2."""
     return torch.optim.AdamW(params, lr=5e-4, weight_decay=0.2)
@@ -58,6 +68,7 @@ class BindingModule(LightningModule):
         lora_start_epoch: int = 0,
     ):
         super().__init__()
+        silence_known_warnings()
         self.save_hyperparameters(ignore=["method", "optimizer", "lr_scheduler"])
         self.use_cache, self.cache = feature_cache, FeatureCache(cache_dir)
         if lora_start_epoch < 0:
@@ -125,10 +136,6 @@ class BindingModule(LightningModule):
             with torch.no_grad():
                 self.cache.put(key, index[rows.to(index.device)], backbone(subset))
         return self.cache.get(key, index).to(self.device)
-
-    def on_fit_start(self) -> None:
-        # frozen backbones stay in eval mode on purpose (``train``); Lightning warns about any module in eval mode
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def on_train_epoch_start(self) -> None:
         adapting = self.current_epoch >= self.lora_start_epoch

@@ -1,7 +1,8 @@
-"""Callbacks: retrieval and emergent-binding evaluation, embedding export, fault tolerance."""
+"""Callbacks: retrieval and emergent-binding evaluation, embedding export, fault tolerance, TensorBoard figures."""
 
 from brokenbind.callbacks.embeddings import EmbeddingWriter
 from brokenbind.callbacks.emergent import EmergentBinding
 from brokenbind.callbacks.faults import FaultTolerance
+from brokenbind.callbacks.figures import TensorBoardFigures
 
-__all__ = ["EmbeddingWriter", "EmergentBinding", "FaultTolerance"]
+__all__ = ["EmbeddingWriter", "EmergentBinding", "FaultTolerance", "TensorBoardFigures"]

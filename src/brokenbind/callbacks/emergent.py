@@ -45,6 +45,7 @@ class EmergentBinding(Callback):
         self.experiment, self.method = experiment, method
         self.collapse_cosine = collapse_cosine
         self._collapse_warned: set[str] = set()
+        self._last: list[ResultRow] = []  # the rows just scored
         self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
         self.rows: dict[str, list[ResultRow]] = {}  # stage -> rows reported at the end of fit ("val") or test
 
@@ -115,6 +116,7 @@ class EmergentBinding(Callback):
                 rows.append(self._row(trainer, pl_module, stage, flow, metrics))
         # the mean instance mAP over flows is what checkpoint selection monitors
         pl_module.log(f"{stage}/mAP", _mean_map(rows), sync_dist=True)
+        self._last = rows
         best = self.rows.get(stage)
         if stage == "test" or best is None or _mean_map(rows) > _mean_map(best):
             self.rows[stage] = rows  # val keeps the best epoch: the one checkpoint selection picks by default
@@ -173,6 +175,12 @@ class EmergentBinding(Callback):
             self._outputs.clear()
             return
         self._score(trainer, pl_module, "val")
+        if trainer.progress_bar_callback is None and trainer.state.fn == "fit":  # a sign of life in batch jobs and logs
+            loss = trainer.callback_metrics.get("train/loss")
+            rank_zero_info(
+                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: val mAP {_mean_map(self._last):.4f}"
+                + (f", train loss {loss.item():.4f}" if loss is not None else "")
+            )
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._score(trainer, pl_module, "test")

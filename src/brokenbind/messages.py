@@ -1,0 +1,82 @@
+"""What a user reads when the command line or an experiment file is wrong: one short paragraph naming the file, line,
+key or class, instead of jsonargparse's raw text (a union of accepted types and a dump of the given value)."""
+
+import ast
+import difflib
+import importlib
+import inspect
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from brokenbind.errors import ConfigError
+
+
+def check_yaml_files(args: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file, named with its file, line and column (jsonargparse reads the
+    file's text and reports only a line of ``<unicode string>``)."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else arg.partition("=")[2]
+        if not (arg in ("--config", "-c") or arg.startswith("--config=")) or not os.path.isfile(value):  # or YAML text
+            continue
+        try:
+            yaml.safe_load(Path(value).read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise ConfigError(
+                f"experiment file {value}: YAML syntax error{at}: {problem}; fix the file (nesting is by indentation, "
+                "the same number of spaces for keys of one mapping)"
+            ) from error
+
+
+# jsonargparse's words for an unknown key in a config file (with the subcommand) and on the command line
+UNKNOWN_KEY = re.compile(r"(?:Subcommand '(\w+)' does not accept option '|unrecognized arguments: --)([\w.]+)")
+
+
+def parse_error_message(text: str) -> str:
+    """jsonargparse's error as one short paragraph: for a class given by ``class_path`` the problem with that class
+    (not the union of accepted types and a dump of the given value), a close spelling of an unknown option, and the
+    command that lists the accepted ones."""
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    key = re.match(r'Parser key "([^"]+)": ', text)
+    problem = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$", text)
+    unknown = re.search(r"Option '([^']+)' is not accepted", problem[2]) if problem else None
+    if problem and unknown and key:
+        text = (
+            f"{key[1]}: {problem[1]} takes no option {unknown[1]!r}{_close_spelling(unknown[1], problem[1])}; "
+            f"`brokenbind fit --{key[1]}.help {problem[1]}` lists its options"
+        )
+    elif problem:
+        text = f"{key[1] + ': ' if key else ''}{problem[1]}: {problem[2]}"
+    elif key and "Not a valid subclass" in text:
+        try:
+            given = ast.literal_eval(re.sub(r"^.*Given value: ", "", text))
+        except (ValueError, SyntaxError):
+            given = None
+        extra = [k for k in given if k not in ("class_path", "init_args", "dict_kwargs")] if type(given) is dict else []
+        text = (
+            f"{key[1]}: unknown keys {extra} next to class_path and init_args; the class's options go under init_args"
+            if extra
+            else f"{key[1]}: expected a mapping with class_path and init_args (the class's options)"
+        )
+    elif option := UNKNOWN_KEY.search(text):
+        trainer = option[2].startswith("trainer.")
+        spelling = _close_spelling(option[2].removeprefix("trainer."), "lightning.pytorch.Trainer") if trainer else ""
+        text += f"{spelling}; `brokenbind {option[1] or 'fit'} --help` lists the accepted keys"
+    return text
+
+
+def _close_spelling(option: str, class_path: str) -> str:
+    """`` (did you mean 'x'?)`` for an option of ``class_path`` (or of a base class) spelt close to ``option``."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        classes = getattr(importlib.import_module(module), name).__mro__
+        options = {p for c in classes if "__init__" in vars(c) for p in inspect.signature(c.__init__).parameters}
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return ""
+    close = difflib.get_close_matches(option, sorted(options - {"self", "args", "kwargs"}), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
