@@ -261,6 +261,11 @@ class PairedDataModule(LightningDataModule, ABC):
             info[m] = ModalityInfo(kind="features", shape=tuple(inputs.shape[1:]), train_inputs=inputs)
         return info
 
+    def instance_ids(self, index: Tensor) -> list[str]:
+        """The user-facing id of each instance (global ``index``), for exported files; data with their own ids (a
+        manifest's ``id`` column) override this."""
+        return [str(i) for i in index.tolist()]
+
     def data_fingerprint(self) -> str | None:
         """A string that changes whenever any instance's raw input could (files, their sizes and times, ids); the
         feature cache keys on it. None, the default, disables caching for this datamodule."""

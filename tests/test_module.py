@@ -93,6 +93,7 @@ def test_embeddings_are_unit_norm_fp32(mfeat):
         torch.testing.assert_close(e.norm(dim=1), torch.ones(10))
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory")  # three trainers share one directory on purpose
 def test_resume_from_last_checkpoint_restores_heads_and_continues(tmp_path):
     seed_everything(0)
     first, trainer = BindingModule(FABind()), make_trainer(tmp_path, max_epochs=1)

@@ -27,8 +27,9 @@ class EmergentBinding(Callback):
 
     Health checks on the same embeddings: NaN or Inf stops the run (``DivergenceError``), before any checkpoint of the
     epoch is written; ``<stage>/mean_cosine/<D>/<m>``, the mean pairwise cosine of a modality's embeddings, is logged,
-    and a warning is given once per modality when it exceeds ``collapse_cosine`` (everything mapped towards one point,
-    as the literal BrokenBind recipe does on mfeat: method.md §6).
+    and a warning is given once per modality when it rises above ``collapse_cosine`` after having been below it
+    (everything mapped towards one point, as the literal BrokenBind recipe does on mfeat once MOX starts: method.md §6;
+    randomly initialised heads also start near one point, which is not a collapse).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class EmergentBinding(Callback):
         self.experiment, self.method = experiment, method
         self.collapse_cosine = collapse_cosine
         self._collapse_warned: set[str] = set()
+        self._spread_seen: dict[str, bool] = {}  # whether a modality's embeddings were ever below collapse_cosine
         self._last: list[ResultRow] = []  # the rows just scored
         self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
         self.rows: dict[str, list[ResultRow]] = {}  # stage -> rows reported at the end of fit ("val") or test
@@ -138,7 +140,9 @@ class EmergentBinding(Callback):
             mean_cosine = ((e.sum(0).pow(2).sum() - n) / max(n * (n - 1), 1)).item()
             pl_module.log(f"{stage}/mean_cosine/{dataset}/{m}", mean_cosine, sync_dist=True)
             key = f"{dataset}/{m}"
-            if mean_cosine > self.collapse_cosine and key not in self._collapse_warned:
+            spread = self._spread_seen.get(key, False)  # untrained heads start near one point: not a collapse
+            self._spread_seen[key] = spread or mean_cosine <= self.collapse_cosine
+            if mean_cosine > self.collapse_cosine and spread and key not in self._collapse_warned:
                 self._collapse_warned.add(key)
                 rank_zero_warn(
                     f"embeddings of modality {m!r} on dataset {dataset!r} are collapsing towards one point at epoch "
