@@ -1,16 +1,20 @@
 """LightningDataModules: datasets paired through shared modalities, one module per data source."""
 
 from datamodules.base import DatasetSpec, Flow, PairedDataModule
+from datamodules.digit_views import DigitViewsDataModule
 from datamodules.digits import DigitsDataModule
 from datamodules.manifest import ManifestDataModule, ManifestDataset
 from datamodules.mfeat import MfeatDataModule
+from datamodules.shards import ShardDataModule
 
 __all__ = [
     "DatasetSpec",
+    "DigitViewsDataModule",
     "DigitsDataModule",
     "Flow",
     "ManifestDataModule",
     "ManifestDataset",
     "MfeatDataModule",
     "PairedDataModule",
+    "ShardDataModule",
 ]

@@ -9,7 +9,7 @@ Conventions (the backbones rely on them):
 - audio: float32 mono waveform of exactly ``round(seconds * sample_rate)`` samples: PCM WAV (uint8, int16, int24,
   int32) read with the standard library, stereo averaged, resampled by linear interpolation when the file's rate
   differs (no anti-alias filter: fine for speech at similar rates, not a substitute for a proper resampler), then
-  cropped at the end or zero-padded at the end.
+  cropped at the end or zero-padded at the end. A file without samples is an error.
 - features: a ``.npy`` array, flattened to a float32 1-D tensor; non-finite values are an error.
 - text: the manifest cell itself, as a str.
 
@@ -17,7 +17,10 @@ A missing or unreadable file raises ``DataError`` naming the file and ``context`
 row), never a silent skip.
 """
 
+import io
+import os
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +35,42 @@ KINDS = ("image", "audio", "text", "features")
 FILE_KINDS = ("image", "audio", "features")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
 LUMA = torch.tensor([0.299, 0.587, 0.114])
+NPY_MAGIC = b"\x93NUMPY"
 
 
-def _where(path: str | Path, context: str) -> str:
+class Member:
+    """One member of an uncompressed tar archive (a WebDataset shard), read by offset: a path-like the loaders open
+    like a file. ``str()`` is ``shard.tar:member``, what errors name."""
+
+    def __init__(self, shard: Path, name: str, offset: int, size: int):
+        self.shard, self.name, self.offset, self.size = shard, name, offset, size
+
+    def __str__(self) -> str:
+        return f"{self.shard}:{self.name}"
+
+    def is_file(self) -> bool:
+        return self.shard.is_file()
+
+    def stat(self) -> os.stat_result:
+        return self.shard.stat()
+
+    def read_bytes(self) -> bytes:
+        with self.shard.open("rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+    def open(self, mode: str = "rb") -> io.BytesIO:
+        if mode != "rb":
+            raise ValueError(f"tar members open for reading only, not {mode!r}")
+        return io.BytesIO(self.read_bytes())
+
+
+def _where(path: "str | Path | Member", context: str) -> str:
     return f"{path}" + (f" ({context})" if context else "")
 
 
-def _require_file(path: str | Path, context: str) -> Path:
-    path = Path(path)
+def _require_file(path: "str | Path | Member", context: str) -> "Path | Member":
+    path = path if isinstance(path, Member) else Path(path)
     if not path.is_file():
         raise DataError(f"file missing: {_where(path, context)}")
     return path
@@ -66,11 +97,13 @@ def load_image(path: str | Path, channels: int | None, size: int | tuple[int, in
         raise DataError(f"image channels must be 1, 3 or None (keep the file's), got {channels}")
     height, width = (size, size) if isinstance(size, int) else size
     try:
-        with Image.open(path) as image:
+        with Image.open(path.open("rb") if isinstance(path, Member) else path) as image:
             image.load()
             pixels = _image_array(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {_where(path, context)}: {error}") from error
+        raise DataError(
+            f"cannot read image {_where(path, context)}: {error}; replace the file or remove its row"
+        ) from error
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
     if channels == 1 and x.shape[0] == 3:
         x = (x * LUMA[:, None, None]).sum(0, keepdim=True)
@@ -116,17 +149,22 @@ def read_wav(path: str | Path, context: str = "") -> tuple[np.ndarray, int]:
     """A PCM WAV file as a float32 mono waveform in [-1, 1] (channels averaged) and its sample rate."""
     path = _require_file(path, context)
     try:
-        with wave.open(str(path), "rb") as wav:
+        with wave.open(path.open("rb") if isinstance(path, Member) else str(path), "rb") as wav:
             width, n_channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
             frames = wav.readframes(wav.getnframes())
         usable = len(frames) - len(frames) % (width * n_channels)
         samples = _pcm_to_float(frames[:usable], width).reshape(-1, n_channels).mean(axis=1)
     except (wave.Error, EOFError, OSError, ValueError) as error:
         raise DataError(
-            f"cannot read WAV {_where(path, context)}: {error} (PCM uint8/int16/int24/int32 WAV files are supported)"
+            f"cannot read WAV {_where(path, context)}: {error}; PCM WAV files (uint8, int16, int24, int32) are "
+            "supported: convert the file or remove its row"
         ) from error
     if rate <= 0:
         raise DataError(f"cannot read WAV {_where(path, context)}: sample rate {rate}")
+    if len(samples) == 0:
+        raise DataError(
+            f"WAV {_where(path, context)} holds no audio (zero samples); replace the file or remove its row"
+        )
     return samples.astype(np.float32), rate
 
 
@@ -140,8 +178,14 @@ def load_wav(path: str | Path, sample_rate: int, seconds: float, context: str = 
 def load_npy(path: str | Path, context: str = "") -> Tensor:
     """A ``.npy`` feature file as a float32 1-D tensor (flattened)."""
     path = _require_file(path, context)
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:  # np.load would try pickle and advise allow_pickle=True: never what a feature file needs
+        raise DataError(
+            f"cannot read features {_where(path, context)}: not a .npy file (no NumPy header); write it with numpy.save"
+        )
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path.open("rb") if isinstance(path, Member) else path, allow_pickle=False)
         if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
             raise ValueError(f"expected a numeric array, got {getattr(array, 'dtype', type(array))}")
     except (OSError, ValueError, EOFError) as error:
@@ -157,3 +201,48 @@ def load_text(value: object, context: str = "") -> str:
     if value is None:
         raise DataError(f"empty text ({context})" if context else "empty text")
     return str(value)
+
+
+class FeatureArray:
+    """One ``.npy`` array of feature vectors (N, D), memory-mapped (``numpy.load(mmap_mode="r")``): a row is read
+    when it is asked for, so an array larger than memory is fine. Pickles without its data (loader workers reopen
+    the map), so workers share the page cache instead of copying the array."""
+
+    def __init__(self, path: str | Path, context: str = ""):
+        self.path = _require_file(path, context)
+        with self.path.open("rb") as f:
+            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise DataError(
+                    f"cannot read features {_where(self.path, context)}: not a .npy file (no NumPy header); write it "
+                    "with numpy.save"
+                )
+        try:
+            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(f"cannot read features {_where(self.path, context)}: {error}") from error
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise DataError(
+                f"features {_where(self.path, context)}: expected a numeric (rows, features) array, got shape "
+                f"{array.shape} of {array.dtype}"
+            )
+        self.shape = array.shape
+        self._array: np.ndarray | None = array
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._array
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+    def rows(self, rows: np.ndarray, context: str | Callable[[], str] = "") -> Tensor:
+        """Rows ``rows`` as float32 (len(rows), D); NaN or infinite values are an error naming the array row and
+        ``context`` (a callable is called only then)."""
+        values = np.asarray(self.array()[rows], dtype=np.float32)
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            context = context() if callable(context) else context
+            bad = int(np.asarray(rows)[np.flatnonzero(~finite)[0]])
+            raise DataError(f"features {_where(self.path, context)}: array row {bad} contains NaN or infinite values")
+        return torch.from_numpy(np.ascontiguousarray(values))

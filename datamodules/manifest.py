@@ -1,8 +1,11 @@
-"""Datasets described by manifests: one CSV or JSONL file per dataset, one row per instance.
+"""Datasets described by manifests: one CSV, JSONL or Parquet file per dataset (read by pandas), one row per instance.
 
 A manifest has one column per modality, holding a file path (image, audio, features) or the text itself, and
-optionally ``label`` (int, or strings mapped to ints), ``split`` (train/val/test) and ``id`` (unique per manifest).
-Other columns are ignored. Relative paths resolve against ``root``, by default the manifest's own directory.
+optionally ``label`` (all integer class ids, or all class names numbered in sorted order; an empty cell: unlabelled),
+``split`` (train/val/test) and ``id`` (unique per manifest). Other columns are ignored. Relative file paths in a
+manifest resolve against ``root``, by default the manifest's own directory; the manifest paths themselves (and
+``arrays`` paths) resolve against the working directory. A ``features`` modality may instead come from one
+memory-mapped ``.npy`` array per dataset (``arrays``), joined to the manifest by row or by id.
 
 Example (``pairs.csv``)::
 
@@ -29,14 +32,16 @@ existence (the first missing one is named with its row). Images and audio are re
 features (``.npy``) are read in ``setup`` because backbones fitted to data need the training inputs.
 """
 
-import csv
 import hashlib
 import json
+import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -44,98 +49,150 @@ from torch.utils.data import Dataset
 from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError, DataError
 from datamodules.base import SPLITS, PairedDataModule
-from datamodules.loaders import FILE_KINDS, KINDS, load_image, load_npy, load_text, load_wav
+from datamodules.loaders import FILE_KINDS, KINDS, FeatureArray, load_image, load_npy, load_text, load_wav
 
 RESERVED_COLUMNS = ("label", "split", "id")
 UNLABELLED = -1
-MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
 
 @dataclass
 class Manifest:
-    """A parsed manifest: its columns (in file order) and its rows, every cell a str ("" when empty)."""
+    """A manifest read by pandas: its columns (in file order) and its rows, every cell a str ("" when empty)."""
 
     path: Path
-    columns: list[str]
-    rows: list[dict[str, str]]
+    frame: pd.DataFrame
+    _lists: dict[str, list[str]] = field(default_factory=dict, repr=False)  # columns as lists: fast cell access
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.frame.columns)
+
+    def __len__(self) -> int:
+        return len(self.frame)
 
     def column(self, name: str) -> list[str]:
-        return [row.get(name, "") for row in self.rows]
+        if name not in self.frame.columns:
+            return [""] * len(self.frame)
+        if name not in self._lists:
+            self._lists[name] = self.frame[name].tolist()
+        return self._lists[name]
+
+    def cell(self, row: int, column: str) -> str:
+        return self.column(column)[row] if column in self.frame.columns else ""
+
+    def where(self, row: int) -> str:
+        """Where a row lives, for error messages: manifest, 1-based row, id when the manifest has one."""
+        where = f"manifest {self.path} row {row + 1}"
+        if "id" in self.frame.columns:
+            where += f", id {self.cell(row, 'id').strip()!r}"
+        return where
 
 
 def _cell(value: object, path: Path, row: int, column: str) -> str:
-    if value is None:
+    """One JSONL or Parquet value as the str a CSV would hold: missing values are "", booleans lower case."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str | int | float):
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, str | int | float | np.integer | np.floating):
         return str(value)
-    raise DataError(f"{path} row {row}: column {column!r} holds a {type(value).__name__}; expected a string or number")
+    raise DataError(
+        f"manifest {path} row {row + 1}: column {column!r} holds a {type(value).__name__}; expected a string or number"
+    )
 
 
-def _read_csv(path: Path) -> Manifest:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"manifest {path} is empty: expected a header row naming the columns")
-        columns = [c.strip() for c in header]
-        duplicated = sorted({c for c in columns if columns.count(c) > 1})
-        if duplicated or "" in columns:
-            raise DataError(f"manifest {path}: header has duplicate or empty column names {duplicated or ['']}")
-        rows = []
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue  # blank line
-            if len(values) != len(columns):
-                raise DataError(
-                    f"{path} row {len(rows) + 1} (line {reader.line_num}): {len(values)} fields, the header has "
-                    f"{len(columns)}"
-                )
-            rows.append(dict(zip(columns, values, strict=True)))
-    return Manifest(path, columns, rows)
+def _as_strings(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    frame = frame.astype(object)
+    for column in frame.columns:
+        frame[column] = [_cell(v, path, row, column) for row, v in enumerate(frame[column].tolist())]
+    return frame
 
 
-def _read_jsonl(path: Path) -> Manifest:
-    columns: dict[str, None] = {}  # ordered set: first appearance
-    records = []
-    with path.open(encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} line {line_number}: invalid JSON: {error}") from error
-            if not isinstance(record, dict):
-                raise DataError(f"{path} line {line_number}: expected a JSON object, got {type(record).__name__}")
-            columns.update(dict.fromkeys(k.strip() for k in record))
-            records.append(record)
-    rows = [{k.strip(): _cell(v, path, i, k) for k, v in record.items()} for i, record in enumerate(records, start=1)]
-    return Manifest(path, list(columns), rows)
+def _read_frame(path: Path, suffix: str) -> pd.DataFrame:
+    """The file as a frame of str cells, columns named by its header (CSV) or keys (JSONL, Parquet)."""
+    if suffix == ".csv":
+        try:  # header=None: the header row is read as data, so duplicate names are seen rather than renamed
+            raw = pd.read_csv(path, header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
+        except pd.errors.EmptyDataError as error:
+            raise DataError(f"manifest {path} is empty: expected a header row naming the columns") from error
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise DataError(f"manifest {path}: cannot parse it as CSV: {str(error).strip()}") from error
+        columns = [str(c).strip() for c in raw.iloc[0]]
+        frame = raw.iloc[1:].set_axis(columns, axis=1)
+    else:
+        try:
+            if suffix == ".parquet":
+                frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
+            else:
+                frame = pd.read_json(path, lines=True, dtype=False, dtype_backend="numpy_nullable")
+        except ValueError as error:
+            kind = "Parquet" if suffix == ".parquet" else "JSON lines (one JSON object per line)"
+            raise DataError(f"manifest {path}: cannot parse it as {kind}: {error}") from error
+        frame = _as_strings(frame.rename(columns=lambda c: str(c).strip()), path)
+        columns = list(frame.columns)
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated or "" in columns:
+        raise DataError(f"manifest {path}: header has duplicate or empty column names {duplicated or ['']}")
+    blank = (frame.apply(lambda col: col.str.strip()) == "").all(axis=1) if len(frame) else []
+    return frame[~np.asarray(blank, dtype=bool)].reset_index(drop=True) if len(frame) else frame
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """A CSV (``.csv``) or JSON-lines (``.jsonl``, ``.ndjson``) manifest."""
+    """A CSV (``.csv``), JSON-lines (``.jsonl``, ``.ndjson``) or Parquet (``.parquet``) manifest, read by pandas."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"manifest not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _read_csv(path)
-    if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
-    raise ConfigError(f"manifest {path}: unknown format {suffix!r}; use .csv or .jsonl")
+    if suffix not in MANIFEST_SUFFIXES:
+        raise ConfigError(f"manifest {path}: unknown format {suffix!r}; use one of {list(MANIFEST_SUFFIXES)}")
+    return Manifest(path, _read_frame(path, suffix))
 
 
-def label_mapping(raw: list[str]) -> dict[str, int] | None:
-    """None when every label is an integer (kept as is); otherwise the sorted distinct strings numbered from 0."""
-    values = sorted({v for v in raw if v != ""})
-    try:
-        [int(v) for v in values]
+LABEL_RULE = (
+    "labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell marks an "
+    "unlabelled row"
+)
+
+
+def _label_kind(value: str) -> str:
+    """``id`` (an integer), ``number`` (any other number: 3.0, NaN, inf, 1e3) or ``name``."""
+    for kind, parse in (("id", int), ("number", float)):
+        try:
+            parse(value)
+            return kind
+        except ValueError:
+            pass
+    return "name"
+
+
+def label_mapping(manifests: list[Manifest]) -> dict[str, int] | None:
+    """One label numbering for all ``manifests``: None when every label is an integer class id (kept as is), else the
+    sorted distinct class names numbered from 0. Labels must be all ids or all names: a number that is not an integer
+    (``3.0``, ``NaN``: what a spreadsheet or pandas writes for a missing value) or a mix of ids and names is a
+    ``DataError`` naming the value, the manifest and the row, instead of new classes and a silent renumbering."""
+    first: dict[str, tuple[str, Manifest, int]] = {}  # kind -> value, manifest and row of its first label
+    for manifest in manifests:
+        if "label" not in manifest.columns:
+            continue
+        for row, value in enumerate(manifest.column("label")):
+            value = value.strip()
+            if value and _label_kind(value) not in first:
+                first[_label_kind(value)] = (value, manifest, row)
+    first = {kind: (value, manifest.where(row)) for kind, (value, manifest, row) in first.items()}
+    if "number" in first:
+        value, where = first["number"]
+        raise DataError(f"label {value!r} in {where} is a number but not an integer class id: {LABEL_RULE}")
+    if "id" in first and "name" in first:
+        (name, name_at), (id_, id_at) = first["name"], first["id"]
+        raise DataError(
+            f"label {name!r} in {name_at} is a class name, but label {id_!r} in {id_at} is an integer class id: "
+            f"{LABEL_RULE}"
+        )
+    if "name" not in first:
         return None
-    except ValueError:
-        return {v: i for i, v in enumerate(values)}
+    names = sorted({v.strip() for m in manifests if "label" in m.columns for v in m.column("label") if v.strip()})
+    return {v: i for i, v in enumerate(names)}
 
 
 def assign_splits(labels: np.ndarray, fractions: tuple[float, ...], seed: int, name: str) -> np.ndarray:
@@ -170,16 +227,51 @@ class DatasetTable:
     splits: np.ndarray
     offset: int
     paths: dict[str, list[Path | None]] = field(default_factory=dict)
+    # modality -> (its array, the array row of every manifest row; -1: the row's id is not in the array)
+    arrays: dict[str, tuple[FeatureArray, np.ndarray]] = field(default_factory=dict)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
     def context(self, row: int, column: str | None = None) -> str:
         """Where a cell lives, for error messages: manifest, 1-based row, id when the manifest has one."""
-        where = f"manifest {self.manifest.path} row {row + 1}"
-        if "id" in self.manifest.columns:
-            where += f", id {self.manifest.rows[row]['id'].strip()!r}"
-        return where + (f", column {column!r}" if column else "")
+        return self.manifest.where(row) + (f", column {column!r}" if column else "")
+
+
+class ArrayFeatures:
+    """The features of one split read from a memory-mapped array: item ``i`` is array row ``array_rows[i]``."""
+
+    def __init__(self, array: FeatureArray, array_rows: np.ndarray, table: "DatasetTable", rows: np.ndarray, m: str):
+        self.array, self.array_rows, self.table, self.rows, self.modality = array, array_rows, table, rows, m
+
+    def __len__(self) -> int:
+        return len(self.array_rows)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.array.rows(
+            self.array_rows[i : i + 1], lambda: self.table.context(int(self.rows[i]), self.modality)
+        )[0]
+
+    def chunks(self, size: int = 65536) -> Iterator[Tensor]:
+        """All rows, ``size`` at a time (array order within a chunk, for sequential reads)."""
+        for start in range(0, len(self.array_rows), size):
+            part = np.sort(self.array_rows[start : start + size])
+            yield self.array.rows(part, f"dataset {self.table.name!r}, modality {self.modality!r}")
+
+
+def feature_stats(parts: list[Tensor | ArrayFeatures]) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and standard deviation (unbiased, as ``Tensor.std``) over every row of ``parts``, in float64,
+    chunk by chunk: an array's rows are never all in memory."""
+    total, total_sq, count = None, None, 0
+    for part in parts:
+        for chunk in part.chunks() if isinstance(part, ArrayFeatures) else [part]:
+            x = chunk.flatten(1).double()
+            total = x.sum(0) if total is None else total + x.sum(0)
+            total_sq = x.square().sum(0) if total_sq is None else total_sq + x.square().sum(0)
+            count += len(x)
+    mean = total / count
+    var = (total_sq - count * mean.square()) / max(count - 1, 1)
+    return mean, var.clamp_min(0).sqrt()
 
 
 class ManifestDataset(Dataset):
@@ -217,7 +309,7 @@ class ManifestDataset(Dataset):
             return self.features[modality][i]
         context = self.table.context(row, modality)
         if kind == "text":
-            return load_text(self.table.manifest.rows[row][modality], context)
+            return load_text(self.table.manifest.cell(row, modality), context)
         path = self.table.paths[modality][row]
         if kind == "image":
             return load_image(path, self.image_channels.get(modality), self.image_size, context)
@@ -228,7 +320,7 @@ class ManifestDataset(Dataset):
 
 
 class ManifestDataModule(PairedDataModule):
-    """Datasets read from manifests (one CSV or JSONL per dataset); see the module docstring for the format.
+    """Datasets read from manifests (one CSV, JSONL or Parquet per dataset); see the module docstring for the format.
 
     Args:
         manifests: dataset name → manifest path, one per configured dataset.
@@ -236,11 +328,16 @@ class ManifestDataModule(PairedDataModule):
         root: directory that relative file paths resolve against; default: each manifest's directory.
         split_fractions: train/val/test fractions for manifests without a ``split`` column (stratified by label).
         split_seed: seed of that split (independent of the training seed).
-        image_size: images are resized to image_size × image_size.
+        image_size: images are loaded at image_size × image_size (the one size setting: timm backbones take it unless
+            their spec names another; open_clip and hf resize to their model's own input size).
         image_channels: 1 or 3 to force grayscale or RGB; None keeps the channel count of the modality's first
             training file (other files of that modality are converted to it, so batches always stack).
         sample_rate, audio_seconds: audio is resampled to ``sample_rate`` and cropped or zero-padded to
             ``audio_seconds``.
+        arrays: dataset → features modality → one ``.npy`` array (N, D) holding that modality for the whole dataset,
+            read memory-mapped; instead of a manifest column of per-row files. A path alone: array row i is manifest
+            row i. ``{path: emb.npy, ids: emb_ids.txt}``: the ids file names each array row's manifest ``id`` (one per
+            line), and rows are joined by id. Relative paths start at the working directory, like ``manifests``.
         kwargs: ``PairedDataModule``'s (datasets, pivot, flows, batch sizes, sampling, ...).
     """
 
@@ -255,6 +352,7 @@ class ManifestDataModule(PairedDataModule):
         image_channels: int | None = None,
         sample_rate: int = 16000,
         audio_seconds: float = 1.0,
+        arrays: dict[str, dict[str, str | dict[str, str]]] | None = None,
         **kwargs,
     ):
         if not modalities:
@@ -270,9 +368,7 @@ class ManifestDataModule(PairedDataModule):
             raise ConfigError("image_size, sample_rate and audio_seconds must be positive")
         if image_channels not in (None, 1, 3):
             raise ConfigError(f"image_channels must be 1, 3 or None (keep the files'), got {image_channels}")
-        for name, path in manifests.items():
-            if Path(path).suffix.lower() not in MANIFEST_SUFFIXES:
-                raise ConfigError(f"manifest of {name!r}: {path} must end in one of {list(MANIFEST_SUFFIXES)}")
+        self.check_manifests(manifests)
         self.manifests = {name: str(path) for name, path in manifests.items()}
         self.modalities = dict(modalities)
         self.available_modalities = tuple(modalities)
@@ -280,6 +376,7 @@ class ManifestDataModule(PairedDataModule):
         self.split_fractions, self.split_seed = tuple(split_fractions), split_seed
         self.image_size, self.image_channels = image_size, image_channels
         self.sample_rate, self.audio_seconds = sample_rate, audio_seconds
+        self.arrays = self._array_sources(arrays or {})
         super().__init__(**kwargs)
         missing, extra = set(self.datasets) - set(self.manifests), set(self.manifests) - set(self.datasets)
         if missing or extra:
@@ -287,8 +384,43 @@ class ManifestDataModule(PairedDataModule):
                 f"manifests must name exactly the configured datasets {sorted(self.datasets)}: "
                 f"missing {sorted(missing)}, unknown {sorted(extra)}"
             )
+        for name, sources in self.arrays.items():
+            if name not in self.datasets:
+                raise ConfigError(f"arrays: unknown dataset {name!r}; have {sorted(self.datasets)}")
+            for m in sources:
+                if m not in self.needed_modalities(name):
+                    raise ConfigError(
+                        f"arrays.{name}.{m}: dataset {name!r} does not use modality {m!r}; it uses "
+                        f"{self.needed_modalities(name)}"
+                    )
         self._tables: dict[str, DatasetTable] | None = None
         self._channels: dict[str, int | None] = {}
+
+    def check_manifests(self, manifests: dict[str, str]) -> None:
+        for name, path in manifests.items():
+            if Path(path).suffix.lower() not in MANIFEST_SUFFIXES:
+                raise ConfigError(f"manifest of {name!r}: {path} must end in one of {list(MANIFEST_SUFFIXES)}")
+
+    def _array_sources(self, arrays: dict) -> dict[str, dict[str, tuple[Path, Path | None]]]:
+        """``arrays`` as dataset → modality → (array path, ids path or None), checked for shape (not for files)."""
+        sources: dict[str, dict[str, tuple[Path, Path | None]]] = {}
+        for name, by_modality in arrays.items():
+            for m, spec in (by_modality or {}).items():
+                where = f"data.init_args.arrays.{name}.{m}"
+                if self.modalities.get(m) != "features":
+                    raise ConfigError(f"{where}: arrays hold features modalities; {m!r} is {self.modalities.get(m)!r}")
+                if isinstance(spec, str):
+                    spec = {"path": spec}
+                if not isinstance(spec, dict) or "path" not in spec or set(spec) - {"path", "ids"}:
+                    raise ConfigError(f"{where}: give a .npy path, or {{path: emb.npy, ids: emb_ids.txt}}")
+                if Path(spec["path"]).suffix.lower() != ".npy":
+                    raise ConfigError(f"{where}: {spec['path']} must be a .npy array (numpy.save)")
+                ids = spec.get("ids")
+                sources.setdefault(name, {})[m] = (
+                    Path(spec["path"]).expanduser(),
+                    Path(ids).expanduser() if ids else None,
+                )
+        return sources
 
     # -- manifests -------------------------------------------------------------------------------------------------
     def needed_modalities(self, dataset: str) -> list[str]:
@@ -298,22 +430,48 @@ class ManifestDataModule(PairedDataModule):
     def tables(self) -> dict[str, DatasetTable]:
         """The parsed and validated manifests (cached): raises on the first problem, before any training."""
         if self._tables is None:
-            manifests = {name: read_manifest(self.manifests[name]) for name in sorted(self.datasets)}
-            raw = [v.strip() for m in manifests.values() if "label" in m.columns for v in m.column("label")]
-            mapping = label_mapping(raw)
+            manifests = self.read_manifests()
+            mapping = label_mapping(list(manifests.values()))
             tables, offset = {}, 0
             for name, manifest in manifests.items():
                 tables[name] = self._table(name, manifest, mapping, offset)
-                offset += len(manifest.rows)
+                offset += len(manifest)
             self._tables = tables
         return self._tables
 
+    def read_manifests(self) -> dict[str, Manifest]:
+        """Every dataset's manifest, in sorted dataset order."""
+        for name in sorted(self.datasets):
+            path = Path(self.manifests[name]).expanduser()
+            if not path.is_file():
+                raise DataError(
+                    f"dataset {name!r}: manifest not found: {path}; fix data.init_args.manifests.{name} "
+                    f"(a relative path starts at the working directory, {Path.cwd()})"
+                )
+        return {name: read_manifest(self.manifests[name]) for name in sorted(self.datasets)}
+
+    def resolve_files(self, name: str, manifest: Manifest, modality: str) -> list[Path | None]:
+        """The file of every row of a file-kind ``modality`` column (None for an empty cell): relative paths start at
+        ``root``, by default the manifest's directory."""
+        base = Path(self.root).expanduser() if self.root is not None else manifest.path.parent
+        return [base / Path(cell.strip()).expanduser() if cell.strip() else None for cell in manifest.column(modality)]
+
+    def manifest_digest(self, table: DatasetTable) -> bytes:
+        """What of the manifest itself goes into the data fingerprint: its bytes."""
+        return table.manifest.path.read_bytes()
+
     def _table(self, name: str, manifest: Manifest, mapping: dict[str, int] | None, offset: int) -> DatasetTable:
         path = manifest.path
-        if not manifest.rows:
+        if not len(manifest):
             raise DataError(f"dataset {name!r}: manifest {path} has no rows")
+        arrays = self.arrays.get(name, {})
         for m in self.needed_modalities(name):
-            if m not in manifest.columns:
+            if m in arrays and m in manifest.columns:
+                raise ConfigError(
+                    f"dataset {name!r}: modality {m!r} comes from data.init_args.arrays.{name}.{m}, and manifest "
+                    f"{path} has a column {m!r} too; remove one of them"
+                )
+            if m not in manifest.columns and m not in arrays:
                 raise ConfigError(
                     f"dataset {name!r}: manifest {path} has no column {m!r} (a {self.modalities[m]} modality the "
                     f"dataset needs); its columns: {manifest.columns}"
@@ -330,7 +488,7 @@ class ManifestDataModule(PairedDataModule):
                         f"{row + 1}"
                     )
                 seen[value] = row
-        labels = np.full(len(manifest.rows), UNLABELLED, dtype=np.int64)
+        labels = np.full(len(manifest), UNLABELLED, dtype=np.int64)
         if "label" in manifest.columns:
             for row, value in enumerate(manifest.column("label")):
                 value = value.strip()
@@ -342,24 +500,83 @@ class ManifestDataModule(PairedDataModule):
             if not len(rows) and (split == "train" or name in self.eval_datasets):
                 raise DataError(f"dataset {name!r}: manifest {path} has no {split} rows")
             for m in self.split_modalities(name, split):
+                if m in arrays:
+                    continue  # checked against the array's ids below
                 for row in rows:
-                    if not manifest.rows[row][m].strip():
+                    if not manifest.cell(row, m).strip():
                         raise DataError(
                             f"dataset {name!r}: {table.context(row)}: modality {m!r} is empty, but every {split} row "
-                            f"must carry {self.split_modalities(name, split)}"
+                            f"must carry {self.split_modalities(name, split)}{self._oracle_hint(name, split, m)}"
                         )
-        base = Path(self.root).expanduser() if self.root is not None else path.parent
+        for m, source in arrays.items():
+            table.arrays[m] = self._array_rows(table, m, *source)
         for m in self.needed_modalities(name):
-            if self.modalities[m] in FILE_KINDS:
-                cells = [cell.strip() for cell in manifest.column(m)]
-                table.paths[m] = [base / Path(cell).expanduser() if cell else None for cell in cells]
-        for row in range(len(manifest.rows)):  # manifest order: the first missing file is named
+            if self.modalities[m] in FILE_KINDS and m not in arrays:
+                table.paths[m] = self.resolve_files(name, manifest, m)
+        for row in range(len(manifest)):  # manifest order: the first missing file is named
             for m, paths in table.paths.items():
                 if paths[row] is not None and not paths[row].is_file():
                     raise DataError(
                         f"dataset {name!r}: {self.modalities[m]} file missing: {paths[row]} ({table.context(row, m)})"
                     )
         return table
+
+    def _oracle_hint(self, name: str, split: str, modality: str) -> str:
+        """Why a training row needs a modality its dataset does not observe: the oracle trains on the flows'."""
+        flows = {m for flow in self.flows if flow.dataset == name for m in flow.modalities}
+        if not (self.oracle and split == "train" and modality in flows):
+            return ""
+        return (
+            f"; the oracle (--method oracle, data.init_args.oracle: true) trains on each flow's query and target, so "
+            f"{name!r}'s training rows must hold {modality!r} too: fill that column in or use another method"
+        )
+
+    def _array_rows(self, table: DatasetTable, m: str, path: Path, ids: Path | None) -> tuple[FeatureArray, np.ndarray]:
+        """Open ``m``'s array and map every manifest row to its array row; every row a split needs must have one."""
+        name, manifest = table.name, table.manifest
+        where = f"data.init_args.arrays.{name}.{m}"
+        if not path.is_file():
+            raise DataError(
+                f"{where}: array not found: {path} (a relative path starts at the working directory, {Path.cwd()})"
+            )
+        array = FeatureArray(path, where)
+        if ids is None:
+            if array.shape[0] != len(manifest):
+                raise DataError(
+                    f"{where}: array {path} has {array.shape[0]} rows, manifest {manifest.path} has {len(manifest)}: "
+                    "without an ids file, array row i is manifest row i; give {path: ..., ids: <file of the array "
+                    "rows' ids, one per line>} to join by id"
+                )
+            positions = np.arange(len(manifest))
+        else:
+            if "id" not in manifest.columns:
+                raise ConfigError(
+                    f"{where}: ids join the array to the manifest by id, but {manifest.path} has no id column"
+                )
+            if not ids.is_file():
+                raise DataError(
+                    f"{where}: ids file not found: {ids} (a relative path starts at the working directory, "
+                    f"{Path.cwd()})"
+                )
+            names = pd.read_csv(ids, header=None, dtype=str, na_filter=False, skip_blank_lines=True)[0].str.strip()
+            if len(names) != array.shape[0]:
+                raise DataError(f"{where}: {ids} names {len(names)} ids for the {array.shape[0]} rows of {path}")
+            duplicated = names[names.duplicated()]
+            if len(duplicated):
+                raise DataError(f"{where}: {ids} names id {duplicated.iloc[0]!r} twice")
+            positions = pd.Index(names).get_indexer([v.strip() for v in manifest.column("id")])
+        for split in SPLITS:
+            if m not in self.split_modalities(name, split):
+                continue
+            rows = table.rows(split)
+            absent = rows[positions[rows] < 0]
+            if len(absent):
+                raise DataError(
+                    f"dataset {name!r}: {table.context(int(absent[0]))}: no row in array {path} (its id is not in "
+                    f"{ids}), but every {split} row must carry {self.split_modalities(name, split)}"
+                    f"{self._oracle_hint(name, split, m)}"
+                )
+        return array, positions
 
     def _splits(self, name: str, manifest: Manifest, labels: np.ndarray) -> np.ndarray:
         if "split" not in manifest.columns:
@@ -369,7 +586,7 @@ class ManifestDataModule(PairedDataModule):
             if value not in SPLITS:
                 raise DataError(
                     f"dataset {name!r}: manifest {manifest.path} row {row + 1}: unknown split value "
-                    f"{manifest.rows[row]['split']!r}; expected one of {list(SPLITS)}"
+                    f"{manifest.cell(row, 'split')!r}; expected one of {list(SPLITS)}"
                 )
         return splits
 
@@ -398,12 +615,17 @@ class ManifestDataModule(PairedDataModule):
         kinds = {m: self.modalities[m] for m in modalities}
         features = {}
         for m in (m for m, kind in kinds.items() if kind == "features"):
+            if m in table.arrays:
+                array, positions = table.arrays[m]
+                features[m] = ArrayFeatures(array, positions[rows], table, rows, m)
+                continue
             vectors = [load_npy(table.paths[m][row], table.context(row, m)) for row in rows]
             for row, vector in zip(rows, vectors, strict=True):
                 if vector.shape != vectors[0].shape:
                     raise DataError(
                         f"dataset {dataset!r}: features of {m!r} have {vector.numel()} values in "
-                        f"{table.context(row, m)} but {vectors[0].numel()} in {table.context(rows[0], m)}"
+                        f"{table.context(row, m)} but {vectors[0].numel()} in {table.context(rows[0], m)}; every "
+                        f"row's .npy must hold the same number of values: fix or remove that row"
                     )
             features[m] = torch.stack(vectors)
         channels = {m: self.resolved_image_channels(m) for m, kind in kinds.items() if kind == "image"}
@@ -421,6 +643,10 @@ class ManifestDataModule(PairedDataModule):
             train = [s["train"] for s in self.splits.values() if m in s["train"].modalities]
             if kind == "text":
                 info[m] = ModalityInfo(kind="text")
+            elif kind == "features" and any(isinstance(d.features[m], ArrayFeatures) for d in train):
+                # memory-mapped arrays stay on disk: backbones fitted to data get the statistics, not the rows
+                mean, std = feature_stats([d.features[m] for d in train])
+                info[m] = ModalityInfo(kind="features", shape=tuple(mean.shape), train_stats=(mean, std))
             elif kind == "features":
                 inputs = torch.cat([d.features[m] for d in train])
                 info[m] = ModalityInfo(kind="features", shape=tuple(inputs.shape[1:]), train_inputs=inputs)
@@ -460,8 +686,12 @@ class ManifestDataModule(PairedDataModule):
             "split_fractions": list(self.split_fractions),
             "split_seed": self.split_seed,
         }
+        for m in modalities:  # an array is named once, with the ids file that joins it
+            if m in table.arrays:
+                files = [p for p in self.arrays[dataset][m] if p is not None]
+                settings.setdefault("arrays", {})[m] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        digest.update(table.manifest.path.read_bytes())
+        digest.update(self.manifest_digest(table))
         for row in table.rows(split):
             for m in modalities:
                 path = table.paths[m][row] if m in table.paths else None

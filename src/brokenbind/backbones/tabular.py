@@ -4,6 +4,14 @@ import torch
 from torch import Tensor
 
 from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.errors import ConfigError
+
+# What to name in model.backbones per modality kind (the default, standardize, is for feature vectors only).
+CHOICES = {
+    "image": "timm, open_clip (tower: image), hf or import",
+    "text": "minilm, hf, open_clip (tower: text) or import",
+    "audio": "logmel_cnn (trainable), hf or import",
+}
 
 
 class Standardize(Backbone):
@@ -21,8 +29,17 @@ class Standardize(Backbone):
 
     @classmethod
     def fit(cls, info: ModalityInfo) -> "Standardize":
+        """From the training inputs, or from their statistics (``train_stats``: what a memory-mapped array gives
+        without loading every row)."""
+        if info.kind != "features":
+            raise ConfigError(
+                f"the standardize backbone (the default) encodes feature vectors; modality kind {info.kind!r} needs a "
+                f"backbone named in model.backbones: {CHOICES.get(info.kind, 'import')}"
+            )
+        if info.train_stats is not None:
+            return cls(*info.train_stats)
         if info.train_inputs is None:
-            raise ValueError(f"the standardize backbone needs feature vectors, got a {info.kind!r} modality")
+            raise ConfigError("the standardize backbone needs the modality's training inputs; the data gives none")
         x = info.train_inputs.flatten(1).double()
         return cls(x.mean(0), x.std(0))
 

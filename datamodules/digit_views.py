@@ -1,0 +1,73 @@
+"""Digit views: scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), cut into instance-aligned views.
+
+Each image yields five views of the same instance: ``top`` and ``bottom`` (rows 0-3 and 4-7, 32 pixels each),
+``left`` and ``right`` (columns 0-3 and 4-7) and ``profile`` (the 8 row sums and 8 column sums). Retrieving one half
+from another is instance-level (the other half of the same drawing is the one relevant item) and not a linear
+function of the query: it needs the digit's class and its writer's style. The data ship inside the scikit-learn wheel
+(UCI optdigits test set), so nothing is downloaded. Instances are divided among datasets and splits exactly as for
+mfeat (``MfeatDataModule``: disjoint datasets, ``class_shift``, stratified 60/20/20 split, ``split_seed``).
+"""
+
+from functools import cache
+
+import numpy as np
+import torch
+
+from datamodules.base import SPLITS, TensorDictDataset
+from datamodules.mfeat import MfeatDataModule, _cumulative_counts
+
+VIEWS = {"top": 32, "bottom": 32, "left": 32, "right": 32, "profile": 16}
+
+
+@cache
+def load_digit_views() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every view (float32, one row per image) and the labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32)  # (1797, 8, 8), values 0-16
+    views = {
+        "top": images[:, :4, :].reshape(len(images), -1),
+        "bottom": images[:, 4:, :].reshape(len(images), -1),
+        "left": images[:, :, :4].reshape(len(images), -1),
+        "right": images[:, :, 4:].reshape(len(images), -1),
+        "profile": np.concatenate([images.sum(2), images.sum(1)], axis=1),
+    }
+    return views, digits.target.astype(np.int64)
+
+
+class DigitViewsDataModule(MfeatDataModule):
+    """Several disjoint datasets of scikit-learn digits, each observing the views its config lists.
+
+    Args: those of ``MfeatDataModule`` (``class_shift``, ``split_fractions``, ``split_seed``, and the pairing).
+    """
+
+    available_modalities = tuple(VIEWS)
+
+    def assignment(self) -> dict[str, dict[str, np.ndarray]]:
+        """As mfeat's: per class, shares by ``class_shift`` for each dataset, then a stratified train/val/test split."""
+        _, labels = load_digit_views()
+        rng = np.random.default_rng(self.split_seed)
+        names = list(self.datasets)
+        classes = np.unique(labels)
+        blocks = np.array_split(classes, len(names))
+        out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in SPLITS} for n in names}
+        for c in classes:
+            members = rng.permutation(np.flatnonzero(labels == c))
+            shares = np.array([(1 - self.class_shift) / len(names) + self.class_shift * (c in b) for b in blocks])
+            for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
+                pieces = np.split(part, _cumulative_counts(len(part), np.array(self.split_fractions))[:-1])
+                for split, ids in zip(SPLITS, pieces, strict=True):
+                    out[name][split].append(ids)
+        return {n: {s: np.sort(np.concatenate(ids)) for s, ids in splits.items()} for n, splits in out.items()}
+
+    def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
+        views, labels = load_digit_views()
+        if self._ids is None:
+            self._ids = self.assignment()
+        ids = self._ids[dataset][split]
+        return TensorDictDataset(
+            {m: torch.from_numpy(views[m][ids]) for m in modalities},
+            index=torch.from_numpy(ids),
+            label=torch.from_numpy(labels[ids]),
+        )

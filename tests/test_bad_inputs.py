@@ -1,0 +1,340 @@
+"""Bad input, as a user meets it: every case runs the real CLI and must end in exit code 2 with one line
+``brokenbind: <ErrorType>: <message>`` naming the offending key or file (path and manifest row) and what to do; never a
+traceback, and never a run directory left behind under ``logs/``.
+
+``CASES`` below is the table (id, setup, the message the user sees); the README's "Bad input" section points here.
+Manifest cases run in a temporary working directory holding ``files/`` (written by ``test_manifest.make_data``: PNG
+photos, WAV sounds, ``.npy`` features) with the manifests ``files/captions.csv`` and ``files/sounds.csv`` (rows i % 5 =
+0, 1, 2 train, 3 val, 4 test) and the experiment ``my_data.yaml``; mfeat cases use ``experiments/two_dataset.yaml``.
+"""
+
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from timm import __version__ as timm_version
+
+from brokenbind.cli import cli
+
+from .test_manifest import dm_args, make_data, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO_DATASET = str(ROOT / "experiments" / "two_dataset.yaml")
+FOU_FAC_ZER = str(ROOT / "experiments" / "two_dataset_fou_fac_zer.yaml")
+MFEAT = ["fit", "--config", TWO_DATASET, "--trainer.fast_dev_run=true"]
+SPLIT_OF_ROW = ("train", "train", "train", "val", "test")  # row i of every manifest: SPLIT_OF_ROW[i % 5]
+
+Rows = dict[str, list[dict]]  # dataset name -> manifest rows (``make_data``'s)
+
+
+# -- setups ----------------------------------------------------------------------------------------------------------
+def manifest_run(
+    edit_rows: Callable[[Rows], None] | None = None,
+    edit_files: Callable[[Path], None] | None = None,
+    backbones: dict | None = None,
+    **data: object,
+) -> Callable[[Path], list[str]]:
+    """Setup of a manifest case: write ``files/`` and the manifests, break them with ``edit_rows`` / ``edit_files``,
+    write ``my_data.yaml`` (photo: timm resnet10t, random init, 16 px; sound: log-mel CNN; emb: standardised .npy;
+    datasets captions (photo, sound) and sounds (photo, emb), flow emb->photo->sound on sounds) and return the CLI
+    arguments (``fast_dev_run``: one training batch, one validation batch)."""
+
+    def setup(tmp: Path) -> list[str]:
+        rows = make_data(Path("files"))
+        for dataset_rows in rows.values():
+            for i, row in enumerate(dataset_rows):
+                row["split"] = SPLIT_OF_ROW[i % 5]
+        if edit_rows is not None:
+            edit_rows(rows)
+        manifests = {name: write_csv(Path("files") / f"{name}.csv", r) for name, r in rows.items()}
+        if edit_files is not None:
+            edit_files(Path("files"))
+        args = dm_args(
+            manifests,
+            datasets={"captions": {"modalities": ["photo", "sound"]}, "sounds": {"modalities": ["photo", "emb"]}},
+            flows=[{"dataset": "sounds", "flow": "emb->photo->sound"}],
+        )
+        config = {
+            "data": {"class_path": "datamodules.ManifestDataModule", "init_args": {**args, **data}},
+            "model": {
+                "backbones": {
+                    "photo": {"name": "timm", "model": "resnet10t", "image_size": 16},
+                    "sound": "logmel_cnn",
+                    "emb": "standardize",
+                    **(backbones or {}),
+                }
+            },
+        }
+        Path("my_data.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return ["fit", "--config", "my_data.yaml", "--trainer.fast_dev_run=true"]
+
+    return setup
+
+
+def mfeat_run(*args: str) -> Callable[[Path], list[str]]:
+    """Setup of an mfeat case: ``brokenbind fit --config experiments/two_dataset.yaml --trainer.fast_dev_run=true`` and
+    ``args``."""
+    return lambda tmp: [*MFEAT, *args]
+
+
+def experiment_file(text: str, *args: str) -> Callable[[Path], list[str]]:
+    """Setup: an experiment file ``exp.yaml`` holding ``text``, run with ``args``."""
+
+    def setup(tmp: Path) -> list[str]:
+        Path("exp.yaml").write_text(text)
+        return ["fit", "--config", "exp.yaml", "--trainer.fast_dev_run=true", *args]
+
+    return setup
+
+
+def rows_of(dataset: str, **changes: dict) -> Callable[[Rows], None]:
+    """Edit of manifest rows: ``changes`` maps row ``r<i>`` (0-based) to the cells to overwrite."""
+
+    def edit(rows: Rows) -> None:
+        for key, cells in changes.items():
+            rows[dataset][int(key[1:])].update(cells)
+
+    return edit
+
+
+def integer_labels(then: Callable[[Rows], None]) -> Callable[[Rows], None]:
+    """Edit: labels as integer class ids (cat 0, dog 1, bird 2), then ``then``."""
+
+    def edit(rows: Rows) -> None:
+        ids = {"cat": "0", "dog": "1", "bird": "2"}
+        for dataset_rows in rows.values():
+            for row in dataset_rows:
+                row["label"] = ids[row["label"]]
+        then(rows)
+
+    return edit
+
+
+def drop_column(dataset: str, column: str) -> Callable[[Rows], None]:
+    def edit(rows: Rows) -> None:
+        for row in rows[dataset]:
+            del row[column]
+
+    return edit
+
+
+def write_empty_wav(path: Path) -> None:
+    """A valid WAV header (mono, 16-bit, 16 kHz) and no samples."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"")
+
+
+def foreign_checkpoint(tmp: Path) -> list[str]:
+    """A checkpoint of experiments/two_dataset.yaml given to a run of experiments/two_dataset_fou_fac_zer.yaml."""
+    return ["fit", "--config", FOU_FAC_ZER, "--ckpt_path", str(TRAINED["last"]), "--trainer.fast_dev_run=true"]
+
+
+TRAINED: dict[str, Path] = {}  # filled by the ``trained_two_dataset`` fixture
+
+
+# -- the table -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One bad input: ``setup`` writes what it needs into the working directory and returns the CLI arguments;
+    ``says`` is what follows ``brokenbind: `` on stderr: the error type and the message, asserted verbatim (``{ckpt}``
+    and ``{cwd}`` stand for the case's checkpoint and working directory)."""
+
+    id: str
+    setup: Callable[[Path], list[str]]
+    says: str
+
+
+BROKEN_PNG = b"\x89PNG\r\n\x1a\nnot an image"
+TWO_DATASET_TEXT = Path(TWO_DATASET).read_text()
+
+CASES = [
+    # -- command line and experiment files -----------------------------------------------------------------------------
+    Case("unknown_cli_key", mfeat_run("--model.method.init_args.mox_wieght=2"),
+         "ConfigError: model.method: brokenbind.methods.BrokenBind takes no option 'mox_wieght' (did you mean "
+         "'mox_weight'?); `brokenbind fit --model.method.help brokenbind.methods.BrokenBind` lists its options"),
+    Case("unknown_trainer_key", mfeat_run("--trainer.max_epoks=3"),
+         "ConfigError: unrecognized arguments: --trainer.max_epoks=3 (did you mean 'max_epochs'?); "
+         "`brokenbind fit --help` lists the accepted keys"),
+    Case("unknown_yaml_trainer_key", experiment_file(TWO_DATASET_TEXT + "trainer: {max_epoch: 3}\n"),
+         "ConfigError: Subcommand 'fit' does not accept option 'trainer.max_epoch' (did you mean 'max_epochs'?); "
+         "`brokenbind fit --help` lists the accepted keys"),
+    Case("unknown_yaml_key", experiment_file(TWO_DATASET_TEXT.replace("    pivot:", "    batchsize: 8\n    pivot:")),
+         "ConfigError: data: datamodules.MfeatDataModule takes no option 'batchsize' (did you mean 'batch_size'?); "
+         "`brokenbind fit --data.help datamodules.MfeatDataModule` lists its options"),
+    Case("yaml_key_beside_init_args", experiment_file(TWO_DATASET_TEXT + "  batch_size: 8\n"),
+         "ConfigError: data: unknown keys ['batch_size'] next to class_path and init_args; the class's options go "
+         "under init_args"),
+    Case("yaml_syntax_error", experiment_file("data:\n  class_path: datamodules.MfeatDataModule\n   init_args: {}\n"),
+         "ConfigError: experiment file exp.yaml: YAML syntax error at line 3, column 13: mapping values are not "
+         "allowed here; fix the file (nesting is by indentation, the same number of spaces for keys of one mapping)"),
+    Case("experiment_file_not_found", lambda tmp: ["fit", "--config", "experiments/two_datset.yaml"],
+         "ConfigError: Parser key \"config\": File does not exist: '{cwd}/experiments/two_datset.yaml'"),
+    Case("misspelt_method_preset", mfeat_run("--method", "brokenbnd"),
+         "ConfigError: unknown method preset 'brokenbnd'; available: ['brokenbind', 'brokenbind_only_clip', "
+         "'brokenbind_paper', 'brokenbind_wo_cons', 'brokenbind_wo_fro', 'brokenbind_wo_mox', 'centrobind', "
+         "'fabind', 'frozen', 'oracle']"),
+    Case("misspelt_hardware_preset", mfeat_run("--hardware", "gpux"),
+         "ConfigError: unknown hardware preset 'gpux'; available: ['cpu', 'ddp', 'ddp_cpu', 'gpu', 'multinode']"),
+    # -- pairing -------------------------------------------------------------------------------------------------------
+    Case("pivot_not_shared", mfeat_run("--data.init_args.pivot=fou"),
+         "ConfigError: pivot 'fou' must be observed by every dataset it links (at least two); observed by "
+         "['evaluation']"),
+    Case("flow_with_two_parts", mfeat_run("--data.init_args.flows=[{dataset: evaluation, flow: fou->zer}]"),
+         "ConfigError: flow 'fou->zer' must read 'query->pivot->target', e.g. 'fou->pix->zer'"),
+    Case("flow_names_unknown_modality",
+         mfeat_run("--data.init_args.flows=[{dataset: evaluation, flow: fou->pix->xyz}]"),
+         "ConfigError: flow 'fou->pix->xyz': unknown modality 'xyz'; available: ['fac', 'fou', 'kar', 'mor', 'pix', "
+         "'zer']"),
+    Case("flow_names_unobserved_modality",
+         mfeat_run("--data.init_args.flows=[{dataset: evaluation, flow: fou->pix->kar}]"),
+         "ConfigError: flow 'fou->pix->kar': modality 'kar' is observed by no training dataset; add it to a "
+         "dataset's modalities (data.init_args.datasets) or score another modality"),
+    Case("batch_larger_than_dataset", mfeat_run("--data.init_args.batch_size=5000"),
+         "ConfigError: dataset 'support' has 600 training instances, fewer than batch_size 5000: with drop_last it "
+         "would yield no batch; lower data.init_args.batch_size"),
+    Case("class_shift_out_of_range", mfeat_run("--data.init_args.class_shift=1.5"),
+         "ConfigError: class_shift must lie in [0, 1], got 1.5"),
+    # -- training settings ---------------------------------------------------------------------------------------------
+    Case("negative_learning_rate", mfeat_run("--model.optimizer.init_args.lr=-0.001"),
+         "ConfigError: model.optimizer.init_args.lr must be positive, got -0.001"),
+    Case("max_epochs_zero", mfeat_run("--trainer.max_epochs=0", "--trainer.fast_dev_run=false"),
+         "ConfigError: trainer.max_epochs=0 trains nothing, and the results would be an untrained model labelled "
+         "'brokenbind'; for the untrained reference use --method frozen"),
+    Case("logit_scale_too_large", mfeat_run("--model.method.init_args.logit_scale=1e9"),
+         "ConfigError: logit_scale must lie in (0, 100] (the logit scale 1/τ), got 1e+09"),
+    Case("negative_loss_weight", mfeat_run("--model.method.init_args.mox_weight=-1"),
+         "ConfigError: mox_weight must be non-negative, got -1.0"),
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    Case("predict_without_checkpoint", lambda tmp: ["predict", "--config", TWO_DATASET],
+         "ConfigError: predict needs --ckpt_path: without trained weights it would write untrained embeddings"),
+    Case("checkpoint_not_found", mfeat_run("--ckpt_path", "logs/two_dataset/version_0/checkpoints/last.ckpt"),
+         "ConfigError: checkpoint not found: logs/two_dataset/version_0/checkpoints/last.ckpt; pass the path of a "
+         ".ckpt file or 'last'"),
+    Case("checkpoint_last_without_runs", mfeat_run("--ckpt_path", "last"),
+         "ConfigError: --ckpt_path last: no run under logs/two_dataset has checkpoints/last.ckpt"),
+    Case("checkpoint_of_another_experiment", foreign_checkpoint,
+         "ConfigError: checkpoint {ckpt} was written by experiment 'two_dataset' (method None) with other settings "
+         "than this run, experiment 'two_dataset_fou_fac_zer' (method None): data.init_args.datasets.evaluation."
+         "modalities, data.init_args.datasets.support.modalities, data.init_args.flows, data.init_args.pivot differ. "
+         "Load it with its own configuration: `brokenbind fit --ckpt_path {ckpt}` (no --config)"),
+    # -- manifests -----------------------------------------------------------------------------------------------------
+    Case("missing_manifest", manifest_run(manifests={"captions": "files/captions.csv", "sounds": "files/sound.csv"}),
+         "DataError: dataset 'sounds': manifest not found: files/sound.csv; fix data.init_args.manifests.sounds (a "
+         "relative path starts at the working directory, {cwd})"),
+    Case("empty_manifest", manifest_run(edit_files=lambda files: (files / "sounds.csv").write_text("")),
+         "DataError: manifest files/sounds.csv is empty: expected a header row naming the columns"),
+    Case("manifest_with_header_only", manifest_run(edit_files=lambda f: (f / "sounds.csv").write_text("id,photo\n")),
+         "DataError: dataset 'sounds': manifest files/sounds.csv has no rows"),
+    Case("manifest_without_needed_column", manifest_run(edit_rows=drop_column("sounds", "emb")),
+         "ConfigError: dataset 'sounds': manifest files/sounds.csv has no column 'emb' (a features modality the "
+         "dataset needs); its columns: ['id', 'photo', 'sound', 'label', 'split']"),
+    Case("duplicate_id", manifest_run(edit_rows=rows_of("sounds", r9={"id": "s2"})),
+         "DataError: dataset 'sounds': manifest files/sounds.csv has duplicate id 's2' in rows 3 and 10"),
+    Case("unknown_split_value", manifest_run(edit_rows=rows_of("sounds", r7={"split": "validation"})),
+         "DataError: dataset 'sounds': manifest files/sounds.csv row 8: unknown split value 'validation'; expected "
+         "one of ['train', 'val', 'test']"),
+    Case("nan_label", manifest_run(edit_rows=rows_of("sounds", r5={"label": "NaN"})),
+         "DataError: label 'NaN' in manifest files/sounds.csv row 6, id 's5' is a number but not an integer class "
+         "id: labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell "
+         "marks an unlabelled row"),
+    Case("float_label_among_integers", manifest_run(edit_rows=integer_labels(rows_of("captions", r3={"label": "3.0"}))),
+         "DataError: label '3.0' in manifest files/captions.csv row 4, id 'c3' is a number but not an integer class "
+         "id: labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell "
+         "marks an unlabelled row"),
+    Case("nan_label_among_integers", manifest_run(edit_rows=integer_labels(rows_of("sounds", r4={"label": "NaN"}))),
+         "DataError: label 'NaN' in manifest files/sounds.csv row 5, id 's4' is a number but not an integer class "
+         "id: labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell "
+         "marks an unlabelled row"),
+    Case("class_name_among_integers", manifest_run(edit_rows=integer_labels(rows_of("sounds", r6={"label": "cat"}))),
+         "DataError: label 'cat' in manifest files/sounds.csv row 7, id 's6' is a class name, but label '0' in "
+         "manifest files/captions.csv row 1, id 'c0' is an integer class id: labels must be all integer class ids "
+         "(0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell marks an unlabelled row"),
+    # -- files (s3 is a val row of sounds, the evaluated dataset: fast_dev_run's validation batch reads it) ------------
+    Case("missing_image", manifest_run(edit_files=lambda f: (f / "img" / "c7.png").unlink()),
+         "DataError: dataset 'captions': image file missing: files/img/c7.png (manifest files/captions.csv row 8, "
+         "id 'c7', column 'photo')"),
+    Case("corrupt_image", manifest_run(edit_files=lambda f: (f / "img" / "s3.png").write_bytes(BROKEN_PNG)),
+         "DataError: cannot read image files/img/s3.png (manifest files/sounds.csv row 4, id 's3', column 'photo'): "
+         "cannot identify image file 'files/img/s3.png'; replace the file or remove its row"),
+    Case("corrupt_image_in_a_loader_worker",
+         manifest_run(edit_files=lambda f: (f / "img" / "s3.png").write_bytes(BROKEN_PNG), num_workers=1),
+         "DataError: cannot read image files/img/s3.png (manifest files/sounds.csv row 4, id 's3', column 'photo'): "
+         "cannot identify image file 'files/img/s3.png'; replace the file or remove its row"),
+    Case("missing_npy", manifest_run(edit_files=lambda f: (f / "npy" / "s12.npy").unlink()),
+         "DataError: dataset 'sounds': features file missing: files/npy/s12.npy (manifest files/sounds.csv row 13, "
+         "id 's12', column 'emb')"),
+    Case("npy_of_wrong_shape", manifest_run(edit_files=lambda f: np.save(f / "npy" / "s11.npy", np.zeros(3))),
+         "DataError: dataset 'sounds': features of 'emb' have 3 values in manifest files/sounds.csv row 12, id 's11', "
+         "column 'emb' but 5 in manifest files/sounds.csv row 1, id 's0', column 'emb'; every row's .npy must hold "
+         "the same number of values: fix or remove that row"),
+    Case("corrupt_npy", manifest_run(edit_files=lambda f: (f / "npy" / "s11.npy").write_bytes(b"garbage")),
+         "DataError: cannot read features files/npy/s11.npy (manifest files/sounds.csv row 12, id 's11', column "
+         "'emb'): not a .npy file (no NumPy header); write it with numpy.save"),
+    Case("missing_audio", manifest_run(edit_files=lambda f: (f / "wav" / "s3.wav").unlink()),
+         "DataError: dataset 'sounds': audio file missing: files/wav/s3.wav (manifest files/sounds.csv row 4, id "
+         "'s3', column 'sound')"),
+    Case("zero_length_audio", manifest_run(edit_files=lambda f: write_empty_wav(f / "wav" / "s3.wav")),
+         "DataError: WAV files/wav/s3.wav (manifest files/sounds.csv row 4, id 's3', column 'sound') holds no audio "
+         "(zero samples); replace the file or remove its row"),
+    Case("corrupt_audio", manifest_run(edit_files=lambda f: (f / "wav" / "s3.wav").write_bytes(b"RIFF0000WAVEjunk")),
+         "DataError: cannot read WAV files/wav/s3.wav (manifest files/sounds.csv row 4, id 's3', column 'sound'): "
+         "fmt chunk and/or data chunk missing; PCM WAV files (uint8, int16, int24, int32) are supported: convert the "
+         "file or remove its row"),
+    # -- backbones -----------------------------------------------------------------------------------------------------
+    Case("unknown_backbone", manifest_run(backbones={"emb": "standardise"}),
+         "ConfigError: unknown backbone 'standardise' in model.backbones; available: ['hf', 'identity', 'import', "
+         "'logmel_cnn', 'minilm', 'open_clip', 'standardize', 'timm']"),
+    Case("timm_model_does_not_exist", manifest_run(backbones={"photo": {"name": "timm", "model": "resnet10"}}),
+         "ConfigError: timm backbone: timm {timm} has no model 'resnet10'; did you mean 'resnet10t' or 'resnet101' "
+         "or 'resnet101s'? `python -c \"import timm; print(timm.list_models('resnet*'))\"` lists the names"),
+    Case("unknown_backbone_option",
+         manifest_run(backbones={"photo": {"name": "timm", "model": "resnet10t", "size": 16}}),
+         "ConfigError: backbone 'timm': unknown options ['size'] in model.backbones; it takes ['model', 'weights', "
+         "'channels', 'image_size']"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_two_dataset(tmp_path_factory) -> Path:
+    """``last.ckpt`` of one short epoch of experiments/two_dataset.yaml, in its own working directory."""
+    work = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        cli(["fit", "--config", TWO_DATASET, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+             "--test_after_fit=false", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    TRAINED["last"] = work / "logs" / "two_dataset" / "version_0" / "checkpoints" / "last.ckpt"
+    return TRAINED["last"]
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, monkeypatch, capsys, request):
+    ckpt = request.getfixturevalue("trained_two_dataset") if case.setup is foreign_checkpoint else None
+    before = files_under(ckpt.parents[1]) if ckpt else None
+    monkeypatch.chdir(tmp_path)
+    args = case.setup(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(args)
+    err = capsys.readouterr().err
+    expected = case.says.replace("{ckpt}", str(ckpt)).replace("{cwd}", str(tmp_path)).replace("{timm}", timm_version)
+    assert exit_info.value.code == 2
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("brokenbind: ")] == [f"brokenbind: {expected}"]
+    assert files_under(tmp_path / "logs") == []  # no run directory left behind
+    if ckpt is not None:
+        assert files_under(ckpt.parents[1]) == before  # the checkpoint's own run directory is untouched
+
+
+def test_the_table_covers_the_required_cases():
+    assert len(CASES) >= 28 and len({case.id for case in CASES}) == len(CASES)
