@@ -10,9 +10,11 @@ SEEDS ?= 0 1 2
 METHODS ?= brokenbind brokenbind_paper brokenbind_wo_fro brokenbind_wo_cons brokenbind_wo_mox brokenbind_only_clip \
 	centrobind fabind oracle frozen
 TABLE_DIR ?= logs/table
+SUITE ?= validation
+SPACE ?= experiments/tune/$(EXP).yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps train table test bench lint format tensorboard clean
+.PHONY: help install system-deps train table test bench bench-quick lint format tensorboard clean suite tune
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,8 +47,11 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)
 
-bench: $(BIN)/brokenbind ## Milliseconds per training step of each method and per retrieval evaluation
+bench: $(BIN)/brokenbind ## Cost report: step time ratios, profile, exact retrieval vs torchmetrics/sklearn, cache, a run
 	$(BIN)/python -m brokenbind.bench $(ARGS)
+
+bench-quick: $(BIN)/brokenbind ## The cost report in a few minutes (fewer rounds, 2,000 x 2,000 retrieval)
+	$(BIN)/python -m brokenbind.bench --quick --out benchmarks/results/cost-quick.md $(ARGS)
 
 lint: $(BIN)/brokenbind ## ruff check and format check
 	$(BIN)/ruff check src datamodules tests
@@ -55,6 +60,12 @@ lint: $(BIN)/brokenbind ## ruff check and format check
 format: $(BIN)/brokenbind ## Format the code with ruff
 	$(BIN)/ruff format src datamodules tests
 	$(BIN)/ruff check --fix src datamodules tests
+
+suite: $(BIN)/brokenbind ## Run a suite of settings x methods x seeds: make suite [SUITE=validation|test] [ARGS="--methods fabind,brokenbind"]
+	$(BIN)/python -m brokenbind.suite benchmarks/suites/$(SUITE).yaml --out benchmarks/results/$(SUITE) $(ARGS)
+
+tune: $(BIN)/brokenbind ## Optuna search on validation: make tune EXP=digit_views [SPACE=experiments/tune/EXP.yaml] [ARGS="--n_trials 30"]
+	$(BIN)/python -m brokenbind.tune --config experiments/$(EXP).yaml --space $(SPACE) $(ARGS)
 
 tensorboard: $(BIN)/brokenbind ## Serve TensorBoard on the runs under logs/
 	$(BIN)/tensorboard --logdir logs

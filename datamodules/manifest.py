@@ -656,6 +656,17 @@ class ManifestDataModule(PairedDataModule):
                 info[m] = ModalityInfo(kind=kind, shape=shape, sample_rate=rate)
         return info
 
+    def instance_ids(self, index: Tensor) -> list[str]:
+        """The manifest's own ``id`` of each instance (global index = the dataset's offset + its manifest row); the
+        global index where a manifest has no id column."""
+        tables = sorted(self.tables().values(), key=lambda t: t.offset)
+        out = []
+        for i in index.tolist():
+            table = next(t for t in reversed(tables) if t.offset <= i)
+            ids = table.manifest.column("id") if "id" in table.manifest.columns else None
+            out.append(ids[i - table.offset].strip() if ids else str(i))
+        return out
+
     def data_fingerprint(self) -> str:
         """The feature cache's data key: the fingerprints of every split of every dataset."""
         parts = [self.fingerprint(name, split) for name in sorted(self.datasets) for split in SPLITS]

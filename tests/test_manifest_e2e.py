@@ -17,6 +17,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# six rows per split and two epochs: captions do bunch up (the collapse alarm is right), which this test does not check
+@pytest.mark.filterwarnings("ignore:embeddings of modality")
 def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rows = make_data(tmp_path / "files")
@@ -58,4 +60,7 @@ def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
     caption = np.load(out / "captions" / "test" / "caption.npy")
     sound = np.load(out / "captions" / "test" / "sound.npy")
     assert caption.shape == sound.shape == (6, 128)
+    with (out / "captions" / "test" / "index.csv").open() as f:
+        ids = [row["id"] for row in csv.DictReader(f)]
+    assert len(ids) == 6 and set(ids) <= {row["id"] for row in rows["captions"]}  # the manifest's own ids
     assert not (out / "captions" / "train" / "sound.npy").exists()

@@ -1,17 +1,22 @@
 """Methods beyond the two-dataset paper recipe: chains, switches, CentroBind, FABind's anchor (loop references)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
+import brokenbind
 from brokenbind.errors import ConfigError
 from brokenbind.losses.distributed import Batch
 from brokenbind.methods import BrokenBind, CentroBind, FABind
+from brokenbind.methods.brokenbind import PAPER_RECIPE
 
 B, D = 5, 12
+METHODS = Path(brokenbind.__file__).parent / "configs" / "methods"
 
 
 def unit(gen: torch.Generator, rows: int = B) -> torch.Tensor:
@@ -67,7 +72,7 @@ def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
 
 def test_single_modality_dataset_only_lends_negatives_to_clip():
     emb = layout(2, CHAIN)
-    value = BrokenBind(logit_scale=3.0, push_away="none")(emb, epoch=0)["clip"]
+    value = BrokenBind(logit_scale=3.0, push_away="none", consistency_epochs=25)(emb, epoch=0)["clip"]
     expected = sum(
         ce_loop(emb[ds][m], emb[ds][n], 3.0) for ds in ("d2", "d3") for m in emb[ds] for n in emb[ds] if m != n
     )
@@ -84,10 +89,11 @@ def test_ambiguous_pivot_is_a_clear_error():
 TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.3])
 @pytest.mark.parametrize("mode", ["all", "observed_pairs", "none"])
-def test_push_away_modes_choose_which_partitions_enter_eq_10(mode):
+def test_push_away_modes_choose_which_partitions_enter_eq_10(mode, weight):
     emb = layout(4, TWO)
-    value = BrokenBind(logit_scale=2.0, push_away=mode).clip(Batch(emb, emb, 0))
+    value = BrokenBind(logit_scale=2.0, push_away=mode, push_away_weight=weight).clip(Batch(emb, emb, 0))
     expected = 0.0
     for ds, other in (("d1", "d2"), ("d2", "d1")):
         for m in emb[ds]:
@@ -98,7 +104,7 @@ def test_push_away_modes_choose_which_partitions_enter_eq_10(mode):
                 keep = mode == "all" or (mode == "observed_pairs" and (o == m or {m, o} in ({"a", "b"}, {"b", "c"})))
                 if keep:
                     s = 2.0 * emb[ds][m].double() @ emb[other][o].double().T
-                    parts.append(torch.logsumexp(s, dim=1).mean().item())
+                    parts.append(weight * torch.logsumexp(s, dim=1).mean().item())
             expected += sum(parts) / len(parts)
     assert value.item() == pytest.approx(expected, rel=1e-5)
 
@@ -130,6 +136,59 @@ def test_ridge_pinv_bounds_pseudo_embeddings_of_an_ill_conditioned_pivot():
     plain = BrokenBind(pinv_ridge=0.0).pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
     ridge = BrokenBind(pinv_ridge=0.1).pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
     assert plain > 10 and ridge < 2
+
+
+def test_sym_normalizer_pairs_divides_the_cyclip_sum_by_the_batch_once_more():
+    emb = layout(11, TWO)
+    batch = BrokenBind(sym_normalizer="batch").symmetry(Batch(emb, emb, 0))
+    pairs = BrokenBind(sym_normalizer="pairs").symmetry(Batch(emb, emb, 0))
+    assert pairs.item() == pytest.approx(batch.item() / B, rel=1e-6)
+
+
+# -- when MOX switches on --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("max_epochs", "start"), [(50, 25), (10, 5), (7, 3), (1, 0)])
+def test_consistency_fraction_is_a_share_of_the_run_length(max_epochs, start):
+    emb = layout(12, TWO)
+    method = BrokenBind(consistency_fraction=0.5)
+    method.max_epochs = max_epochs  # what BindingModule.on_fit_start sets from its trainer (test_suite checks that)
+    assert "mox" in method(emb, epoch=start)
+    if start > 0:
+        assert "mox" not in method(emb, epoch=start - 1)
+
+
+def test_paper_preset_switches_mox_on_after_25_of_50_epochs_and_spells_out_the_paper():
+    spec = yaml.safe_load((METHODS / "brokenbind_paper.yaml").read_text())["model"]["method"]["init_args"]
+    method = BrokenBind(**spec)
+    method.max_epochs = 50
+    assert method.mox_start() == 25
+    assert {k: spec[k] for k in PAPER_RECIPE} == PAPER_RECIPE
+    assert spec["push_away_weight"] == 1.0 and spec["sym_normalizer"] == "batch" and spec["logit_scale"] == 10.0
+    assert all(spec[f"{w}_weight"] == 1.0 for w in ("clip", "sym", "mox", "fro"))
+
+
+def test_consistency_epochs_overrides_the_fraction_and_a_missing_run_length_is_a_clear_error():
+    emb = layout(13, TWO)
+    assert "mox" in BrokenBind(consistency_epochs=0, consistency_fraction=0.9)(emb, epoch=0)
+    assert "mox" in BrokenBind(consistency_fraction=0.0)(emb, epoch=0)  # no run length needed
+    assert "mox" not in BrokenBind(consistency_fraction=1.0)(emb, epoch=10**6)
+    with pytest.raises(ConfigError, match="consistency_fraction needs the run length"):
+        BrokenBind(consistency_fraction=0.3)(emb, epoch=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"push_away_weight": -0.1}, "push_away_weight must be non-negative"),
+        ({"sym_weight": float("nan")}, "sym_weight must be non-negative"),
+        ({"consistency_fraction": 1.5}, "consistency_fraction must lie in"),
+        ({"consistency_epochs": -1}, "consistency_epochs must be"),
+        ({"push_away": "some"}, "push_away must be one of"),
+        ({"sym_normalizer": "rows"}, "sym_normalizer must be one of"),
+    ],
+)
+def test_brokenbind_rejects_bad_recipe_arguments(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        BrokenBind(**kwargs)
 
 
 # -- CentroBind and FABind -------------------------------------------------------------------------------------------

@@ -147,6 +147,9 @@ class BindingModule(LightningModule):
                 self.cache.put(key, index[rows.to(index.device)], backbone(subset))
         return self.cache.get(key, index).to(self.device)
 
+    def on_fit_start(self) -> None:
+        self.method.max_epochs = self.trainer.max_epochs  # schedules that are a fraction of the run read it
+
     def on_train_epoch_start(self) -> None:
         adapting = self.current_epoch >= self.lora_start_epoch
         for m, backbone in self.backbones.items():

@@ -21,6 +21,8 @@ class BindingMethod(nn.Module, ABC):
     """
 
     name: str
+    # the run length, set by the LightningModule at the start of fit; schedules (MOX's consistency phase) read it
+    max_epochs: int | None = None
 
     def __init__(
         self,

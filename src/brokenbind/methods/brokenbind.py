@@ -2,10 +2,12 @@
 
 The paper's recipe is every weight 1, the Moore-Penrose pseudo-inverse, summed R_Fro and push-away against every
 modality of the other datasets (preset ``brokenbind_paper``). On our data it collapses once MOX starts (method.md §6:
-R_Fro of the ill-conditioned pseudo-inverse swamps everything). The defaults here are the recipe chosen on validation
-data (README, "Choosing the default recipe"): ``pinv_ridge=0.1`` (bounded pseudo embeddings), ``fro_reduction="mean"``
-(R_Fro per entry, so it no longer dwarfs the contrastive terms) and ``push_away="observed_pairs"`` (Eq. 10's a1↔c2
-terms push apart exactly the two modalities to bind); everything else as in the paper.
+R_Fro of the ill-conditioned pseudo-inverse swamps everything). The defaults here are the recipe chosen on the
+validation split of a suite of settings (``benchmarks/suites/validation.yaml``; README, "Choosing the default
+recipe"): ``pinv_ridge=0.1`` (bounded pseudo embeddings), ``fro_reduction="mean"`` (R_Fro per entry, so it no longer
+dwarfs the contrastive terms) and ``push_away="none"`` (no Eq. 10 cross-dataset partition terms: they pinned L_CLIP
+near log B, cost instance mAP on every setting and most on three-dataset chains, and bought class mAP); everything
+else as in the paper, including MOX after half the run (``consistency_fraction=0.5``).
 Choices the paper leaves open (method.md §2.4-2.6, §2.9) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
@@ -20,6 +22,7 @@ Choices the paper leaves open (method.md §2.4-2.6, §2.9) are made here:
   computed identically on every rank; InfoNCE then scores this rank's real rows against all pseudo rows.
 """
 
+import sys
 from typing import Literal
 
 import torch.nn.functional as F
@@ -42,7 +45,10 @@ class BrokenBind(BindingMethod):
 
     Args:
         clip_weight, sym_weight, mox_weight, fro_weight: weights of L_CLIP, L_Sym, the MOX contrastive part and R_Fro.
-        consistency_epochs: epochs of consistency pre-training (L_CLIP + L_Sym) before MOX switches on (paper: 25/50).
+        consistency_fraction: the share of the run (``trainer.max_epochs``) spent in consistency pre-training
+            (L_CLIP + L_Sym) before MOX switches on: MOX from epoch ``floor(fraction·max_epochs)``. 0.5 is the paper's
+            25 of 50 and scales with the run, so a short run still gets its MOX phase; 0.2 gave the same validation mAP.
+        consistency_epochs: an absolute epoch count instead (overrides ``consistency_fraction``; None by default).
         pinv_ridge: 0 is the paper's Moore-Penrose pseudo-inverse; > 0 regularises it (``losses.mox.pivot_pinv``);
             on validation, 0.03-0.3 gave the same mAP.
         fro_reduction: ``sum`` is Eq. 9's squared Frobenius norm; ``mean`` divides it by the number of entries (B·d),
@@ -52,7 +58,11 @@ class BrokenBind(BindingMethod):
         mox_contrast: which pseudo embeddings the MOX InfoNCE uses: ``x_data`` (Algorithm 1) or ``x_mod``.
         push_away: Eq. 10's cross-dataset push-away terms: ``all`` (paper), ``observed_pairs`` (only against a modality
             that is the anchor's own or observed with it in some dataset: never push apart two modalities that are
-            meant to bind without ever co-occurring) or ``none``.
+            meant to bind without ever co-occurring) or ``none`` (default: see the module docstring).
+        push_away_weight: multiplies each push-away partition term inside L_CLIP's average (1 = the paper).
+        sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
+            against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
+        logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
     """
 
     name = "brokenbind"
@@ -63,23 +73,61 @@ class BrokenBind(BindingMethod):
         sym_weight: float = 1.0,
         mox_weight: float = 1.0,
         fro_weight: float = 1.0,
-        consistency_epochs: int = 25,
+        consistency_epochs: int | None = None,
+        consistency_fraction: float = 0.5,
         pinv_ridge: float = 0.1,
         fro_reduction: Literal["sum", "mean"] = "mean",
         normalize_pseudo: bool = False,
         mox_contrast: Literal["x_data", "x_mod"] = "x_data",
-        push_away: Literal["all", "observed_pairs", "none"] = "observed_pairs",
+        push_away: Literal["all", "observed_pairs", "none"] = "none",
+        push_away_weight: float = 1.0,
+        sym_normalizer: Literal["batch", "pairs"] = "batch",
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
     ):
         super().__init__(logit_scale, learn_logit_scale, modality_scales)
-        if min(clip_weight, sym_weight, mox_weight, fro_weight, consistency_epochs, pinv_ridge) < 0:
-            raise ConfigError("loss weights, consistency_epochs and pinv_ridge must be non-negative")
-        self.weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
-        self.consistency_epochs = consistency_epochs
+        weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
+        for name, value in {**{f"{k}_weight": v for k, v in weights.items()}, "pinv_ridge": pinv_ridge,
+                            "push_away_weight": push_away_weight}.items():  # fmt: skip
+            if not value >= 0:  # also rejects NaN
+                raise ConfigError(f"{name} must be non-negative, got {value}")
+        if consistency_epochs is not None and (isinstance(consistency_epochs, bool) or consistency_epochs < 0):
+            raise ConfigError(f"consistency_epochs must be a non-negative number of epochs, got {consistency_epochs}")
+        if not 0.0 <= consistency_fraction <= 1.0:
+            raise ConfigError(f"consistency_fraction must lie in [0, 1], got {consistency_fraction}")
+        choices = {
+            "fro_reduction": (fro_reduction, ("sum", "mean")),
+            "mox_contrast": (mox_contrast, ("x_data", "x_mod")),
+            "push_away": (push_away, ("all", "observed_pairs", "none")),
+            "sym_normalizer": (sym_normalizer, ("batch", "pairs")),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        self.weights = weights
+        self.consistency_epochs, self.consistency_fraction = consistency_epochs, consistency_fraction
         self.pinv_ridge, self.fro_reduction, self.normalize_pseudo = pinv_ridge, fro_reduction, normalize_pseudo
-        self.mox_contrast, self.push_away = mox_contrast, push_away
+        self.mox_contrast, self.push_away, self.push_away_weight = mox_contrast, push_away, push_away_weight
+        self.sym_normalizer = sym_normalizer
+
+    def mox_start(self) -> int:
+        """The first epoch with MOX: ``consistency_epochs`` if given, else ``floor(consistency_fraction·max_epochs)``.
+
+        The run length is ``self.max_epochs``, which the LightningModule sets from its trainer at the start of fit;
+        without it, only the fractions 0 (MOX from the start) and 1 (never) work.
+        """
+        if self.consistency_epochs is not None:
+            return self.consistency_epochs
+        max_epochs = self.max_epochs
+        if max_epochs is None or max_epochs < 0:  # unset, or Lightning's -1 (no epoch limit)
+            if self.consistency_fraction in (0.0, 1.0):  # no run length needed: MOX always or never
+                return 0 if self.consistency_fraction == 0.0 else sys.maxsize
+            raise ConfigError(
+                "consistency_fraction needs the run length: train under a Trainer with max_epochs set, set the "
+                "method's max_epochs, or give consistency_epochs"
+            )
+        return int(self.consistency_fraction * max_epochs + 1e-9)
 
     def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
         terms = {}
@@ -87,7 +135,7 @@ class BrokenBind(BindingMethod):
             terms["clip"] = self.clip(batch)
         if self.weights["sym"]:
             terms["sym"] = self.symmetry(batch)
-        if epoch >= self.consistency_epochs and (self.weights["mox"] or self.weights["fro"]):
+        if (self.weights["mox"] or self.weights["fro"]) and epoch >= self.mox_start():
             terms["mox"], terms["fro"] = self.extrapolation(batch)
         return {name: self.weights[name] * value for name, value in terms.items() if self.weights[name]}
 
@@ -108,7 +156,7 @@ class BrokenBind(BindingMethod):
                 scale = self.scale(m)
                 parts = [info_nce(anchor, batch.full[ds][n], scale, batch.offset) for n in mods if n != m]
                 parts += [
-                    push_away(anchor, f, scale)
+                    self.push_away_weight * push_away(anchor, f, scale)
                     for o_ds, o_mods in batch.full.items()
                     if o_ds != ds
                     for o, f in o_mods.items()
@@ -122,7 +170,8 @@ class BrokenBind(BindingMethod):
         total = 0.0
         for ds, m, n in modality_pairs(batch.local):
             rows = (batch.local[ds][m], batch.local[ds][n], batch.full[ds][m], batch.full[ds][n])
-            total = total + cross_modal_cyclic(*rows) + in_modal_cyclic(*rows)
+            value = cross_modal_cyclic(*rows) + in_modal_cyclic(*rows)  # (1/N)·Σ_jk, N = local rows
+            total = total + (value / len(batch.full[ds][m]) if self.sym_normalizer == "pairs" else value)
         return total
 
     def extrapolation(self, batch: Batch) -> tuple[Tensor, Tensor]:

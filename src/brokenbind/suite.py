@@ -1,0 +1,371 @@
+"""Suites of runs (``make suite``): settings × methods × seeds × split seeds, one table with 95 % intervals.
+
+A suite is a YAML file (``benchmarks/suites/*.yaml``)::
+
+    stage: val                 # val: choose on validation (fit with --test_after_fit=false, test is never computed)
+                               # test: fit, then test the checkpoint that validation selects, and report test
+    seeds: [0, 1]              # --seed_everything
+    split_seeds: [0, 1]        # --data.init_args.split_seed: which instances land in which dataset and split
+    pair_seeds: false          # false: every seed with every split seed; true: zip them (seed i with split seed i)
+    args: ["--trainer.max_epochs=50"]            # passed to every run
+    baseline: fabind           # win / tie / loss of every method against this one
+    settings:                  # name -> an experiment: a config file and/or inline config, plus arguments
+      fou_pix_zer: {config: experiments/two_dataset.yaml}
+      fou_pix_zer_b8: {config: experiments/two_dataset.yaml, args: ["--data.init_args.batch_size=8"]}
+      inline: {experiment: {data: {class_path: datamodules.MfeatDataModule, init_args: {...}}}}
+    # or settings: validation.yaml   (the settings of another suite file, relative to this one)
+    methods:                   # name -> a preset (configs/methods) plus arguments
+      fabind: {preset: fabind}
+      brokenbind_none: {preset: brokenbind, args: ["--model.method.init_args.push_away=none"]}
+
+Each run is one in-process ``brokenbind.cli.cli(["fit", ...])`` call; its ``results.csv`` rows of the suite's stage
+(val: the epoch that checkpoint selection picks; test: that checkpoint on the test split) are appended to
+``<out>/runs.csv`` with the setting, method and split seed. A run already in ``runs.csv`` is skipped, so an
+interrupted suite resumes. ``<out>/summary.md`` holds mean and 95 % t-interval of instance and class mAP per
+(setting, method) and win / tie / loss against the baseline (the 95 % interval of the paired difference over the
+same seeds and split seeds lies above 0 / contains 0 / lies below 0).
+
+    python -m brokenbind.suite benchmarks/suites/validation.yaml --out benchmarks/results/validation
+    python -m brokenbind.suite SUITE --methods fabind,brokenbind --settings fou_pix_zer   # a subset
+"""
+
+import argparse
+import csv
+import logging
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from brokenbind.errors import ConfigError
+
+RUN_FIELDS = [
+    "setting",
+    "method",
+    "seed",
+    "split_seed",
+    "stage",
+    "dataset",
+    "flow",
+    "map_instance",
+    "map_class",
+    "r1",
+    "r5",
+    "r10",
+    "weights",
+    "seconds",
+]
+
+
+@dataclass
+class Suite:
+    settings: dict[str, dict]
+    methods: dict[str, dict]
+    stage: str = "val"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    split_seeds: list[int] = field(default_factory=lambda: [0])
+    pair_seeds: bool = False
+    args: list[str] = field(default_factory=list)
+    baseline: str | None = "fabind"
+    root: Path = Path(".")  # config paths are relative to the working directory, or to this when not found there
+
+    @classmethod
+    def load(cls, path: Path) -> "Suite":
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(spec) - {"settings", "methods", "stage", "seeds", "split_seeds", "pair_seeds", "args", "baseline"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown suite keys {sorted(unknown)}")
+        if spec.get("stage", "val") not in ("val", "test"):
+            raise ConfigError(f"{path}: stage must be val or test, got {spec.get('stage')!r}")
+        if isinstance(spec.get("settings"), str):  # the settings of another suite file: one definition for both stages
+            spec["settings"] = cls.load(Path(path).resolve().parent / spec["settings"]).settings
+        if not spec.get("settings") or not spec.get("methods"):
+            raise ConfigError(f"{path}: a suite needs settings and methods")
+        for kind in ("settings", "methods"):
+            for name, value in spec[kind].items():
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: {kind[:-1]} {name!r} must be a mapping")
+        if spec.get("pair_seeds") and len(spec.get("seeds", [0])) != len(spec.get("split_seeds", [0])):
+            raise ConfigError(f"{path}: pair_seeds needs as many seeds as split_seeds")
+        return cls(**spec, root=Path(path).resolve().parent)
+
+    def select(self, settings: list[str] | None, methods: list[str] | None) -> "Suite":
+        for kind, chosen, have in (("setting", settings, self.settings), ("method", methods, self.methods)):
+            missing = set(chosen or []) - set(have)
+            if missing:
+                raise ConfigError(f"unknown {kind}s {sorted(missing)}; the suite has {sorted(have)}")
+        return Suite(
+            settings={k: v for k, v in self.settings.items() if not settings or k in settings},
+            methods={k: v for k, v in self.methods.items() if not methods or k in methods},
+            stage=self.stage,
+            seeds=self.seeds,
+            split_seeds=self.split_seeds,
+            pair_seeds=self.pair_seeds,
+            args=self.args,
+            baseline=self.baseline,
+            root=self.root,
+        )
+
+    def seed_pairs(self) -> list[tuple[int, int]]:
+        """(seed, split seed) of every run of one setting and method."""
+        if self.pair_seeds:
+            return list(zip(self.seeds, self.split_seeds, strict=True))
+        return [(seed, split_seed) for split_seed in self.split_seeds for seed in self.seeds]
+
+    def runs(self) -> list[tuple[str, str, int, int]]:
+        """Setting-major order, so that a subset of settings finishes early with every method."""
+        return [(st, m, seed, ss) for st in self.settings for m in self.methods for seed, ss in self.seed_pairs()]
+
+    def _path(self, name: str) -> str:
+        path = Path(name)
+        return str(path if path.exists() or path.is_absolute() else self.root / path)
+
+    def cli_args(self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path) -> list[str]:
+        """The ``brokenbind fit`` arguments of one run; the experiment is named after the setting."""
+        s, m = self.settings[setting], self.methods[method]
+        configs = [self._path(c) for c in ([s["config"]] if isinstance(s.get("config"), str) else s.get("config", []))]
+        if "experiment" in s:  # an inline experiment config, written next to the runs
+            inline = save_dir / "configs" / f"{setting}.yaml"
+            inline.parent.mkdir(parents=True, exist_ok=True)
+            inline.write_text(yaml.safe_dump(s["experiment"], sort_keys=False))
+            configs.append(str(inline))
+        if not configs:
+            raise ConfigError(f"setting {setting!r} names no config and no inline experiment")
+        args = ["fit"]
+        for c in configs:
+            args += ["--config", c]
+        if m.get("preset"):
+            args += ["--method", m["preset"]]
+        args += [
+            *self.args,
+            *s.get("args", []),
+            *m.get("args", []),
+            f"--experiment={setting}",
+            f"--seed_everything={seed}",
+            f"--data.init_args.split_seed={split_seed}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={save_dir / 'runs' / method}",
+            f"--test_after_fit={'true' if self.stage == 'test' else 'false'}",
+        ]
+        return args
+
+
+def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
+    """One in-process ``brokenbind fit``; the rows of ``stage`` that it appended to its run's ``results.csv``."""
+    from brokenbind.cli import cli
+
+    result = cli(args)
+    results = Path(result.trainer.log_dir) / "results.csv"
+    if not results.exists():
+        raise RuntimeError(f"run wrote no results.csv: {' '.join(args)}")
+    with results.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["stage"] == stage]
+    if not rows:
+        raise RuntimeError(f"run wrote no {stage} rows: {' '.join(args)}")
+    return rows
+
+
+def load_runs(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def run_suite(suite: Suite, out: Path, log=print) -> list[dict[str, str]]:
+    """Every run not yet in ``out/runs.csv``, sequentially; returns all rows of the suite."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs_csv = out / "runs.csv"
+    done = {(r["setting"], r["method"], r["seed"], r["split_seed"]) for r in load_runs(runs_csv)}
+    todo = [r for r in suite.runs() if tuple(map(str, r)) not in done]
+    log(f"suite: {len(suite.runs())} runs, {len(suite.runs()) - len(todo)} already in {runs_csv}")
+    for i, (setting, method, seed, split_seed) in enumerate(todo, 1):
+        start = time.perf_counter()
+        rows = run_one(suite.cli_args(setting, method, seed, split_seed, out), suite.stage)
+        seconds = time.perf_counter() - start
+        new = not runs_csv.exists()
+        with runs_csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+            if new:
+                writer.writeheader()
+            for r in rows:
+                writer.writerow(
+                    {
+                        "setting": setting,
+                        "method": method,
+                        "seed": seed,
+                        "split_seed": split_seed,
+                        "stage": r["stage"],
+                        "dataset": r["dataset"],
+                        "flow": r["flow"],
+                        "map_instance": r["map_instance"],
+                        "map_class": r["map_class"],
+                        "r1": r["r1"],
+                        "r5": r["r5"],
+                        "r10": r["r10"],
+                        "weights": r["weights"],
+                        "seconds": f"{seconds:.1f}",
+                    }
+                )
+        inst = statistics.fmean(float(r["map_instance"]) for r in rows)
+        klass = statistics.fmean(float(r["map_class"]) for r in rows)
+        log(
+            f"[{i}/{len(todo)}] {setting} {method} seed {seed} split {split_seed}: {inst:.3f} / {klass:.3f} "
+            f"({seconds:.0f} s)"
+        )
+    wanted = {tuple(map(str, r)) for r in suite.runs()}
+    return [r for r in load_runs(runs_csv) if (r["setting"], r["method"], r["seed"], r["split_seed"]) in wanted]
+
+
+# -- statistics ------------------------------------------------------------------------------------------------------
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95 % Student-t interval (half-width nan for a single value)."""
+    from scipy.stats import t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str, str], tuple[float, float]]]:
+    """(setting, method) -> (seed, split_seed) -> (instance, class) mAP, averaged over the run's flows."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["setting"], r["method"], r["seed"], r["split_seed"])].append(r)
+    out: dict[tuple[str, str], dict] = defaultdict(dict)
+    for (setting, method, seed, split_seed), group in groups.items():
+        out[setting, method][seed, split_seed] = (
+            statistics.fmean(float(r["map_instance"]) for r in group),
+            statistics.fmean(float(r["map_class"]) for r in group),
+        )
+    return out
+
+
+def compare(method: dict, baseline: dict, metric: int) -> str:
+    """W / T / L: the 95 % interval of the paired difference (same seeds and split seeds) lies above / around /
+    below 0."""
+    keys = sorted(method.keys() & baseline.keys())
+    if len(keys) < 2:
+        return "-"
+    mean, half = t_interval([method[k][metric] - baseline[k][metric] for k in keys])
+    if half == 0.0 or math.isnan(half):
+        return "T" if mean == 0 else ("W" if mean > 0 else "L")
+    return "W" if mean - half > 0 else ("L" if mean + half < 0 else "T")
+
+
+def _fmt(values: list[float]) -> str:
+    mean, half = t_interval(values)
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> str:
+    """Markdown: a line per (setting, method) with mean ± 95 % half-width, W/T/L against the baseline, and a
+    last block with each method's mean over settings and its win / tie / loss counts."""
+    runs = per_run(rows)
+    stage = rows[0]["stage"] if rows else "?"
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [
+        f"| setting | method | runs | {stage} instance mAP | {stage} class mAP | vs {baseline} (inst / class) |",
+        "|---|---|---|---|---|---|",
+    ]
+    tally: dict[str, list[str]] = defaultdict(list)
+    means: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for setting in settings:
+        for method in methods:
+            got = runs.get((setting, method))
+            if not got:
+                continue
+            inst, klass = [v[0] for v in got.values()], [v[1] for v in got.values()]
+            means[method].append((statistics.fmean(inst), statistics.fmean(klass)))
+            versus = ""
+            if baseline and method != baseline and (setting, baseline) in runs:
+                base = runs[setting, baseline]
+                versus = f"{compare(got, base, 0)} / {compare(got, base, 1)}"
+                tally[method].append(versus)
+            lines.append(f"| {setting} | {method} | {len(got)} | {_fmt(inst)} | {_fmt(klass)} | {versus} |")
+    lines += [
+        "",
+        f"| method | settings | mean {stage} instance mAP | mean {stage} class mAP | W/T/L instance | W/T/L class |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        inst = statistics.fmean(v[0] for v in means[method])
+        klass = statistics.fmean(v[1] for v in means[method])
+        counts = ["/".join(str(sum(v.split(" / ")[i] == c for v in tally[method])) for c in "WTL") for i in (0, 1)]
+        if method == baseline or not tally[method]:
+            counts = ["-", "-"]
+        lines.append(f"| {method} | {len(means[method])} | {inst:.3f} | {klass:.3f} | {counts[0]} | {counts[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def pivot(rows: list[dict[str, str]], interval: bool = True) -> str:
+    """Markdown: a row per setting, a column per method, cells ``instance / class`` (mean ± 95 % half-width)."""
+    runs = per_run(rows)
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+
+    def cell(setting: str, method: str) -> str:
+        got = runs.get((setting, method))
+        if not got:
+            return "not run"
+        parts = []
+        for metric in (0, 1):
+            mean, half = t_interval([v[metric] for v in got.values()])
+            parts.append(f"{mean:.3f}" if not interval or math.isnan(half) else f"{mean:.3f} ± {half:.3f}")
+        return " / ".join(parts)
+
+    lines = [f"| setting | {' | '.join(methods)} |", "|---" * (1 + len(methods)) + "|"]
+    lines += [f"| {s} | {' | '.join(cell(s, m) for m in methods)} |" for s in settings]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<suite name>")
+    parser.add_argument("--settings", default=None, help="comma-separated subset of the suite's settings")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the suite's methods")
+    parser.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the suite's)")
+    parser.add_argument("--split_seeds", default=None, help="comma-separated split seeds (default: the suite's)")
+    parser.add_argument("--pair_seeds", action="store_true", help="zip seeds with split seeds instead of crossing")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core per suite)")
+    parser.add_argument("--summary_only", action="store_true", help="summarise runs.csv without running anything")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    suite = Suite.load(args.suite)
+    suite = suite.select(
+        args.settings.split(",") if args.settings else None, args.methods.split(",") if args.methods else None
+    )
+    if args.seeds:
+        suite.seeds = [int(v) for v in args.seeds.split(",")]
+    if args.split_seeds:
+        suite.split_seeds = [int(v) for v in args.split_seeds.split(",")]
+    suite.pair_seeds = suite.pair_seeds or args.pair_seeds
+    out = args.out or Path("benchmarks/results") / args.suite.stem
+    if args.summary_only:
+        wanted = {tuple(map(str, r)) for r in suite.runs()}
+        rows = [
+            r for r in load_runs(out / "runs.csv") if (r["setting"], r["method"], r["seed"], r["split_seed"]) in wanted
+        ]
+    else:
+        rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True))
+    if not rows:
+        raise SystemExit(f"no runs in {out / 'runs.csv'}")
+    summary = summarise(rows, suite.baseline) + "\n" + pivot(rows)
+    (out / "summary.md").write_text(summary)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""``brokenbind tune``: search a method's recipe (or any config value) on the VALIDATION split of your own data, with
+Optuna.
+
+    brokenbind tune --config experiments/digit_views.yaml --space experiments/tune/digit_views.yaml \\
+        --method brokenbind --n_trials 30 --seeds 0,1 --objective instance
+
+The search space is a YAML file next to the experiment: dotted config keys (any ``model.method.init_args.*``, data
+or trainer argument) mapped to a range or a list of choices, plus optional defaults for the command line::
+
+    objective: instance        # instance | class | mix (then class_weight: 0.5 → 0.5·instance + 0.5·class)
+    n_trials: 30
+    seeds: [0, 1]
+    args: ["--trainer.max_epochs=50"]       # passed to every trial
+    enqueue:                   # points evaluated first, e.g. the current default, so the study compares against it
+      - {model.method.init_args.push_away: none, model.method.init_args.consistency_fraction: 0.5}
+    space:
+      model.method.init_args.push_away: {choices: [all, observed_pairs, none]}
+      model.method.init_args.consistency_fraction: {low: 0.0, high: 0.8}
+      model.method.init_args.logit_scale: {low: 5.0, high: 40.0, log: true}
+      data.init_args.batch_size: {choices: [16, 32, 64]}
+      model.embed_dim: {low: 64, high: 256, step: 64}          # two ints: an integer range
+
+Each trial runs ``brokenbind fit`` in process, once per seed, with ``--test_after_fit=false`` and
+``--trainer.limit_test_batches=0``: the test split is never scored. The trial's value is the mean over seeds of the
+objective at the validation epoch that checkpoint selection picks (best mean instance mAP, as in ``results.csv``).
+A median pruner stops unpromising trials: the first seed's run reports the best objective so far after every
+validation epoch (``PruneOnValidation``, the small equivalent of Optuna's Lightning integration) and stops when Optuna
+says so.
+
+Storage is an SQLite file in the output directory by default (one machine, no server); ``--storage`` takes any
+Optuna RDB URL (``postgresql://...``, ``mysql://...``), so many cluster jobs started with the same ``--study_name``
+share one study. Outputs in ``--out`` (default ``tune/<experiment>``): ``best.yaml`` (a complete config: the
+experiment, the method preset and the best values; ``brokenbind fit --config best.yaml``), ``trials.csv`` and
+``search.png`` (objective per trial with the best so far, and the objective against each parameter).
+"""
+
+import argparse
+import csv
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from brokenbind.errors import ConfigError
+
+METHODS = Path(__file__).parent / "configs" / "methods"
+_ACTIVE: dict[str, Any] = {}  # the trial the running fit reports to (set by the objective, read by the callback)
+
+
+# -- the search space ------------------------------------------------------------------------------------------------
+def load_space(path: Path) -> dict[str, Any]:
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(spec) - {"space", "objective", "class_weight", "n_trials", "seeds", "args", "method", "enqueue"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    space = spec.get("space") or {}
+    if not space:
+        raise ConfigError(f"{path}: no `space` to search")
+    for key, dist in space.items():
+        if key.startswith("-"):
+            raise ConfigError(f"{path}: space keys are dotted config keys without dashes, got {key!r}")
+        if not isinstance(dist, dict) or not ({"choices"} <= dist.keys() or {"low", "high"} <= dist.keys()):
+            raise ConfigError(f"{path}: {key} needs `choices: [...]` or `low:` and `high:`")
+        if "low" in dist and not dist["low"] <= dist["high"]:
+            raise ConfigError(f"{path}: {key} has low > high")
+    for point in spec.get("enqueue") or []:
+        if not isinstance(point, dict) or set(point) - set(space):
+            raise ConfigError(f"{path}: enqueue entries map keys of `space` to values, got {point!r}")
+    return spec
+
+
+def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
+    """One value per key: a categorical for ``choices``, an int range for two ints, else a float range."""
+    values = {}
+    for key, dist in space.items():
+        if "choices" in dist:
+            values[key] = trial.suggest_categorical(key, list(dist["choices"]))
+        elif isinstance(dist["low"], int) and isinstance(dist["high"], int) and not isinstance(dist["low"], bool):
+            values[key] = trial.suggest_int(
+                key, dist["low"], dist["high"], step=dist.get("step", 1), log=dist.get("log", False)
+            )
+        else:
+            values[key] = trial.suggest_float(
+                key, float(dist["low"]), float(dist["high"]), log=dist.get("log", False), step=dist.get("step")
+            )
+    return values
+
+
+def as_args(values: dict[str, Any]) -> list[str]:
+    return [
+        f"--{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for key, value in values.items()
+    ]
+
+
+# -- the objective ---------------------------------------------------------------------------------------------------
+def score(instance: float, klass: float, objective: str, class_weight: float) -> float:
+    if objective == "instance":
+        return instance
+    if objective == "class":
+        return klass
+    return (1 - class_weight) * instance + class_weight * klass
+
+
+class PruneOnValidation(Callback):
+    """Reports the best objective so far to the active Optuna trial after each validation epoch; when the pruner
+    says so, stops the fit (``trainer.should_stop``) and marks the trial pruned."""
+
+    def __init__(self):
+        self.best = -math.inf
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trial = _ACTIVE.get("trial")
+        if trial is None or trainer.sanity_checking or not _ACTIVE.get("report"):
+            return
+        metrics = trainer.callback_metrics
+        instance = float(metrics["val/mAP"])
+        classes = [float(v) for k, v in metrics.items() if k.startswith("val/mAP_class/")]
+        klass = statistics.fmean(classes) if classes else math.nan
+        self.best = max(self.best, score(instance, klass, _ACTIVE["objective"], _ACTIVE["class_weight"]))
+        trial.report(self.best, step=trainer.current_epoch)
+        if trial.should_prune():
+            _ACTIVE["pruned"] = True
+            trainer.should_stop = True
+
+
+def run_trial(base: list[str], values: dict[str, Any], seed: int, out: Path, number: int) -> tuple[float, float]:
+    """One fit on the validation split; (instance, class) mAP of the epoch that checkpoint selection picks."""
+    from brokenbind.cli import cli
+
+    args = [
+        *base,
+        *as_args(values),
+        f"--seed_everything={seed}",
+        "--test_after_fit=false",
+        "--trainer.limit_test_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={out / 'trials'}",
+        f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
+        "--trainer.callbacks+=brokenbind.tune.PruneOnValidation",
+    ]
+    result = cli(["fit", *args])
+    with (Path(result.trainer.log_dir) / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    if any(r["stage"] == "test" for r in rows):
+        raise RuntimeError("a tuning run scored the test split")
+    rows = [r for r in rows if r["stage"] == "val"]
+    return (
+        statistics.fmean(float(r["map_instance"]) for r in rows),
+        statistics.fmean(float(r["map_class"]) for r in rows),
+    )
+
+
+# -- outputs ---------------------------------------------------------------------------------------------------------
+def nested(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b.c": 1}`` → ``{"a": {"b": {"c": 1}}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        node = out
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def best_config(configs: list[str], method: str | None, extra: list[str], values: dict[str, Any]) -> dict:
+    """The experiment's config files, the method preset, the fixed ``--key=value`` arguments and the best values,
+    merged in the order the command line applies them."""
+    config: dict = {}
+    for path in configs:
+        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    if method:
+        config = merge(config, yaml.safe_load((METHODS / f"{method}.yaml").read_text()) or {})
+    fixed = {}
+    for arg in extra:
+        key, sep, value = arg.removeprefix("--").partition("=")
+        if not sep or "+" in key:
+            raise ConfigError(f"fixed arguments must read --key=value, got {arg!r}")
+        fixed[key] = yaml.safe_load(value)
+    return merge(merge(config, nested(fixed)), nested(values))
+
+
+def write_trials(path: Path, study) -> None:
+    keys = sorted({k for t in study.trials for k in t.params})
+    attrs = ["instance", "class", "seconds"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["number", "state", "value", *attrs, *keys])
+        for t in study.trials:
+            writer.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    "" if t.value is None else f"{t.value:.6f}",
+                    *(t.user_attrs.get(a, "") for a in attrs),
+                    *(t.params.get(k, "") for k in keys),
+                ]
+            )
+
+
+def plot(path: Path, study, objective: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.trials if t.value is not None]
+    pruned = [t for t in study.trials if t.state.name == "PRUNED" and t.intermediate_values]
+    keys = sorted({k for t in study.trials for k in t.params})
+    cols = min(3, 1 + len(keys))
+    rows = math.ceil((1 + len(keys)) / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    axes = [list(grid.flat)]
+    for unused in axes[0][1 + len(keys) :]:
+        unused.axis("off")
+    ax = axes[0][0]
+    ax.scatter([t.number for t in done], [t.value for t in done], label="complete", color="C0")
+    ax.scatter(
+        [t.number for t in pruned],
+        [max(t.intermediate_values.values()) for t in pruned],
+        marker="x",
+        color="C3",
+        label="pruned (best reported)",
+    )
+    best, line = -math.inf, []
+    for t in done:
+        best = max(best, t.value)
+        line.append((t.number, best))
+    if line:
+        ax.step(*zip(*line, strict=True), where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel=f"validation objective ({objective})", title="search")
+    ax.legend(fontsize=7)
+    for ax, key in zip(axes[0][1 : 1 + len(keys)], keys, strict=True):
+        xs = [t.params[key] for t in done if key in t.params]
+        ys = [t.value for t in done if key in t.params]
+        ax.scatter([str(x) if isinstance(x, str | bool) else x for x in xs], ys, color="C0")
+        ax.set(xlabel=key.split(".")[-1], title=key, ylabel="objective")
+        ax.title.set_fontsize(7)
+        if (
+            study.trials
+            and key in study.trials[0].distributions
+            and getattr(study.trials[0].distributions[key], "log", False)
+        ):
+            ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- the command -----------------------------------------------------------------------------------------------------
+def main(args: list[str]) -> None:
+    """``brokenbind tune [options] [-- extra fit arguments]``."""
+    parser = argparse.ArgumentParser(
+        prog="brokenbind tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", action="append", required=True, help="experiment config (repeatable)")
+    parser.add_argument("--space", type=Path, required=True, help="search space YAML")
+    parser.add_argument("--method", default=None, help="method preset (configs/methods), applied after --config")
+    parser.add_argument("--n_trials", type=int, default=None, help="trials to run now (default: the space file's)")
+    parser.add_argument("--seeds", default=None, help="comma-separated training seeds per trial (default 0)")
+    parser.add_argument("--objective", choices=["instance", "class", "mix"], default=None)
+    parser.add_argument("--class_weight", type=float, default=None, help="mix: weight of class mAP (default 0.5)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default tune/<experiment>)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<out>/study.db)")
+    parser.add_argument("--study_name", default=None, help="default: the experiment name")
+    parser.add_argument("--sampler_seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    args, extra = parser.parse_known_args(args)
+    extra = [a for a in extra if a != "--"]
+    import optuna
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    spec = load_space(args.space)
+    method = args.method or spec.get("method")
+    objective = args.objective or spec.get("objective", "instance")
+    class_weight = args.class_weight if args.class_weight is not None else spec.get("class_weight", 0.5)
+    if objective not in ("instance", "class", "mix") or not 0 <= class_weight <= 1:
+        raise ConfigError(f"objective must be instance, class or mix with class_weight in [0, 1]; got {objective}")
+    n_trials = args.n_trials or spec.get("n_trials", 20)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(spec.get("seeds", [0]))
+    experiment = Path(args.config[-1]).stem
+    out = args.out or Path("tune") / experiment
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    fixed = [*spec.get("args", []), *extra]
+    base = [arg for c in args.config for arg in ("--config", c)]
+    base += [*(["--method", method] if method else []), *fixed, f"--experiment={experiment}"]
+
+    def objective_fn(trial) -> float:
+        values = suggest(trial, spec["space"])
+        _ACTIVE.update(trial=trial, objective=objective, class_weight=class_weight, pruned=False)
+        start, results = time.perf_counter(), []
+        try:
+            for i, seed in enumerate(seeds):
+                _ACTIVE["report"] = i == 0  # the first seed's epochs are the intermediate values
+                results.append(run_trial(base, values, seed, out, trial.number))
+                if _ACTIVE["pruned"]:
+                    raise optuna.TrialPruned()
+        finally:
+            _ACTIVE.clear()
+        instance = statistics.fmean(r[0] for r in results)
+        klass = statistics.fmean(r[1] for r in results)
+        trial.set_user_attr("instance", instance)
+        trial.set_user_attr("class", klass)
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+        return score(instance, klass, objective, class_weight)
+
+    study = optuna.create_study(
+        study_name=args.study_name or experiment,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
+    )
+    if not study.trials:  # a new study: evaluate the enqueued points first
+        for point in spec.get("enqueue") or []:
+            study.enqueue_trial(point)
+    study.optimize(objective_fn, n_trials=n_trials)
+    write_trials(out / "trials.csv", study)
+    plot(out / "search.png", study, objective)
+    if not any(t.value is not None for t in study.trials):
+        raise SystemExit(f"no trial completed; see {out / 'trials.csv'}")
+    best = study.best_trial
+    config = best_config(args.config, method, fixed, best.params)
+    header = (
+        f"# brokenbind tune: best of {len(study.trials)} trials on the validation split: trial {best.number}, "
+        f"objective {objective}{f' (class weight {class_weight})' if objective == 'mix' else ''} = "
+        f"{best.value:.4f} (mean over seeds {seeds}).\n# Run: brokenbind fit --config {out / 'best.yaml'}\n"
+    )
+    config = {"experiment": f"{experiment}_tuned", **config}
+    (out / "best.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+    print(f"best trial {best.number}: {objective} {best.value:.4f}  {best.params}")
+    print(f"wrote {out / 'best.yaml'}, {out / 'trials.csv'}, {out / 'search.png'}; study {storage}")
+    print(f"run it: brokenbind fit --config {out / 'best.yaml'}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,174 @@
+"""The suite runner (``make suite``): configuration, statistics, and a tiny end-to-end suite that never tests."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats
+
+from brokenbind.cli import cli
+from brokenbind.errors import ConfigError
+from brokenbind.suite import Suite, compare, main, summarise, t_interval
+from datamodules.base import PairedDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ROOT / "benchmarks" / "suites"
+TWO = {
+    "data": {
+        "class_path": "datamodules.MfeatDataModule",
+        "init_args": {
+            "datasets": {"evaluation": {"modalities": ["fou", "pix"]}, "support": {"modalities": ["pix", "zer"]}},
+            "pivot": "pix",
+            "flows": [{"dataset": "evaluation", "flow": "fou->pix->zer"}],
+            "batch_size": 32,
+        },
+    }
+}
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_suite_file_parses_and_every_setting_config_exists(path, tmp_path):
+    suite = Suite.load(path)
+    assert suite.settings and suite.methods and suite.runs()
+    for setting in suite.settings:
+        args = suite.cli_args(setting, next(iter(suite.methods)), 0, 0, tmp_path)
+        configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
+        assert configs and all(Path(c).is_file() for c in configs)
+        assert f"--test_after_fit={'false' if suite.stage == 'val' else 'true'}" in args
+
+
+def test_validation_suite_covers_what_issue_9_asks_for():
+    suite = Suite.load(SUITES / "validation.yaml")
+    text = (SUITES / "validation.yaml").read_text()
+    assert suite.stage == "val" and len(suite.seeds) >= 2 and len(suite.split_seeds) >= 2
+    assert (
+        "batch_size=8" in text
+        and "class_shift=0.9" in text
+        and "DigitViews" in (ROOT / "experiments" / "digit_views.yaml").read_text()
+    )
+    chains = [s for s in suite.settings.values() if len(s.get("experiment", {}).get("data", {}).get("init_args", {})
+                                                          .get("datasets", {})) == 3]  # fmt: skip
+    assert len(chains) >= 2
+    for setting in suite.settings.values():
+        for flow in setting.get("experiment", {}).get("data", {}).get("init_args", {}).get("flows", []):
+            query, _, target = flow["flow"].split("->")
+            assert {query, target} != {"pix", "kar"}
+
+
+def test_seed_pairs_cross_or_zip():
+    suite = Suite(settings={"s": {}}, methods={"m": {}}, seeds=[0, 1], split_seeds=[5, 6])
+    assert suite.seed_pairs() == [(0, 5), (1, 5), (0, 6), (1, 6)]
+    suite.pair_seeds = True
+    assert suite.seed_pairs() == [(0, 5), (1, 6)]
+
+
+def test_suite_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: train\nsettings: {a: {}}\nmethods: {m: {}}\n")
+    with pytest.raises(ConfigError, match="stage must be val or test"):
+        Suite.load(bad)
+    bad.write_text("settings: {a: {}}\nmethods: {m: {}}\nseed: 3\n")
+    with pytest.raises(ConfigError, match="unknown suite keys"):
+        Suite.load(bad)
+    with pytest.raises(ConfigError, match="unknown methods"):
+        Suite(settings={"a": {}}, methods={"m": {}}).select(None, ["n"])
+
+
+def test_t_interval_matches_scipy():
+    values = [0.2, 0.25, 0.31, 0.22]
+    mean, half = t_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+    assert mean == pytest.approx(0.245) and half == pytest.approx((high - low) / 2)
+    assert math.isnan(t_interval([0.3])[1])
+
+
+def test_compare_uses_the_paired_difference_interval():
+    base = {("0", "0"): (0.20, 0.4), ("1", "0"): (0.30, 0.5), ("0", "1"): (0.25, 0.6)}
+    better = {k: (v[0] + 0.05 + 0.001 * i, v[1] - 0.001 * i) for i, (k, v) in enumerate(base.items())}
+    assert compare(better, base, 0) == "W" and compare(base, better, 0) == "L"
+    noisy = {k: (v[0] + d, v[1]) for (k, v), d in zip(base.items(), (0.05, -0.05, 0.01), strict=True)}
+    assert compare(noisy, base, 0) == "T"
+
+
+def test_summary_has_a_line_per_setting_and_method_and_the_win_counts():
+    rows = [
+        {"setting": s, "method": m, "seed": str(seed), "split_seed": "0", "stage": "val",
+         "map_instance": str(0.2 + (0.1 if m == "new" else 0) + 0.01 * seed), "map_class": "0.5"}
+        for s in ("a", "b") for m in ("fabind", "new") for seed in (0, 1, 2)
+    ]  # fmt: skip
+    text = summarise(rows, "fabind")
+    assert "| a | new | 3 | 0.310 ± 0.025 | 0.500 ± 0.000 | W / T |" in text
+    assert "| new | 2 | 0.310 | 0.500 | 2/0/0 | 0/2/0 |" in text
+
+
+def test_tiny_suite_end_to_end_chooses_on_validation_without_ever_testing(tmp_path, monkeypatch):
+    def no_test(self):
+        raise AssertionError("a validation suite touched the test split")
+
+    monkeypatch.setattr(PairedDataModule, "test_dataloader", no_test)
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "stage: val\nseeds: [0]\nsplit_seeds: [0, 1]\nbaseline: fabind\n"
+        'args: ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1"]\n'
+        f"settings:\n  two: {{experiment: {TWO}}}\n"
+        "methods:\n  fabind: {preset: fabind}\n"
+        "  bb: {preset: brokenbind, args: [--model.method.init_args.push_away=none]}\n"
+    )
+    out = tmp_path / "out"
+    main([str(spec), "--out", str(out)])
+    with (out / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["split_seed"]) for r in rows) == [("bb", "0"), ("bb", "1"), ("fabind", "0"),
+                                                                      ("fabind", "1")]  # fmt: skip
+    assert {r["stage"] for r in rows} == {"val"} and all(0 < float(r["map_instance"]) <= 1 for r in rows)
+    # different split seeds put different instances in the splits, so the scores differ
+    assert len({r["map_instance"] for r in rows if r["method"] == "fabind"}) == 2
+    assert "| two | bb | 2 |" in (out / "summary.md").read_text()
+    main([str(spec), "--out", str(out)])  # everything is in runs.csv already: nothing reruns
+    with (out / "runs.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+# no validation here (limit_val_batches=0), so the best-checkpoint callback has no val/mAP to monitor, on purpose
+@pytest.mark.filterwarnings("ignore:`ModelCheckpoint\\(monitor='val/mAP'\\)` could not find")
+def test_mox_starts_at_the_fraction_of_the_trainers_run_length():
+    config = Path("two.yaml")
+    config.write_text(str(TWO).replace("'", '"'))
+    args = ["fit", "--config", str(config), "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
+            "--trainer.limit_val_batches=0", "--test_after_fit=false",
+            "--model.method.init_args.consistency_fraction=0.5"]  # fmt: skip
+    trainer = cli([*args, "--trainer.max_epochs=2"]).trainer
+    assert "train/loss/mox" in trainer.logged_metrics  # epoch 1 of 2 has MOX
+    # max_epochs 4 → MOX from epoch 2; max_steps stops the run after epochs 0 and 1, so MOX never ran
+    trainer = cli([*args, "--trainer.max_epochs=4", "--trainer.max_steps=4"]).trainer
+    assert trainer.current_epoch == 2 and "train/loss/mox" not in trainer.logged_metrics
+
+
+def test_digit_views_are_instance_aligned_halves_of_disjoint_images():
+    from datamodules import DigitViewsDataModule
+    from datamodules.digit_views import load_digit_views
+
+    dm = DigitViewsDataModule(
+        datasets={"upper": {"modalities": ["top", "left"]}, "lower": {"modalities": ["left", "bottom"]}},
+        pivot="left",
+        flows=[{"dataset": "upper", "flow": "top->left->bottom"}],
+        split_seed=3,
+    )
+    dm.setup()
+    views, labels = load_digit_views()
+    ids = {(ds, split): set(s.index.tolist()) for ds, splits in dm.splits.items() for split, s in splits.items()}
+    assert sum(len(v) for v in ids.values()) == len(labels) == 1797
+    assert not ids["upper", "train"] & ids["lower", "train"] and not ids["upper", "test"] & ids["upper", "val"]
+    test = dm.splits["upper"]["test"]
+    assert sorted(test.features) == ["bottom", "left", "top"] and "bottom" not in dm.splits["upper"]["train"].features
+    row, image = 5, test.index[5].item()
+    assert test.features["top"][row].tolist() == views["top"][image].tolist() and test.label[row] == labels[image]
+    whole = torch.cat([torch.from_numpy(views["top"][image]), torch.from_numpy(views["bottom"][image])]).view(8, 8)
+    assert whole[:, :4].flatten().tolist() == views["left"][image].tolist()  # the views cut one image
