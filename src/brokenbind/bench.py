@@ -15,7 +15,10 @@ methods interleaved round by round, and reported as ratios with their range over
    values are checked against scikit-learn on the same 500 queries.
 4. ``cache``: the first and second training epoch with frozen EfficientNet-Lite0 + MiniLM on the built-in digits,
    with and without the feature cache (needs espeak-ng).
-5. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test).
+5. ``large``: a two-dataset manifest experiment whose features are one memory-mapped ``.npy`` per dataset and
+   modality, against the same features as one ``.npy`` file per row: setup + statistics + one epoch, time and peak
+   memory, each in its own process.
+6. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test).
 
 ``--quick`` (``make bench-quick``) uses fewer rounds and a 2,000 × 2,000 retrieval. The Markdown report goes to
 ``--out`` (default ``benchmarks/results/cost.md``) with the command and versions that produced it.
@@ -34,6 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
@@ -271,7 +276,74 @@ def bench_retrieval(n: int, sample: int, repeats: int) -> list[str]:
     return lines
 
 
-# -- 4. a whole run ------------------------------------------------------------------------------------------------
+# -- 4. large data: one array per dataset and modality vs one file per row ---------------------------------------
+LARGE_DATASETS = {"a": ("x", "y"), "b": ("y", "z")}  # z is a's hidden target: present in its val/test rows
+
+
+def write_large(root: Path, rows: int, dim: int = 256) -> None:
+    """The same features twice: one ``.npy`` per dataset and modality, and one ``.npy`` file per row and modality."""
+    g = np.random.default_rng(0)
+    (root / "files").mkdir(parents=True)
+    for ds in LARGE_DATASETS:
+        u = g.random(rows)
+        split = np.where(u < 0.6, "train", np.where(u < 0.8, "val", "test"))  # 60 / 20 / 20
+        frame = pd.DataFrame(
+            {"id": [f"{ds}{i}" for i in range(rows)], "label": g.integers(0, 10, rows), "split": split}
+        )
+        frame.to_csv(root / f"{ds}.csv", index=False)
+        per_row = frame.copy()
+        for m in ("x", "y", "z"):
+            values = g.standard_normal((rows, dim)).astype(np.float32)
+            np.save(root / f"{ds}_{m}.npy", values)
+            names = [f"files/{ds}_{m}_{i}.npy" for i in range(rows)]
+            for name, row in zip(names, values, strict=True):
+                np.save(root / name, row)
+            per_row[m] = names
+        per_row.to_csv(root / f"{ds}_files.csv", index=False)
+
+
+def measure_large(layout: str, root: Path) -> dict[str, float]:
+    """Setup, modality statistics and one training epoch of a two-dataset manifest experiment, in a fresh process."""
+    from datamodules import ManifestDataModule
+
+    base = current_rss_mb()
+    start = time.perf_counter()
+    used = {"a": ("x", "y", "z"), "b": ("y", "z")}  # each dataset's training modalities, plus a's scored target
+    arrays = {ds: {m: str(root / f"{ds}_{m}.npy") for m in mods} for ds, mods in used.items()}
+    dm = ManifestDataModule(
+        manifests={ds: str(root / (f"{ds}.csv" if layout == "arrays" else f"{ds}_files.csv")) for ds in LARGE_DATASETS},
+        modalities={"x": "features", "y": "features", "z": "features"},
+        datasets={ds: {"modalities": list(mods)} for ds, mods in LARGE_DATASETS.items()},
+        pivot="y", flows=[{"dataset": "a", "flow": "x->y->z"}], batch_size=256,
+        **({"arrays": arrays} if layout == "arrays" else {}),
+    )  # fmt: skip
+    dm.setup()
+    dm.modality_info()
+    batches = sum(1 for _ in dm.train_dataloader())
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"seconds": seconds, "peak_mb": max(peak, 0.0), "batches": batches}
+
+
+def bench_large(rows: int) -> list[str]:
+    lines = [
+        f"| {rows:,} rows per dataset, 2 datasets, 3 features × 256 | seconds | peak MB above start |",
+        "|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_large(Path(tmp), rows)
+        for layout in ("arrays", "files"):
+            command = [sys.executable, "-m", "brokenbind.bench", "--measure", f"large:{layout}", "--root", tmp]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            name = "one memory-mapped array per dataset and modality" if layout == "arrays" else "one .npy file per row"
+            lines.append(f"| {name} | {result['seconds']:.1f} | {result['peak_mb']:.0f} |")
+    lines.append("\n(setup with validation of every row, the standardisation statistics, one training epoch)")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+# -- 5. a whole run ------------------------------------------------------------------------------------------------
 def bench_run() -> list[str]:
     with tempfile.TemporaryDirectory() as cwd:
         config = str(ROOT / "experiments" / "two_dataset.yaml")
@@ -349,11 +421,15 @@ def main() -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one retrieval measurement in this process
     parser.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    silence_known_warnings()
+    if args.measure and args.measure.startswith("large:"):
+        print(json.dumps(measure_large(args.measure.removeprefix("large:"), Path(args.root))))
+        return
     if args.measure:
         print(json.dumps(measure_retrieval(args.measure, args.n, args.sample)))
         return
-    silence_known_warnings()
     rounds, repeats, n = (3, 5, 2_000) if args.quick else (7, 15, 10_000)
     header = [
         "# Cost benchmarks",
@@ -368,6 +444,7 @@ def main() -> None:
         ("## Where a BrokenBind step goes (torch.profiler)", bench_profile(64, 20)),
         ("## Exact retrieval", bench_retrieval(n, min(500, n), 1 if args.quick else 3)),
         ("## Feature cache", bench_cache()),
+        ("## Large data", bench_large(5_000 if args.quick else 50_000)),
         ("## A whole run", bench_run()),
     ]
     report = "\n".join(header + [f"\n{title}\n\n" + "\n".join(lines) for title, lines in sections]) + "\n"
