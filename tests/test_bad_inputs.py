@@ -308,7 +308,8 @@ def trained_two_dataset(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
         cli(["fit", "--config", TWO_DATASET, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-             "--test_after_fit=false", "--trainer.enable_progress_bar=false"])  # fmt: skip
+             "--trainer.log_every_n_steps=1", "--test_after_fit=false",
+             "--trainer.enable_progress_bar=false"])  # fmt: skip
     TRAINED["last"] = work / "logs" / "two_dataset" / "version_0" / "checkpoints" / "last.ckpt"
     return TRAINED["last"]
 

@@ -39,7 +39,7 @@ def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
                 "emb": "standardize",
             }
         },
-        "trainer": {"max_epochs": 2},
+        "trainer": {"max_epochs": 2, "log_every_n_steps": 1},
     }
     path = tmp_path / "my_data.yaml"
     path.write_text(yaml.safe_dump(config))
