@@ -19,8 +19,12 @@ SPACE = {
     "class_weight": 0.25,
     "seeds": [0, 1],
     "enqueue": [{"model.method.init_args.push_away": "none", "model.embed_dim": 32}],
-    "args": ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
-             "--data.init_args.batch_size=16"],
+    "args": [
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=2",
+        "--trainer.log_every_n_steps=1",
+        "--data.init_args.batch_size=16",
+    ],
     "space": {
         "model.method.init_args.push_away": {"choices": ["observed_pairs", "none"]},
         "model.method.init_args.consistency_fraction": {"low": 0.0, "high": 1.0},
