@@ -13,8 +13,8 @@ from functools import cache
 import numpy as np
 import torch
 
-from datamodules.base import SPLITS, TensorDictDataset
-from datamodules.mfeat import MfeatDataModule, _cumulative_counts
+from datamodules.base import TensorDictDataset
+from datamodules.mfeat import MfeatDataModule, assign_instances
 
 VIEWS = {"top": 32, "bottom": 32, "left": 32, "right": 32, "profile": 16}
 
@@ -46,20 +46,8 @@ class DigitViewsDataModule(MfeatDataModule):
 
     def assignment(self) -> dict[str, dict[str, np.ndarray]]:
         """As mfeat's: per class, shares by ``class_shift`` for each dataset, then a stratified train/val/test split."""
-        _, labels = load_digit_views()
-        rng = np.random.default_rng(self.split_seed)
-        names = list(self.datasets)
-        classes = np.unique(labels)
-        blocks = np.array_split(classes, len(names))
-        out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in SPLITS} for n in names}
-        for c in classes:
-            members = rng.permutation(np.flatnonzero(labels == c))
-            shares = np.array([(1 - self.class_shift) / len(names) + self.class_shift * (c in b) for b in blocks])
-            for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
-                pieces = np.split(part, _cumulative_counts(len(part), np.array(self.split_fractions))[:-1])
-                for split, ids in zip(SPLITS, pieces, strict=True):
-                    out[name][split].append(ids)
-        return {n: {s: np.sort(np.concatenate(ids)) for s, ids in splits.items()} for n, splits in out.items()}
+        return assign_instances(load_digit_views()[1], list(self.datasets), self.class_shift, self.split_fractions,
+                                self.split_seed)  # fmt: skip
 
     def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
         views, labels = load_digit_views()

@@ -55,6 +55,26 @@ def _cumulative_counts(total: int, fractions: np.ndarray) -> np.ndarray:
     return np.round(np.cumsum(fractions) / fractions.sum() * total).astype(int)
 
 
+def assign_instances(
+    labels: np.ndarray, names: list[str], class_shift: float, split_fractions: tuple[float, ...], seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Instance ids per dataset and split: classes cut into one block per dataset, each dataset receiving
+    (1 − shift)/N + shift·[class in its block] of every class, then a stratified train/val/test split; disjoint,
+    covering every instance, a function of the arguments only."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    blocks = np.array_split(classes, len(names))
+    out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in SPLITS} for n in names}
+    for c in classes:
+        members = rng.permutation(np.flatnonzero(labels == c))
+        shares = np.array([(1 - class_shift) / len(names) + class_shift * (c in b) for b in blocks])
+        for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
+            pieces = np.split(part, _cumulative_counts(len(part), np.array(split_fractions))[:-1])
+            for split, ids in zip(SPLITS, pieces, strict=True):
+                out[name][split].append(ids)
+    return {n: {s: np.sort(np.concatenate(ids)) for s, ids in splits.items()} for n, splits in out.items()}
+
+
 class MfeatDataModule(PairedDataModule):
     """mfeat as several datasets of disjoint instances, each observing the views its config lists.
 
@@ -87,19 +107,8 @@ class MfeatDataModule(PairedDataModule):
 
     def assignment(self) -> dict[str, dict[str, np.ndarray]]:
         """Instance ids per dataset and split: disjoint, covering all 2,000 instances, a function of the config only."""
-        _, labels = load_mfeat()
-        rng = np.random.default_rng(self.split_seed)
-        names = list(self.datasets)
-        blocks = np.array_split(np.arange(NUM_CLASSES), len(names))
-        out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in SPLITS} for n in names}
-        for c in range(NUM_CLASSES):
-            members = rng.permutation(np.flatnonzero(labels == c))
-            shares = np.array([(1 - self.class_shift) / len(names) + self.class_shift * (c in b) for b in blocks])
-            for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
-                pieces = np.split(part, _cumulative_counts(len(part), np.array(self.split_fractions))[:-1])
-                for split, ids in zip(SPLITS, pieces, strict=True):
-                    out[name][split].append(ids)
-        return {n: {s: np.sort(np.concatenate(ids)) for s, ids in splits.items()} for n, splits in out.items()}
+        return assign_instances(load_mfeat()[1], list(self.datasets), self.class_shift, self.split_fractions,
+                                self.split_seed)  # fmt: skip
 
     def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
         views, labels = load_mfeat()
