@@ -11,10 +11,8 @@ mfeat (``MfeatDataModule``: disjoint datasets, ``class_shift``, stratified 60/20
 from functools import cache
 
 import numpy as np
-import torch
 
-from datamodules.base import TensorDictDataset
-from datamodules.mfeat import MfeatDataModule, assign_instances
+from datamodules.mfeat import MfeatDataModule
 
 VIEWS = {"top": 32, "bottom": 32, "left": 32, "right": 32, "profile": 16}
 
@@ -39,23 +37,11 @@ def load_digit_views() -> tuple[dict[str, np.ndarray], np.ndarray]:
 class DigitViewsDataModule(MfeatDataModule):
     """Several disjoint datasets of scikit-learn digits, each observing the views its config lists.
 
-    Args: those of ``MfeatDataModule`` (``class_shift``, ``split_fractions``, ``split_seed``, and the pairing).
+    Args: those of ``MfeatDataModule`` (``class_shift``, ``split_fractions``, ``split_seed``, ``train_fraction``,
+    the pretraining pool, and the pairing).
     """
 
     available_modalities = tuple(VIEWS)
 
-    def assignment(self) -> dict[str, dict[str, np.ndarray]]:
-        """As mfeat's: per class, shares by ``class_shift`` for each dataset, then a stratified train/val/test split."""
-        return assign_instances(load_digit_views()[1], list(self.datasets), self.class_shift, self.split_fractions,
-                                self.split_seed)  # fmt: skip
-
-    def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
-        views, labels = load_digit_views()
-        if self._ids is None:
-            self._ids = self.assignment()
-        ids = self._ids[dataset][split]
-        return TensorDictDataset(
-            {m: torch.from_numpy(views[m][ids]) for m in modalities},
-            index=torch.from_numpy(ids),
-            label=torch.from_numpy(labels[ids]),
-        )
+    def views(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return load_digit_views()

@@ -55,24 +55,47 @@ def _cumulative_counts(total: int, fractions: np.ndarray) -> np.ndarray:
     return np.round(np.cumsum(fractions) / fractions.sum() * total).astype(int)
 
 
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int, among: np.ndarray | None = None) -> np.ndarray:
+    """A ``fraction`` of each class's instances (of ``among``, default all), sorted ids, a function of the arguments."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(len(labels)) if among is None else np.asarray(among)
+    picked = [
+        rng.permutation(ids[labels[ids] == c])[: round(fraction * int((labels[ids] == c).sum()))]
+        for c in np.unique(labels[ids])
+    ]
+    return np.sort(np.concatenate(picked))
+
+
 def assign_instances(
-    labels: np.ndarray, names: list[str], class_shift: float, split_fractions: tuple[float, ...], seed: int
+    labels: np.ndarray,
+    names: list[str],
+    class_shift: float,
+    split_fractions: tuple[float, ...],
+    seed: int,
+    among: np.ndarray | None = None,
+    train_fraction: float = 1.0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Instance ids per dataset and split: classes cut into one block per dataset, each dataset receiving
-    (1 − shift)/N + shift·[class in its block] of every class, then a stratified train/val/test split; disjoint,
-    covering every instance, a function of the arguments only."""
+    (1 − shift)/N + shift·[class in its block] of every class, then a stratified train/val/test split, then a
+    stratified ``train_fraction`` of each training split kept (val and test keep their size); disjoint, drawn from
+    ``among`` (default every instance), a function of the arguments only."""
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
+    ids = np.arange(len(labels)) if among is None else np.asarray(among)
+    classes = np.unique(labels[ids])
     blocks = np.array_split(classes, len(names))
     out: dict[str, dict[str, list[np.ndarray]]] = {n: {s: [] for s in SPLITS} for n in names}
     for c in classes:
-        members = rng.permutation(np.flatnonzero(labels == c))
+        members = rng.permutation(ids[labels[ids] == c])
         shares = np.array([(1 - class_shift) / len(names) + class_shift * (c in b) for b in blocks])
         for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
             pieces = np.split(part, _cumulative_counts(len(part), np.array(split_fractions))[:-1])
-            for split, ids in zip(SPLITS, pieces, strict=True):
-                out[name][split].append(ids)
-    return {n: {s: np.sort(np.concatenate(ids)) for s, ids in splits.items()} for n, splits in out.items()}
+            for split, piece in zip(SPLITS, pieces, strict=True):
+                out[name][split].append(piece)
+    assigned = {n: {s: np.sort(np.concatenate(p)) for s, p in splits.items()} for n, splits in out.items()}
+    if train_fraction < 1.0:
+        for splits in assigned.values():
+            splits["train"] = stratified_subset(labels, train_fraction, seed + 1, among=splits["train"])
+    return assigned
 
 
 class MfeatDataModule(PairedDataModule):
@@ -85,6 +108,12 @@ class MfeatDataModule(PairedDataModule):
             75 % of digits 0-4 in the first dataset and 75 % of digits 5-9 in the second.
         split_fractions: train / val / test fractions inside each dataset, stratified by class.
         split_seed: seed of both divisions (independent of the training seed).
+        train_fraction: keep this stratified fraction of every dataset's training split (the low-data setting;
+            validation and test keep their size, so scores stay comparable).
+        pool_fraction: set aside this stratified fraction of every class as a pretraining pool, disjoint from every
+            dataset, drawn with ``pool_seed`` alone (so one pretrained model serves every ``split_seed``).
+        use_pool: the datasets divide the pool instead of the rest: the data a pre-binding run (``bound``
+            backbones) trains on, never seen by the benchmark datasets that share ``pool_fraction`` and ``pool_seed``.
     """
 
     available_modalities = tuple(VIEWS)
@@ -94,6 +123,10 @@ class MfeatDataModule(PairedDataModule):
         class_shift: float = 0.5,
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
+        train_fraction: float = 1.0,
+        pool_fraction: float = 0.0,
+        pool_seed: int = 0,
+        use_pool: bool = False,
         **kwargs,
     ):
         """``kwargs`` are ``PairedDataModule``'s (datasets, pivot, flows, batch sizes, sampling, ...)."""
@@ -101,17 +134,38 @@ class MfeatDataModule(PairedDataModule):
             raise ConfigError(f"class_shift must lie in [0, 1], got {class_shift}")
         if len(split_fractions) != 3 or min(split_fractions) <= 0:
             raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
+        if not 0.0 < train_fraction <= 1.0:
+            raise ConfigError(f"train_fraction must lie in (0, 1], got {train_fraction}")
+        if not 0.0 <= pool_fraction < 1.0 or (use_pool and pool_fraction == 0.0):
+            raise ConfigError(
+                f"pool_fraction must lie in [0, 1) and be positive with use_pool, got {pool_fraction} "
+                f"(use_pool={use_pool})"
+            )
         self.class_shift, self.split_fractions, self.split_seed = class_shift, tuple(split_fractions), split_seed
+        self.train_fraction, self.pool_fraction, self.pool_seed, self.use_pool = (
+            train_fraction,
+            pool_fraction,
+            pool_seed,
+            use_pool,
+        )
         self._ids: dict[str, dict[str, np.ndarray]] | None = None  # the assignment, made once for all splits
         super().__init__(**kwargs)
 
+    def views(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Every view (rows aligned by instance) and the labels."""
+        return load_mfeat()
+
     def assignment(self) -> dict[str, dict[str, np.ndarray]]:
-        """Instance ids per dataset and split: disjoint, covering all 2,000 instances, a function of the config only."""
-        return assign_instances(load_mfeat()[1], list(self.datasets), self.class_shift, self.split_fractions,
-                                self.split_seed)  # fmt: skip
+        """Instance ids per dataset and split: disjoint, drawn from the pool or from the rest, a function of the
+        config only."""
+        labels = self.views()[1]
+        pool = stratified_subset(labels, self.pool_fraction, self.pool_seed)
+        among = pool if self.use_pool else np.setdiff1d(np.arange(len(labels)), pool)
+        return assign_instances(labels, list(self.datasets), self.class_shift, self.split_fractions, self.split_seed,
+                                among, self.train_fraction)  # fmt: skip
 
     def load_split(self, dataset: str, split: str, modalities: list[str]) -> TensorDictDataset:
-        views, labels = load_mfeat()
+        views, labels = self.views()
         if self._ids is None:
             self._ids = self.assignment()
         ids = self._ids[dataset][split]

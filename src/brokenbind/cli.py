@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-import torch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -36,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from brokenbind.callbacks.faults import FaultTolerance
+from brokenbind.checkpoints import load_checkpoint, stored_config
 from brokenbind.errors import ConfigError, DataError, DivergenceError
 from brokenbind.messages import check_yaml_files, parse_error_message
 from brokenbind.module import BindingModule
@@ -95,24 +95,6 @@ def _option(args: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg.partition("=")[2]
     return value
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A brokenbind checkpoint, read with ``weights_only=True`` (plain containers and tensors only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}; pass the path of a .ckpt file or 'last'")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
-
-
-def stored_config(path: str | Path) -> dict[str, Any]:
-    config = load_checkpoint(path).get("config")
-    if config is None:
-        raise ConfigError(f"checkpoint {path} holds no run configuration; pass the experiment with --config")
-    return config
 
 
 def with_checkpoint_config(args: list[str]) -> list[str]:
@@ -272,7 +254,11 @@ class BrokenBindCLI(LightningCLI):
             raise Stopped(f"stopped by {reason} at {at}; {where}", SIGNAL_EXIT.get(reason, 1)) from stop
 
     def after_fit(self) -> None:
-        if not self.config.fit.test_after_fit or self.trainer.interrupted:
+        if self.trainer.interrupted:
+            return
+        if self.trainer.max_epochs == 0:  # fit ran no validation epoch: score the untrained model on validation too
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        if not self.config.fit.test_after_fit:
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         rank_zero_info(f"testing {'checkpoint ' + best if best else 'the final weights (no checkpoint was saved)'}")

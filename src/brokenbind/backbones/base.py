@@ -23,6 +23,7 @@ class ModalityInfo:
     train_inputs: Tensor | None = None
     sample_rate: int | None = None
     train_stats: tuple[Tensor, Tensor] | None = None  # (mean, std) per feature, when train_inputs stay on disk
+    name: str | None = None  # the modality's name (the model sets it when it builds the backbone)
 
 
 class Backbone(nn.Module):

@@ -207,6 +207,10 @@ class EmergentBinding(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._report(trainer.log_dir, "val")
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":  # `brokenbind validate`, or the untrained model after a 0-epoch fit
+            self._report(trainer.log_dir, "val")
+
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._report(trainer.log_dir, "test")
 

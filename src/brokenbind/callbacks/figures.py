@@ -57,25 +57,11 @@ class TensorBoardFigures(Callback):
             return
         writer = logger.experiment
         if self.val_map:
-            writer.add_figure(
-                "figures/val_map", self.curves(self.val_map, "epoch", "validation mAP"), trainer.global_step
-            )
+            figure = curves(self.val_map, "epoch", "validation mAP", self.mox_epoch)
+            writer.add_figure("figures/val_map", figure, trainer.global_step)
         if self.losses:
-            writer.add_figure("figures/loss_terms", self.curves(self.losses, "step", "loss term"), trainer.global_step)
+            writer.add_figure("figures/loss_terms", curves(self.losses, "step", "loss term"), trainer.global_step)
         self.project(trainer, pl_module, writer)
-
-    def curves(self, series: dict[str, list[tuple[int, float]]], x_label: str, y_label: str) -> Figure:
-        figure = Figure(figsize=(6, 3.5))
-        axes = figure.subplots()
-        for name, points in sorted(series.items()):
-            axes.plot(*zip(*points, strict=True), label=name)
-        if self.mox_epoch is not None and x_label == "epoch":
-            axes.axvline(self.mox_epoch, color="grey", linestyle="--", label=f"MOX on (epoch {self.mox_epoch})")
-        axes.set(xlabel=x_label, ylabel=y_label)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.legend(fontsize="small")
-        figure.tight_layout()
-        return figure
 
     def project(self, trainer: Trainer, pl_module: LightningModule, writer: Any) -> None:
         """The validation embeddings of every evaluated dataset, all modalities in one projector tensor."""
@@ -101,3 +87,20 @@ class TensorBoardFigures(Callback):
                 torch.cat(rows), metadata=labels, metadata_header=["dataset", "modality", "class"],
                 global_step=trainer.global_step, tag="val_embeddings",
             )  # fmt: skip
+
+
+def curves(
+    series: dict[str, list[tuple[int, float]]], x_label: str, y_label: str, mox_epoch: int | None = None
+) -> Figure:
+    """One line per series; the epoch where MOX switched on marked when given (also drawn by ``brokenbind.bench``)."""
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    for name, points in sorted(series.items()):
+        axes.plot(*zip(*points, strict=True), label=name)
+    if mox_epoch is not None:
+        axes.axvline(mox_epoch, color="grey", linestyle="--", label=f"MOX on (epoch {mox_epoch})")
+    axes.set(xlabel=x_label, ylabel=y_label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
