@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from matplotlib.figure import Figure
 
 from brokenbind.callbacks.figures import curves
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
-from brokenbind.suite import Suite, load_runs, per_run, quiet_lightning, run_suite, t_interval
+from brokenbind.suite import Suite, per_run, quiet_lightning, run_suite, t_interval
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "benchmarks" / "suites" / "bench.yaml"
@@ -201,7 +200,7 @@ def pseudo_vs_real(run: Path, path: Path) -> str:
     config = load_checkpoint(best)["config"]
     data, method = config["data"]["init_args"], config["model"]["method"]["init_args"]
     flow = data["flows"][0]
-    query, pivot, target = flow["flow"].split("->")
+    _query, pivot, target = flow["flow"].split("->")
     source = next(n for n, d in data["datasets"].items() if {pivot, target} <= set(d["modalities"]))
     embeddings = run / "embeddings"
 
@@ -280,7 +279,7 @@ def report(suite: Suite, rows: list[dict], out: Path, command: str, seconds: flo
                 "The backbones are frozen encoders that already bind all six views: an ImageBind-like model trained on "
                 "a pool of 20 % of the instances (`experiments/pretrain/mfeat_pool.yaml`, no benchmark dataset holds "
                 "them, every view bound to pix), with residual heads starting from their space (`model.head: "
-                "residual`). `frozen` is their zero-shot retrieval (the paper's \"IB\" row); fabind is \"+FT\".",
+                'residual`). `frozen` is their zero-shot retrieval (the paper\'s "IB" row); fabind is "+FT".',
                 "",
             ]
         else:
@@ -289,9 +288,9 @@ def report(suite: Suite, rows: list[dict], out: Path, command: str, seconds: flo
         for metric, column in METRICS.items():
             if headline:
                 lines += [f"**{metric.capitalize()} mAP, each dataset flow × modality flow:**", ""]
-                lines += method_table(df, headline, methods, column, by_flow=True) + [""]
+                lines += [*method_table(df, headline, methods, column, by_flow=True), ""]
             lines += [f"**{metric.capitalize()} mAP per setting (mean of its two flow directions):**", ""]
-            lines += method_table(df, settings, methods, column, by_flow=False) + [""]
+            lines += [*method_table(df, settings, methods, column, by_flow=False), ""]
         bars(df, settings, methods, out / f"map_{regime}.png")
         lines += [f"![test instance mAP, {regime}](map_{regime}.png)", ""]
     lines += ["", "## brokenbind against fabind, centrobind and the oracle", ""]
@@ -301,11 +300,9 @@ def report(suite: Suite, rows: list[dict], out: Path, command: str, seconds: flo
         "",
     ]
     table, tally = comparison_table(rows, list(dict.fromkeys(df.setting)))
-    lines += table + [""]
+    lines += [*table, ""]
     for other, metrics in tally.items():
-        counts = ", ".join(
-            f"{metric} {'/'.join(str(v.count(c)) for c in 'WTL')}" for metric, v in metrics.items()
-        )
+        counts = ", ".join(f"{metric} {'/'.join(str(v.count(c)) for c in 'WTL')}" for metric, v in metrics.items())
         lines.append(f"- brokenbind vs {other}, W/T/L over {len(next(iter(metrics.values())))} settings: {counts}")
     lines += ["", "## Pictures of one brokenbind run", ""]
     example = next((s for s in HEADLINE if run_dir(out, s)), None)
@@ -333,7 +330,7 @@ def report(suite: Suite, rows: list[dict], out: Path, command: str, seconds: flo
         "",
         "## Cost",
         "",
-        "See [cost.md](cost.md): step-time ratios brokenbind / fabind at batch 8, 64, 256, the profile of a step, exact "
+        "See [cost.md](cost.md): step-time ratios brokenbind / fabind at batch 8, 64, 256, a profile of a step, exact "
         "retrieval against torchmetrics and scikit-learn, the feature cache, and a whole run.",
     ]
     return "\n".join(lines) + "\n"
