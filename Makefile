@@ -47,11 +47,11 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)
 
-bench: $(BIN)/brokenbind ## Cost report: step time ratios, profile, exact retrieval vs torchmetrics/sklearn, cache, a run
+bench: $(BIN)/brokenbind system-deps ## The benchmark (about an hour on 2 cores): every method x setting on test, report + plots + cost, in benchmarks/results/bench
 	$(BIN)/python -m brokenbind.bench $(ARGS)
 
-bench-quick: $(BIN)/brokenbind ## The cost report in a few minutes (fewer rounds, 2,000 x 2,000 retrieval)
-	$(BIN)/python -m brokenbind.bench --quick --out benchmarks/results/cost-quick.md $(ARGS)
+bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 settings, 4 methods, 2 runs, fewer cost rounds): benchmarks/results/bench-quick
+	$(BIN)/python -m brokenbind.bench --quick $(ARGS)
 
 lint: $(BIN)/brokenbind ## ruff check and format check
 	$(BIN)/ruff check src datamodules tests

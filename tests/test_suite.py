@@ -172,3 +172,59 @@ def test_digit_views_are_instance_aligned_halves_of_disjoint_images():
     assert test.features["top"][row].tolist() == views["top"][image].tolist() and test.label[row] == labels[image]
     whole = torch.cat([torch.from_numpy(views["top"][image]), torch.from_numpy(views["bottom"][image])]).view(8, 8)
     assert whole[:, :4].flatten().tolist() == views["left"][image].tolist()  # the views cut one image
+
+
+def test_settings_narrow_methods_and_runs_and_x_blocks_only_hold_anchors(tmp_path):
+    spec = tmp_path / "narrow.yaml"
+    spec.write_text(
+        "seeds: [0, 1, 2]\nsplit_seeds: [0, 1, 2]\npair_seeds: true\nargs: [--trainer.max_epochs=7]\n"
+        f"x-data: &two {TWO}\n"
+        "methods: {frozen: {preset: frozen}, fabind: {preset: fabind}, bb: {preset: brokenbind}}\n"
+        "settings:\n  all: {experiment: *two}\n  few: {experiment: *two, methods: [fabind], runs: 2}\n"
+    )
+    suite = Suite.load(spec)
+    assert [r for r in suite.runs() if r[0] == "few"] == [("few", "fabind", 0, 0), ("few", "fabind", 1, 1)]
+    assert len([r for r in suite.runs() if r[0] == "all"]) == 9
+    # a preset comes after the suite's arguments: frozen stays untrained whatever the suite's max_epochs
+    args = suite.cli_args("all", "frozen", 0, 0, tmp_path)
+    method = args.index("--method")
+    assert args.index("--trainer.max_epochs=7") < method and args[method + 1] == "frozen"
+    spec.write_text(spec.read_text().replace("runs: 2", "runs: 2, method: [bb]"))
+    with pytest.raises(ConfigError, match=r"setting 'few': unknown keys \['method'\]"):
+        Suite.load(spec)
+    spec.write_text(spec.read_text().replace(", method: [bb]", "").replace("[fabind]", "[centrobind]"))
+    with pytest.raises(ConfigError, match=r"setting 'few': unknown keys \[\] or methods \['centrobind'\]"):
+        Suite.load(spec)
+
+
+def test_pretraining_runs_once_and_its_checkpoint_reaches_the_settings_that_name_it(tmp_path):
+    """A pretraining run (bound backbones) trained once, two runs at a time in worker processes."""
+    pool = ROOT / "experiments" / "pretrain" / "mfeat_pool.yaml"
+    bound = '--model.default_backbone={"name": "bound", "checkpoint": "{pretrain:pool}"}'
+    spec = tmp_path / "bound.yaml"
+    spec.write_text(
+        "stage: test\nseeds: [0, 1]\nsplit_seeds: [0, 1]\npair_seeds: true\n"
+        'args: ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1"]\n'
+        f"pretrain:\n  pool: {{config: {pool}, args: [--trainer.max_epochs=1]}}\n"
+        "methods: {frozen: {preset: frozen}, fabind: {preset: fabind}}\n"
+        f"settings:\n  bound: {{experiment: {TWO}, args: [--data.init_args.pool_fraction=0.2, --model.head=residual, "
+        f"'{bound}']}}\n"
+    )
+    suite = Suite.load(spec)
+    assert suite.pretrained("bound") == ["pool"]
+    assert f'"checkpoint": "{tmp_path / "out" / "pretrain" / "pool.ckpt"}"' in " ".join(
+        suite.cli_args("bound", "fabind", 0, 0, tmp_path / "out")
+    )
+    main([str(spec), "--out", str(tmp_path / "out"), "--jobs", "2"])
+    assert (tmp_path / "out" / "pretrain" / "pool.ckpt").is_file()
+    with (tmp_path / "out" / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("fabind", "0"), ("fabind", "1"), ("frozen", "0"),
+                                                              ("frozen", "1")]  # fmt: skip
+    # frozen stays untrained (its preset wins over the suite's max_epochs); fabind tests its best checkpoint
+    assert {r["weights"] for r in rows if r["method"] == "frozen"} == {"epoch 0"}
+    assert all(r["weights"].endswith(".ckpt") for r in rows if r["method"] == "fabind")
+    bad = spec.read_text().replace("{pretrain:pool}", "{pretrain:other}")
+    spec.write_text(bad)
+    with pytest.raises(ConfigError, match=r"setting 'bound' names pretraining runs \['other'\]"):
+        Suite.load(spec).cli_args("bound", "fabind", 0, 0, tmp_path)

@@ -197,6 +197,11 @@ class BrokenBindCLI(LightningCLI):
                 raise ConfigError(f"checkpoint not found: {ckpt}; pass the path of a .ckpt file or 'last'")
             parent = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
             if (parent / "config.yaml").is_file():  # a run directory: continue it, named as when it was written
+                callbacks = load_checkpoint(ckpt).get("callbacks", {})
+                dirs = [v.get("dirpath") for k, v in callbacks.items() if k.startswith("ModelCheckpoint")]
+                written = dirs[0] if dirs else None
+                if written and Path(written).resolve() == (parent / "checkpoints").resolve():
+                    return Path(written).parent, ckpt  # Lightning warns when a checkpoint's directory is renamed
                 relative = Path(os.path.relpath(parent.resolve()))
                 return (parent if relative.parts[:1] == ("..",) else relative), ckpt
             return root / next_version(root), ckpt

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import brokenbind.methods.brokenbind as brokenbind_method
 from brokenbind.backbones import ModalityInfo
+from brokenbind.callbacks import EmergentBinding
 from brokenbind.methods import BrokenBind, CentroBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE
 from brokenbind.metrics.retrieval import retrieval_metrics
@@ -367,21 +367,23 @@ def bench_large(rows: int) -> list[str]:
 
 # -- 5. a whole run ------------------------------------------------------------------------------------------------
 def bench_run() -> list[str]:
+    """Wall time and the run's own peak memory (the child reports its ru_maxrss: RUSAGE_CHILDREN would be the largest
+    of every child so far, e.g. the torchmetrics measurement)."""
+    script = (
+        "import resource, sys\n"
+        "from brokenbind.cli import main\n"
+        "sys.argv = ['brokenbind', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "finally:\n    print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
     with tempfile.TemporaryDirectory() as cwd:
         config = str(ROOT / "experiments" / "two_dataset.yaml")
-        command = [
-            sys.executable,
-            "-m",
-            "brokenbind.cli",
-            "fit",
-            "--config",
-            config,
-            "--trainer.enable_progress_bar=false",
-        ]
+        command = [sys.executable, "-c", script, "fit", "--config", config, "--trainer.enable_progress_bar=false"]
         start = time.perf_counter()
-        subprocess.run(command, cwd=cwd, capture_output=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak = int(done.stderr.rsplit("peak_kb", 1)[1].split()[0]) / 1024
     run = "`brokenbind fit --config experiments/two_dataset.yaml` (50 epochs + test)"
     line = f"{run}: {seconds:.1f} s, peak {peak:.0f} MB"
     print(line, flush=True)
@@ -389,14 +391,49 @@ def bench_run() -> list[str]:
 
 
 class EpochTimer(Callback):
+    """Seconds of each training epoch and of each validation epoch (listed after the scoring callback, so the
+    validation time includes the retrieval metrics)."""
+
     def __init__(self):
         self.seconds: list[float] = []
+        self.validation: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.seconds.append(time.perf_counter() - self.start)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.validation_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validation.append(time.perf_counter() - self.validation_start)
+
+
+def bench_validation(epochs: int) -> list[str]:
+    """Per-epoch validation (embedding both eval datasets and scoring every flow) against a training epoch."""
+    dm = MfeatDataModule(
+        datasets=TWO_DATASETS, pivot="pix", batch_size=64,
+        flows=[{"dataset": "evaluation", "flow": "fou->pix->zer"}, {"dataset": "support", "flow": "zer->pix->fou"}],
+    )  # fmt: skip
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as root:  # EmergentBinding writes its results.csv there
+        trainer = Trainer(
+            max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[EmergentBinding(), timer], default_root_dir=root,
+        )  # fmt: skip
+        trainer.fit(BindingModule(BrokenBind(consistency_epochs=0)), datamodule=dm)
+    train, val = statistics.median(timer.seconds), statistics.median(timer.validation)
+    lines = [
+        "| two_dataset, both flows scored, batch 64 | median seconds over epochs |",
+        "|---|---|",
+        f"| training epoch (brokenbind, MOX on) | {train:.3f} |",
+        f"| validation epoch (embed, instance and class mAP, R@k) | {val:.3f} ({val / train:.2f} × training) |",
+    ]
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def epoch_seconds(cached: bool) -> tuple[float, float]:
@@ -436,7 +473,7 @@ def bench_cache() -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, a 2,000 × 2,000 retrieval")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cost.md"))
@@ -444,7 +481,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=int, default=500, help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     silence_known_warnings()
     if args.measure and args.measure.startswith("large:"):
         print(json.dumps(measure_large(args.measure.removeprefix("large:"), Path(args.root))))
@@ -456,7 +493,8 @@ def main() -> None:
     header = [
         "# Cost benchmarks",
         "",
-        f"`{' '.join(['python -m brokenbind.cost', *sys.argv[1:]])}` on {platform.machine()}, "
+        f"`{' '.join(['python -m brokenbind.cost', *(argv if argv is not None else sys.argv[1:])])}` on "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{time.strftime('%Y-%m-%d')}. Ratios are measured within one process, methods interleaved; absolute times "
         "depend on the machine's load.",
@@ -467,6 +505,7 @@ def main() -> None:
         ("## Exact retrieval", bench_retrieval(n, min(500, n), 1 if args.quick else 3)),
         ("## Feature cache", bench_cache()),
         ("## Large data", bench_large(5_000 if args.quick else 20_000)),
+        ("## Validation against training, per epoch", bench_validation(5 if args.quick else 10)),
         ("## A whole run", bench_run()),
     ]
     report = "\n".join(header + [f"\n{title}\n\n" + "\n".join(lines) for title, lines in sections]) + "\n"

@@ -235,12 +235,12 @@ def pretrained_checkpoint(out: Path, name: str) -> Path:
     return (out / "pretrain" / f"{name}.ckpt").resolve()
 
 
-def run_pretraining(suite: Suite, out: Path, log=print) -> None:
-    """Train each pretraining run the suite's settings name, once: its best checkpoint is kept as
+def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> None:
+    """Train each pretraining run these settings name, once: its best checkpoint is kept as
     ``out/pretrain/<name>.ckpt`` and reused by every later run and every resumed suite."""
     from brokenbind.cli import cli
 
-    for name in dict.fromkeys(n for setting in suite.settings for n in suite.pretrained(setting)):
+    for name in dict.fromkeys(n for setting in settings for n in suite.pretrained(setting)):
         target = pretrained_checkpoint(out, name)
         if target.exists():
             continue
@@ -297,11 +297,11 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
     """Every run not yet in ``out/runs.csv``, ``jobs`` at a time (each in its own process with ``threads`` torch
     threads; one job runs in this process); returns all rows of the suite. Rows are appended as runs finish."""
     out.mkdir(parents=True, exist_ok=True)
-    run_pretraining(suite, out, log)
     runs_csv = out / "runs.csv"
     done = {(r["setting"], r["method"], r["seed"], r["split_seed"]) for r in load_runs(runs_csv)}
     todo = [r for r in suite.runs() if tuple(map(str, r)) not in done]
     log(f"suite: {len(suite.runs())} runs, {len(todo)} to run, {len(suite.runs()) - len(todo)} in {runs_csv}")
+    run_pretraining(suite, out, list(dict.fromkeys(run[0] for run in todo)), log)
 
     def record(i: int, run: tuple[str, str, int, int], rows: list[dict[str, str]], seconds: float) -> None:
         setting, method, seed, split_seed = run
@@ -364,16 +364,21 @@ def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str,
     return out
 
 
-def compare(method: dict, baseline: dict, metric: int) -> str:
-    """W / T / L: the 95 % interval of the paired difference (same seeds and split seeds) lies above / around /
-    below 0."""
+def paired_difference(method: dict, baseline: dict, metric: int) -> tuple[float, float, str]:
+    """Mean and 95 % half-width of the paired difference over the runs both have (same seeds and split seeds), and
+    W / T / L: the interval lies above / around / below 0 ("-" with fewer than two common runs)."""
     keys = sorted(method.keys() & baseline.keys())
     if len(keys) < 2:
-        return "-"
+        return math.nan, math.nan, "-"
     mean, half = t_interval([method[k][metric] - baseline[k][metric] for k in keys])
     if half == 0.0 or math.isnan(half):
-        return "T" if mean == 0 else ("W" if mean > 0 else "L")
-    return "W" if mean - half > 0 else ("L" if mean + half < 0 else "T")
+        return mean, half, "T" if mean == 0 else ("W" if mean > 0 else "L")
+    return mean, half, "W" if mean - half > 0 else ("L" if mean + half < 0 else "T")
+
+
+def compare(method: dict, baseline: dict, metric: int) -> str:
+    """W / T / L of ``paired_difference``."""
+    return paired_difference(method, baseline, metric)[2]
 
 
 def _fmt(values: list[float]) -> str:

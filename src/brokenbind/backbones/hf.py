@@ -97,6 +97,8 @@ class HFModel(Backbone):
         os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: transformers must never reach for the hub
         import transformers  # heavy; only runs that use it pay for it
 
+        transformers.utils.logging.disable_progress_bar()  # a bar per model load in every run's log says nothing
+
         cls_name = model_class or "AutoModel"
         model_cls = getattr(transformers, cls_name, None)
         if model_cls is None or not hasattr(model_cls, "from_pretrained"):

@@ -1,0 +1,56 @@
+"""The benchmark report (``make bench``): its tables and statistics on known rows, its pictures from a real run."""
+
+from pathlib import Path
+
+import pytest
+
+from brokenbind.bench import QUICK, SUITE, pseudo_vs_real, report, training_curves
+from brokenbind.cli import cli
+from brokenbind.suite import Suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows_for(setting: str, method: str, instance: list[float]) -> list[dict[str, str]]:
+    """Two flows per run; the run's instance mAP is the mean of the two (here both equal)."""
+    return [
+        {"setting": setting, "method": method, "seed": str(i), "split_seed": str(i), "stage": "test", "dataset": ds,
+         "flow": flow, "map_instance": str(value), "map_class": "0.5", "weights": "best.ckpt"}
+        for i, value in enumerate(instance)
+        for ds, flow in (("evaluation", "fou->pix->zer"), ("support", "zer->pix->fou"))
+    ]  # fmt: skip
+
+
+def test_the_report_tables_paired_verdicts_ratios_and_gap(tmp_path):
+    suite = Suite.load(SUITE)
+    rows = (
+        rows_for("bound_fou_pix_zer", "fabind", [0.20, 0.22, 0.21])
+        + rows_for("bound_fou_pix_zer", "brokenbind", [0.25, 0.28, 0.26])  # +0.05 to +0.06: a win
+        + rows_for("bound_fou_pix_zer", "oracle", [0.30, 0.32, 0.31])
+        + rows_for("bound_fou_pix_zer", "centrobind", [0.25, 0.27, 0.27])  # paired difference 0, +0.01, -0.01: tie
+    )
+    text = report(suite, rows, tmp_path, "python -m brokenbind.bench", 60.0, quick=False, pictures=False)
+    assert "| brokenbind | 26.3 ± 3.8 | 26.3 ± 3.8 | 26.3 |" in text  # both flows, then the mean column
+    assert "| fabind | 21.0 ± 2.5 |" in text
+    # brokenbind − fabind: +5.33 pp ± t(2)·sd/√3 (differences 5, 6, 5); ratio 0.263/0.21; gap 0.053 / 0.10
+    assert "| bound_fou_pix_zer | 3 | +5.3 ± 1.4 pp (W) | +0.0 ± 0.0 pp (T) | 1.25 | 53 % | T / T | L / T |" in text
+    assert "- brokenbind vs fabind, W/T/L over 1 settings: instance 1/0/0, class 0/1/0" in text
+    assert (tmp_path / "map_bound.png").stat().st_size > 0 and "scratch" not in text.split("## brokenbind against")[0]
+
+
+def test_quick_benchmark_is_a_subset_of_the_full_one():
+    suite = Suite.load(SUITE)
+    assert set(QUICK["settings"]) <= set(suite.settings) and set(QUICK["methods"]) <= set(suite.methods)
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+def test_pictures_of_a_real_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli(["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--trainer.max_epochs=2",
+                  "--test_after_fit=false", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+                  f"--trainer.logger.init_args.save_dir={tmp_path}"])  # fmt: skip
+    run = Path(result.trainer.log_dir)
+    assert training_curves(run, tmp_path) == ["val_map.png", "loss_terms.png"]
+    sentence = pseudo_vs_real(run, tmp_path / "fig5.png")
+    assert sentence.startswith("mean cosine of a real zer embedding with its own pseudo embedding")
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("val_map.png", "loss_terms.png", "fig5.png"))
