@@ -270,14 +270,20 @@ def report(
         f"# brokenbind benchmark{' (quick)' if quick else ''}",
         "",
         f"`{command}`, {time.strftime('%Y-%m-%d')}; {versions()}. {len(run_seconds)} runs, "
-        f"{sum(run_seconds) / 3600:.1f} h of run time in all (this call: {seconds / 60:.0f} min). Every number is on "
+        f"{sum(run_seconds) / 60:.0f} min of run time in all (this call: {seconds / 60:.0f} min). Every number is on "
         "the TEST split; nothing was chosen on it (the default recipe was chosen on validation, `benchmarks/suites/"
         "validation.yaml`; the pool size on `benchmarks/suites/pool_size.yaml`). Cells: mAP in %, mean ± 95 % "
         "t-interval over runs, run i = training seed i with data split seed i (a different division of the "
         "instances into datasets and splits), each run scored at the epoch validation selects. Runs per setting: "
         + ", ".join(f"{short(s)} ({s.split('_')[0]}) {n}" for s, n in runs_per_setting.items())
         + ". Instance mAP: the paired item is the one relevant one (the task); class mAP: every item of the query's "
-        "class is relevant (secondary). Raw rows: `runs.csv`.",
+        "class is relevant (secondary). Raw rows: `runs.csv`."
+        + (
+            " QUICK: two runs of 20 epochs on two settings, to check the code path; with two runs the intervals are "
+            "too wide to conclude anything, read `benchmarks/results/bench/report.md`."
+            if quick
+            else ""
+        ),
     ]
     for regime, title in REGIMES.items():
         settings = settings_of(df, regime)
