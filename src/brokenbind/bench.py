@@ -177,7 +177,7 @@ def example_run(suite: Suite, out: Path, setting: str, method: str = "brokenbind
     """The run directory of a method's first run on a setting (seed 0, split seed 0). Run directories are not
     committed (only ``runs.csv``), so a report made from a fresh clone retrains that one run: the same seeds and
     split, hence the same run."""
-    found = sorted((out / "runs" / method / "seed0_split0" / setting / method).glob("version_*"))
+    found = sorted((suite.run_root(out, method, 0, 0) / setting / method).glob("version_*"))
     if found:
         return found[0]
     run_pretraining(suite, out, [setting])

@@ -200,6 +200,11 @@ class Suite:
             "--test_after_fit=false",
         ]
 
+    @staticmethod
+    def run_root(save_dir: Path, method: str, seed: int, split_seed: int) -> Path:
+        """Where one run's directories go (``<setting>/<method>/version_0`` below it)."""
+        return save_dir / "runs" / method / f"seed{seed}_split{split_seed}"
+
     def cli_args(self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path) -> list[str]:
         """The ``brokenbind fit`` arguments of one run; the experiment is named after the setting."""
         s, m = self.settings[setting], self.methods[method]
@@ -220,7 +225,7 @@ class Suite:
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
             # a directory of its own per run: parallel runs never race for a version number
-            f"--trainer.logger.init_args.save_dir={save_dir / 'runs' / method / f'seed{seed}_split{split_seed}'}",
+            f"--trainer.logger.init_args.save_dir={self.run_root(save_dir, method, seed, split_seed)}",
             f"--test_after_fit={'true' if self.stage == 'test' else 'false'}",
         ]
         return args
@@ -284,7 +289,10 @@ def _timed_run(args: list[str], stage: str, threads: int) -> tuple[list[dict[str
     torch.set_num_threads(threads)
     quiet_lightning()
     start = time.perf_counter()
-    rows = run_one(args, stage)
+    try:
+        rows = run_one(args, stage)
+    except SystemExit as stop:  # the CLI said why on stderr; a worker must raise an Exception to report back
+        raise RuntimeError(f"run exited with code {stop.code}: brokenbind {' '.join(args)}") from None
     return rows, time.perf_counter() - start
 
 
