@@ -65,7 +65,7 @@ def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
     terms = method(emb, epoch=0)
     expected = 0.0
     for ds, mods in emb.items():
-        for data, _ in method.pseudo_embeddings(emb, ds).values():
+        for data, *_ in method.pseudo_embeddings(emb, ds).values():
             expected += sum(ce_loop(f, F.normalize(data, dim=1), 4.0) for f in mods.values()) / len(mods)
     assert terms["mox"].item() == pytest.approx(expected, rel=1e-5)
 
@@ -123,7 +123,7 @@ def test_mox_contrast_x_mod_uses_the_x_mod_pseudo_embeddings():
     method = BrokenBind(consistency_epochs=0, mox_contrast="x_mod", logit_scale=3.0)
     expected = 0.0
     for ds in emb:
-        for _, mod in method.pseudo_embeddings(emb, ds).values():
+        for _, mod, *_ in method.pseudo_embeddings(emb, ds).values():
             expected += sum(ce_loop(f, F.normalize(mod, dim=1), 3.0) for f in emb[ds].values()) / 2
     assert method(emb, epoch=0)["mox"].item() == pytest.approx(expected, rel=1e-5)
 

@@ -135,7 +135,11 @@ class BindingModule(LightningModule):
 
     def embed(self, inputs: dict[str, Any], index: Tensor | None = None) -> dict[str, Tensor]:
         """L2-normalised fp32 embeddings of every modality in ``inputs`` (instance ids ``index`` enable the cache)."""
-        return {m: F.normalize(self.heads[m](self.features(m, x, index)).float(), dim=-1) for m, x in inputs.items()}
+        return {m: self.project(m, self.features(m, x, index)) for m, x in inputs.items()}
+
+    def project(self, modality: str, features: Tensor) -> Tensor:
+        """The head of ``modality`` on backbone features, L2-normalised in fp32."""
+        return F.normalize(self.heads[modality](features).float(), dim=-1)
 
     def features(self, modality: str, x: Any, index: Tensor | None) -> Tensor:
         """Backbone output, from the feature cache when the backbone is cacheable and the instances are in it."""
@@ -154,6 +158,34 @@ class BindingModule(LightningModule):
 
     def on_fit_start(self) -> None:
         self.method.max_epochs = self.trainer.max_epochs  # schedules that are a fraction of the run read it
+        dm = self.trainer.datamodule
+        self.method.prepare(self.frozen_features, {ds: list(spec.modalities) for ds, spec in dm.datasets.items()})
+
+    def frozen_features(self, dataset: str, split: str, modalities: list[str]) -> dict[str, Tensor]:
+        """``encode_split`` for methods that fit on features before training: the backbones must be frozen, since the
+        features of a trainable backbone change while training."""
+        trainable = [m for m in modalities if self.backbones[m].trainable or self.backbones[m].lora]
+        if trainable:
+            raise ConfigError(
+                f"method {self.method.name!r} fits on backbone features before training, but the backbones of "
+                f"{trainable} are trainable or adapted (LoRA): freeze them or use another method"
+            )
+        return self.encode_split(dataset, split, modalities)
+
+    @torch.no_grad()
+    def encode_split(self, dataset: str, split: str, modalities: list[str]) -> dict[str, Tensor]:
+        """Backbone features of every row of one dataset split, for ``modalities`` (also ones the dataset's training
+        split does not observe: they are loaded for this call only), in row order."""
+        dm = self.trainer.datamodule
+        data = dm.splits[dataset][split]
+        if not set(modalities) <= set(dm.split_modalities(dataset, split)):
+            data = dm.load_split(dataset, split, modalities)
+        loader = torch.utils.data.DataLoader(data, batch_size=dm.eval_batch_size, generator=torch.Generator())
+        parts: dict[str, list[Tensor]] = {m: [] for m in modalities}
+        for batch in loader:
+            for m in modalities:
+                parts[m].append(self.features(m, batch["x"][m], batch["index"]).float())
+        return {m: torch.cat(p) for m, p in parts.items()}
 
     def on_train_epoch_start(self) -> None:
         adapting = self.current_epoch >= self.lora_start_epoch
@@ -170,7 +202,9 @@ class BindingModule(LightningModule):
 
     # -- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
-        embeddings = {ds: self.embed(b["x"], b["index"]) for ds, b in batch.items()}
+        features = {ds: {m: self.features(m, x, b["index"]) for m, x in b["x"].items()} for ds, b in batch.items()}
+        features = self.method.complete(features)  # imputation methods add modalities a dataset lacks
+        embeddings = {ds: {m: self.project(m, f) for m, f in fs.items()} for ds, fs in features.items()}
         terms = self.method(embeddings, epoch=self.current_epoch)
         self.check_finite(terms)
         loss = sum(terms.values())

@@ -3,14 +3,16 @@
 import os
 from collections import defaultdict
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch import Tensor
 
-from brokenbind.errors import DivergenceError
+from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.results import ResultRow, format_table, write_csv
 
@@ -108,8 +110,10 @@ class EmergentBinding(Callback):
             self._check_health(trainer, pl_module, stage, dataset, data)
             for flow in (f for f in dm.flows if f.dataset == dataset):
                 query, _, target = flow.modalities
+                anchors = partial(self._anchors, pl_module, flow)
+                queries, targets = pl_module.method.represent(data[query], data[target], anchors)
                 metrics = retrieval_metrics(
-                    data[query], data[target], data["index"], data["index"], data["label"], data["label"],
+                    queries, targets, data["index"], data["index"], data["label"], data["label"],
                     ks=self.ks, chunk_size=self.chunk_size,
                 )  # fmt: skip
                 for name, value in metrics.items():
@@ -123,6 +127,21 @@ class EmergentBinding(Callback):
         if stage == "test" or best is None or _mean_map(rows) > _mean_map(best):
             self.rows[stage] = rows  # val keeps the best epoch: the one checkpoint selection picks by default
         self._outputs.clear()
+
+    @staticmethod
+    def _anchors(pl_module: LightningModule, flow) -> tuple[Tensor, Tensor]:
+        """(pivot, target) embeddings of the training rows of the first dataset observing a flow's pivot and target."""
+        _, pivot, target = flow.modalities
+        datasets = pl_module.trainer.datamodule.datasets
+        holders = [ds for ds, spec in datasets.items() if {pivot, target} <= set(spec.modalities)]
+        if not holders:
+            raise ConfigError(
+                f"method {pl_module.method.name!r} retrieves through anchor rows observing both {pivot!r} and "
+                f"{target!r} (flow {flow.flow!r}), and no training dataset observes both: three-dataset chains have "
+                "no such rows; use another method for them"
+            )
+        features = pl_module.encode_split(holders[0], "train", [pivot, target])
+        return pl_module.project(pivot, features[pivot]), pl_module.project(target, features[target])
 
     def _check_health(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, dataset: str, data: dict[str, Any]

@@ -48,3 +48,38 @@ def x_mod(own_pivot: Tensor, other_pivot_pinv: Tensor, other_target: Tensor) -> 
 def frobenius(x_mod_embeddings: Tensor, x_data_embeddings: Tensor) -> Tensor:
     """Eq. 9: R_Fro = ||X-mod − X-data||²_F (squared Frobenius norm, not normalised by B or d)."""
     return (x_mod_embeddings.float() - x_data_embeddings.float()).pow(2).sum()
+
+
+@fp32
+def kernel_transition(own_pivot: Tensor, memory_pivot: Tensor, memory_target: Tensor, temperature: float) -> Tensor:
+    """A kernel (soft nearest-neighbour) transition: row i is Σ_k softmax_k(⟨b_i, b'_k⟩ / τ) c'_k, B1×d.
+
+    C-MCR's semantic enhancement (arXiv 2305.14381, §3.2) retrieves the other modality this way from a memory of
+    pivot-target pairs; X-data (Eq. 8) is its linear counterpart. τ → 0 copies the nearest pivot's target.
+    """
+    weights = torch.softmax(own_pivot.float() @ memory_pivot.float().T / temperature, dim=1)
+    return weights @ memory_target.float()
+
+
+@fp32
+def recentre(pseudo: Tensor, target_mean: Tensor) -> Tensor:
+    """C3's collapse (arXiv 2401.08567, §3) turned into a transport: move the pseudo embeddings' mean onto the real
+    target's mean, removing the offset a pivot-derived estimate inherits from the pivot's side of the modality gap."""
+    return pseudo.float() - pseudo.float().mean(0, keepdim=True) + target_mean.float()
+
+
+@fp32
+def orthogonal_logits(query: Tensor, keys: Tensor, pivot: Tensor, eps: float = 1e-6) -> Tensor:
+    """Cosines between query i and key j after removing, from both, their component along query i's own pivot
+    embedding b_i (unit): alignment only in the subspace the pivot does not already explain (EmergentBridge,
+    arXiv 2604.11043). With α_i = ⟨q_i, b_i⟩ and β_ij = ⟨k_j, b_i⟩:
+        ⟨q_i − α_i b_i, k_j − β_ij b_i⟩ = ⟨q_i, k_j⟩ − α_i β_ij,  |q_i − α_i b_i|² = |q_i|² − α_i²,
+        |k_j − β_ij b_i|² = |k_j|² − β_ij².
+    Returns the (B1, B2) matrix of those cosines (not scaled by the temperature)."""
+    q, k, b = query.float(), keys.float(), pivot.float()
+    alpha = (q * b).sum(1, keepdim=True)  # (B1, 1)
+    beta = b @ k.T  # (B1, B2)
+    inner = q @ k.T - alpha * beta
+    q_norm = (q.pow(2).sum(1, keepdim=True) - alpha.pow(2)).clamp_min(eps).sqrt()
+    k_norm = (k.pow(2).sum(1).unsqueeze(0) - beta.pow(2)).clamp_min(eps).sqrt()
+    return inner / (q_norm * k_norm)

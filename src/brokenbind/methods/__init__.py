@@ -3,6 +3,9 @@
 from brokenbind.methods.base import BindingMethod, Embeddings
 from brokenbind.methods.brokenbind import BrokenBind
 from brokenbind.methods.centrobind import CentroBind
+from brokenbind.methods.cmcr import CMCR
 from brokenbind.methods.fabind import FABind
+from brokenbind.methods.impute import Impute
+from brokenbind.methods.transitive import Transitive
 
-__all__ = ["BindingMethod", "BrokenBind", "CentroBind", "Embeddings", "FABind"]
+__all__ = ["CMCR", "BindingMethod", "BrokenBind", "CentroBind", "Embeddings", "FABind", "Impute", "Transitive"]

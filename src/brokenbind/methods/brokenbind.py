@@ -23,8 +23,9 @@ Choices the paper leaves open (method.md §2.4-2.6, §2.9) are made here:
 """
 
 import sys
-from typing import Literal
+from typing import Literal, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,12 +33,31 @@ from brokenbind.errors import ConfigError
 from brokenbind.losses.clip import info_nce, push_away
 from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
 from brokenbind.losses.distributed import Batch
-from brokenbind.losses.mox import frobenius, pivot_pinv, x_data, x_mod
-from brokenbind.methods.base import BindingMethod, Embeddings, modality_pairs
+from brokenbind.losses.mox import (
+    frobenius,
+    kernel_transition,
+    orthogonal_logits,
+    pivot_pinv,
+    recentre,
+    x_data,
+    x_mod,
+)
+from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs
 
 # Where the default recipe departs from the paper: these arguments give BrokenBind exactly as written (the preset
 # configs/methods/brokenbind_paper.yaml spells out every argument).
 PAPER_RECIPE = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all"}
+
+
+class Pseudo(NamedTuple):
+    """Pseudo embeddings of one modality a dataset lacks: X-data (Eq. 8), X-mod (Eq. 7; None for the kernel
+    transition, which has no X-mod form), ``origin``, the dataset's own real modality the chain starts from, and
+    ``source``, the dataset whose real rows of the modality they are made of."""
+
+    data: Tensor
+    mod: Tensor | None
+    origin: str
+    source: str
 
 
 class BrokenBind(BindingMethod):
@@ -60,6 +80,15 @@ class BrokenBind(BindingMethod):
             that is the anchor's own or observed with it in some dataset: never push apart two modalities that are
             meant to bind without ever co-occurring) or ``none`` (default: see the module docstring).
         push_away_weight: multiplies each push-away partition term inside L_CLIP's average (1 = the paper).
+        transition: how pseudo embeddings are extrapolated from the other dataset's rows: ``linear`` (Eqs. 5-8, the
+            ridge pseudo-inverse) or ``kernel`` (a softmax over pivot cosines with ``kernel_temperature``, C-MCR's
+            retrieval, arXiv 2305.14381 §3.2; no X-mod exists for it, so R_Fro is not computed).
+        pseudo_centring: ``target_mean`` moves the pseudo embeddings' batch mean onto the real target's batch mean in
+            the dataset they come from (C3's collapse, arXiv 2401.08567 §3), ``none`` leaves them as extrapolated;
+            ``pseudo_noise`` adds Gaussian noise of that standard deviation per coordinate (C3's corrupt).
+        mox_subspace: ``full`` contrasts a query with the pseudo embeddings as they are; ``orthogonal`` only in the
+            subspace orthogonal to the query row's own pivot embedding (EmergentBridge, arXiv 2604.11043), so that
+            L_MOX cannot repeat what L_CLIP already aligns through the pivot; the pivot's own term stays ``full``.
         sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
             against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
@@ -82,6 +111,11 @@ class BrokenBind(BindingMethod):
         push_away: Literal["all", "observed_pairs", "none"] = "none",
         push_away_weight: float = 1.0,
         sym_normalizer: Literal["batch", "pairs"] = "batch",
+        transition: Literal["linear", "kernel"] = "linear",
+        kernel_temperature: float = 0.05,
+        pseudo_centring: Literal["none", "target_mean"] = "none",
+        pseudo_noise: float = 0.0,
+        mox_subspace: Literal["full", "orthogonal"] = "full",
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
@@ -89,7 +123,7 @@ class BrokenBind(BindingMethod):
         super().__init__(logit_scale, learn_logit_scale, modality_scales)
         weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
         for name, value in {**{f"{k}_weight": v for k, v in weights.items()}, "pinv_ridge": pinv_ridge,
-                            "push_away_weight": push_away_weight}.items():  # fmt: skip
+                            "push_away_weight": push_away_weight, "pseudo_noise": pseudo_noise}.items():  # fmt: skip
             if not value >= 0:  # also rejects NaN
                 raise ConfigError(f"{name} must be non-negative, got {value}")
         if consistency_epochs is not None and (isinstance(consistency_epochs, bool) or consistency_epochs < 0):
@@ -101,6 +135,9 @@ class BrokenBind(BindingMethod):
             "mox_contrast": (mox_contrast, ("x_data", "x_mod")),
             "push_away": (push_away, ("all", "observed_pairs", "none")),
             "sym_normalizer": (sym_normalizer, ("batch", "pairs")),
+            "transition": (transition, ("linear", "kernel")),
+            "pseudo_centring": (pseudo_centring, ("none", "target_mean")),
+            "mox_subspace": (mox_subspace, ("full", "orthogonal")),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -110,6 +147,13 @@ class BrokenBind(BindingMethod):
         self.pinv_ridge, self.fro_reduction, self.normalize_pseudo = pinv_ridge, fro_reduction, normalize_pseudo
         self.mox_contrast, self.push_away, self.push_away_weight = mox_contrast, push_away, push_away_weight
         self.sym_normalizer = sym_normalizer
+        if not kernel_temperature > 0:
+            raise ConfigError(f"kernel_temperature must be positive, got {kernel_temperature}")
+        if transition == "kernel" and mox_contrast == "x_mod":
+            raise ConfigError("mox_contrast x_mod needs transition linear: the kernel transition has no X-mod form")
+        self.transition, self.kernel_temperature = transition, kernel_temperature
+        self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
+        self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
 
     def mox_start(self) -> int:
         """The first epoch with MOX: ``consistency_epochs`` if given, else ``floor(consistency_fraction·max_epochs)``.
@@ -178,27 +222,50 @@ class BrokenBind(BindingMethod):
         """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks."""
         mox, fro = 0.0, 0.0
         for ds, mods in batch.local.items():
-            steps = self.pseudo_embeddings(batch.full, ds)
-            for pseudo_data, pseudo_mod in steps.values():
-                contrast = pseudo_data if self.mox_contrast == "x_data" else pseudo_mod
-                candidates = F.normalize(contrast, dim=1)  # Eq. 4's ⟨·,·⟩ is a cosine
-                mox = mox + sum(info_nce(f, candidates, self.scale(m), batch.offset) for m, f in mods.items()) / len(
-                    mods
-                )
-                residual = frobenius(pseudo_mod, pseudo_data)
-                fro = fro + (residual / pseudo_data.numel() if self.fro_reduction == "mean" else residual)
+            for target, pseudo in self.pseudo_embeddings(batch.full, ds).items():
+                candidates = self.mox_candidates(pseudo, batch.full[pseudo.source][target])
+                pivot = mods[pseudo.origin]
+                mox = mox + sum(
+                    self.mox_term(f, candidates, pivot, batch.offset, m, full=m == pseudo.origin)
+                    for m, f in mods.items()
+                ) / len(mods)
+                if pseudo.mod is not None:
+                    residual = frobenius(pseudo.mod, pseudo.data)
+                    fro = fro + (residual / pseudo.data.numel() if self.fro_reduction == "mean" else residual)
         if isinstance(mox, float):
             raise ConfigError("MOX found no dataset with a modality to extrapolate through a shared pivot")
-        return mox, fro
+        return mox, fro if isinstance(fro, Tensor) else torch.zeros_like(mox)
 
-    def pseudo_embeddings(self, full: Embeddings, dataset: str) -> dict[str, tuple[Tensor, Tensor]]:
-        """X-data and X-mod pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
+    def mox_candidates(self, pseudo: Pseudo, real_target: Tensor) -> Tensor:
+        """The unit pseudo embeddings L_MOX contrasts with (Eq. 4's ⟨·,·⟩ is a cosine): X-data or X-mod, re-centred on
+        the real target rows' mean and corrupted with noise when configured (C3). R_Fro and the next step of a chain
+        use the pseudo embeddings as extrapolated."""
+        contrast = pseudo.data if self.mox_contrast == "x_data" else pseudo.mod
+        if self.pseudo_centring == "target_mean":
+            contrast = recentre(contrast, real_target.detach().float().mean(0))
+        if self.noise is not None:
+            contrast = contrast + self.noise(contrast, self.pseudo_noise)
+        return F.normalize(contrast, dim=1)
+
+    def mox_term(
+        self, query: Tensor, candidates: Tensor, pivot: Tensor, offset: int, modality: str, full: bool
+    ) -> Tensor:
+        """One-way InfoNCE from this rank's ``query`` rows of ``modality`` to every pseudo row (the positive of row i
+        is row ``offset + i``); in the subspace orthogonal to each row's own ``pivot`` embedding unless ``full``."""
+        if self.mox_subspace == "full" or full:
+            return info_nce(query, candidates, self.scale(modality), offset)
+        logits = self.scale(modality) * orthogonal_logits(query, candidates, pivot)
+        return F.cross_entropy(logits, offset + torch.arange(len(query), device=query.device))
+
+    def pseudo_embeddings(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
+        """Pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
 
         Level by level: each other dataset that shares a modality with what ``dataset`` has so far (real, or pseudo
         from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot.
         """
         have = dict(full[dataset])
-        out: dict[str, tuple[Tensor, Tensor]] = {}
+        origin = {m: m for m in have}
+        out: dict[str, Pseudo] = {}
         while True:
             level = {}
             for source, smods in full.items():
@@ -215,12 +282,21 @@ class BrokenBind(BindingMethod):
                     level.setdefault(target, (source, shared[0]))
             if not level:
                 return out
-            pinvs = {link: pivot_pinv(full[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
+            pinvs = {}
+            if self.transition == "linear":  # one pseudo-inverse per (source, pivot), shared by its targets
+                pinvs = {link: pivot_pinv(full[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
             for target, (source, pivot) in level.items():
-                pinv = pinvs[source, pivot]  # one pseudo-inverse per (source, pivot), shared by its targets
-                data = x_data(have[pivot], pinv, full[source][target])
-                mod = x_mod(have[pivot], pinv, full[source][target])
+                real = full[source][target]
+                if self.transition == "linear":
+                    data = x_data(have[pivot], pinvs[source, pivot], real)
+                    mod = x_mod(have[pivot], pinvs[source, pivot], real)
+                else:  # the source's pivot rows detached, as the pseudo-inverse of the linear transition
+                    pivot_rows = F.normalize(have[pivot].float(), dim=1)
+                    data = kernel_transition(pivot_rows, full[source][pivot].detach(), real, self.kernel_temperature)
+                    mod = None
                 if self.normalize_pseudo:
-                    data, mod = F.normalize(data, dim=1), F.normalize(mod, dim=1)
-                out[target] = (data, mod)
-            have.update({t: out[t][0] for t in level})
+                    data = F.normalize(data, dim=1)
+                    mod = None if mod is None else F.normalize(mod, dim=1)
+                origin[target] = origin[pivot]
+                out[target] = Pseudo(data, mod, origin[target], source)
+            have.update({t: out[t].data for t in level})
