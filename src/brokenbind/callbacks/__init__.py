@@ -1,8 +1,10 @@
-"""Callbacks: retrieval and emergent-binding evaluation, embedding export, fault tolerance, TensorBoard figures."""
+"""Callbacks: retrieval and emergent-binding evaluation, the pivot diagnosis, embedding export, fault tolerance,
+TensorBoard figures."""
 
+from brokenbind.callbacks.diagnosis import PivotDiagnosis
 from brokenbind.callbacks.embeddings import EmbeddingWriter
 from brokenbind.callbacks.emergent import EmergentBinding
 from brokenbind.callbacks.faults import FaultTolerance
 from brokenbind.callbacks.figures import TensorBoardFigures
 
-__all__ = ["EmbeddingWriter", "EmergentBinding", "FaultTolerance", "TensorBoardFigures"]
+__all__ = ["EmbeddingWriter", "EmergentBinding", "FaultTolerance", "PivotDiagnosis", "TensorBoardFigures"]
