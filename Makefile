@@ -28,9 +28,10 @@ $(BIN)/brokenbind: setup.cfg pyproject.toml requirements-data.txt
 
 install: $(BIN)/brokenbind ## Create .venv and install brokenbind with its test tools
 
-system-deps: ## Debian packages for the built-in spoken digits (espeak-ng); needs root or sudo
-	command -v espeak-ng >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update && \
-	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends espeak-ng; }
+system-deps: ## Debian packages: espeak-ng (the built-in spoken digits) and dataset-fashion-mnist; needs root or sudo
+	{ command -v espeak-ng && test -d /usr/share/datasets/fashion-mnist; } >/dev/null || { \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends espeak-ng dataset-fashion-mnist; }
 
 train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset [METHOD=fabind] [ARGS="--trainer.max_epochs=5"]
 	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(if $(METHOD),--method $(METHOD)) $(ARGS)

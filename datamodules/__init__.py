@@ -3,6 +3,7 @@
 from datamodules.base import DatasetSpec, Flow, PairedDataModule
 from datamodules.digit_views import DigitViewsDataModule
 from datamodules.digits import DigitsDataModule
+from datamodules.fashion_views import FashionViewsDataModule
 from datamodules.manifest import ManifestDataModule, ManifestDataset
 from datamodules.mfeat import MfeatDataModule
 from datamodules.shards import ShardDataModule
@@ -11,6 +12,7 @@ __all__ = [
     "DatasetSpec",
     "DigitViewsDataModule",
     "DigitsDataModule",
+    "FashionViewsDataModule",
     "Flow",
     "ManifestDataModule",
     "ManifestDataset",

@@ -23,15 +23,19 @@ def load_digit_views() -> tuple[dict[str, np.ndarray], np.ndarray]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = digits.images.astype(np.float32)  # (1797, 8, 8), values 0-16
-    views = {
-        "top": images[:, :4, :].reshape(len(images), -1),
-        "bottom": images[:, 4:, :].reshape(len(images), -1),
-        "left": images[:, :, :4].reshape(len(images), -1),
-        "right": images[:, :, 4:].reshape(len(images), -1),
+    return cut_views(digits.images.astype(np.float32)), digits.target.astype(np.int64)  # (1797, 8, 8), values 0-16
+
+
+def cut_views(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The five views of (N, H, W) images: top and bottom halves, left and right halves, row and column sums."""
+    h, w = images.shape[1] // 2, images.shape[2] // 2
+    return {
+        "top": images[:, :h, :].reshape(len(images), -1),
+        "bottom": images[:, h:, :].reshape(len(images), -1),
+        "left": images[:, :, :w].reshape(len(images), -1),
+        "right": images[:, :, w:].reshape(len(images), -1),
         "profile": np.concatenate([images.sum(2), images.sum(1)], axis=1),
     }
-    return views, digits.target.astype(np.int64)
 
 
 class DigitViewsDataModule(MfeatDataModule):
