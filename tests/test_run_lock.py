@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError, DataError
@@ -90,6 +91,21 @@ def test_a_second_writer_is_refused_and_a_writer_killed_with_sigkill_does_not_bl
     lock = RunLock(RUN)
     assert lock.acquire("test") is None  # free, and the directory existed
     lock.release()
+
+
+@pytest.mark.slow
+def test_under_ddp_only_rank_zero_locks_and_a_two_process_resume_runs(tmp_path):
+    """Lightning's launcher runs the command again in every other process; they resolve the same run directory on a
+    resume and must not lock it (they would refuse themselves and stall rank 0)."""
+    command = [sys.executable, "-m", "brokenbind.cli", "fit", "--config", TWO, "--hardware", "ddp_cpu",
+               "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+               "--test_after_fit=false"]  # fmt: skip
+    for more in (["--trainer.max_epochs=1"], ["--trainer.max_epochs=2", "--ckpt_path", "last"]):
+        done = subprocess.run([*command, *more], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / RUN
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"] and not (run / RECORD).exists()
 
 
 def test_a_free_lock_whose_recorded_holder_still_runs_on_this_host_is_refused(tmp_path, caplog):
