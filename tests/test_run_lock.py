@@ -77,7 +77,7 @@ def test_a_second_writer_is_refused_and_a_writer_killed_with_sigkill_does_not_bl
         first.wait()
     assert (RUN / RECORD).is_file()
 
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
         resumed = cli(["fit", *BASE, "--ckpt_path", "last"])
     since = holder["since"]
     assert f"taking over from `brokenbind fit` (host {socket.gethostname()}, pid {first.pid}, since {since})" in (
@@ -128,7 +128,7 @@ def test_a_free_lock_whose_recorded_holder_still_runs_on_this_host_is_refused(tm
         alive.wait()
     # its pid ended: a stale record, taken over with one line
     lock = RunLock(run)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
         assert lock.acquire("fit") is None
     assert f"taking over from `brokenbind fit` (host {socket.gethostname()}, pid {alive.pid}" in caplog.text
     assert Holder.read(run).pid == os.getpid()
