@@ -2,6 +2,8 @@
 
 import os
 import signal
+import time
+from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -17,3 +19,16 @@ class SignalAt(Callback):
         last = trainer.num_training_batches - 1
         if trainer.current_epoch == self.epoch and batch_idx == (last if self.batch == -1 else self.batch):
             os.kill(os.getpid(), self.signum)
+
+
+class PauseAt(Callback):
+    """At the first training batch of epoch ``epoch``, touches ``ready`` in the working directory and sleeps: a writer
+    alive in the middle of its run, with the checkpoints of the epochs before on disk."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch:
+            Path("ready").touch()
+            time.sleep(3600)

@@ -1,5 +1,6 @@
 """The benchmark report (``make bench``): its tables and statistics on known rows, its pictures from a real run."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ def rows_for(setting: str, method: str, instance: list[float]) -> list[dict[str,
     """Two flows per run; the run's instance mAP is the mean of the two (here both equal)."""
     return [
         {"setting": setting, "method": method, "seed": str(i), "split_seed": str(i), "stage": "test", "dataset": ds,
-         "flow": flow, "map_instance": str(value), "map_class": "0.5", "weights": "best.ckpt", "seconds": "10"}
+         "flow": flow, "map_instance": str(value), "map_class": "0.5", "weights": "best.ckpt", "seconds": "10",
+         "config_hash": "0123456789ab", "code_hash": "ba9876543210", "commit": "abc1234" if i else ""}
         for i, value in enumerate(instance)
         for ds, flow in (("evaluation", "fou->pix->zer"), ("support", "zer->pix->fou"))
     ]  # fmt: skip
@@ -36,11 +38,23 @@ def test_the_report_tables_paired_verdicts_ratios_and_gap(tmp_path):
     assert "| bound_fou_pix_zer | 3 | +5.3 ± 1.4 pp (W) | +0.0 ± 0.0 pp (T) | 1.25 | 53 % | T / T | L / T |" in text
     assert "- brokenbind vs fabind, W/T/L over 1 settings: instance 1/0/0, class 0/1/0" in text
     assert (tmp_path / "map_bound.png").stat().st_size > 0 and "scratch" not in text.split("## brokenbind against")[0]
+    # which code produced the rows, counted in runs: seed 0's rows came from outside a git checkout
+    assert "Runs by the code that produced them: commit abc1234: 8, code ba9876543210 (no git): 4." in text
 
 
 def test_quick_benchmark_is_a_subset_of_the_full_one():
     suite = Suite.load(SUITE)
     assert set(QUICK["settings"]) <= set(suite.settings) and set(QUICK["methods"]) <= set(suite.methods)
+
+
+def test_the_quick_benchmark_writes_where_git_does_not_look():
+    """A fresh clone holds no quick results, so `make bench-quick` (an install check) trains every run."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    quick = "benchmarks/results/bench-quick"
+    tracked = subprocess.run(["git", "ls-files", quick], cwd=ROOT, capture_output=True, text=True, check=True)
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{quick}/runs.csv"], cwd=ROOT)
+    assert tracked.stdout == "" and ignored.returncode == 0
 
 
 @pytest.mark.filterwarnings("ignore:The number of training batches")

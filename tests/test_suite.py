@@ -3,14 +3,28 @@
 import csv
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from scipy import stats
 
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError
-from brokenbind.suite import Suite, compare, main, summarise, t_interval
+from brokenbind.provenance import code_hash, commit
+from brokenbind.suite import (
+    Suite,
+    compare,
+    load_runs,
+    main,
+    pretrained_checkpoint,
+    run_key,
+    run_pretraining,
+    run_suite,
+    summarise,
+    t_interval,
+)
 from datamodules.base import PairedDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,3 +242,104 @@ def test_pretraining_runs_once_and_its_checkpoint_reaches_the_settings_that_name
     spec.write_text(bad)
     with pytest.raises(ConfigError, match=r"setting 'bound' names pretraining runs \['other'\]"):
         Suite.load(spec).cli_args("bound", "fabind", 0, 0, tmp_path)
+
+
+def scored_without_training(monkeypatch) -> list[list[str]]:
+    """Replace each run by one row of fixed scores; returns the argument lists of the runs made."""
+    made = []
+
+    def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
+        made.append(args)
+        scores = {"map_instance": "0.5", "map_class": "0.5", "r1": "0", "r5": "0", "r10": "0", "weights": "epoch 1"}
+        return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores}]
+
+    monkeypatch.setattr("brokenbind.suite.run_one", run_one)
+    return made
+
+
+def test_rows_of_another_configuration_or_code_or_without_a_fingerprint_are_run_again_and_replaced(
+    tmp_path, monkeypatch
+):
+    made = scored_without_training(monkeypatch)
+    experiment = tmp_path / "two.yaml"
+    experiment.write_text(yaml.safe_dump(TWO))
+    spec = tmp_path / "suite.yaml"
+    spec.write_text(
+        f"seeds: [0, 1]\nsettings:\n  a: {{config: {experiment}}}\n  b: {{experiment: {TWO}}}\n"
+        "methods: {fabind: {preset: fabind}}\n"
+    )
+    out, said = tmp_path / "out", []
+    runs_csv = out / "runs.csv"
+
+    def run() -> list[dict[str, str]]:
+        said.clear()
+        run_suite(Suite.load(spec), out, log=said.append)
+        return load_runs(runs_csv)
+
+    rows = run()
+    assert said[0] == f"suite: 4 runs, 4 to run, 0 current in {runs_csv}" and len(made) == 4
+    assert {(r["code_hash"], r["commit"]) for r in rows} == {(code_hash(), commit())}
+    assert run() == rows and said[0] == f"suite: 4 runs, 0 to run, 4 current in {runs_csv}" and len(made) == 4
+
+    # the same content elsewhere, reformatted: the same configuration; another batch size: another one
+    moved = tmp_path / "moved" / "two.yaml"
+    moved.parent.mkdir()
+    moved.write_text("# a comment\n" + yaml.safe_dump(TWO, default_flow_style=True))
+    fingerprint = Suite.load(spec).fingerprint("a", "fabind", 0, 0)
+    spec.write_text(spec.read_text().replace(str(experiment), str(moved)))
+    assert Suite.load(spec).fingerprint("a", "fabind", 0, 0) == fingerprint
+    moved.write_text(moved.read_text().replace("batch_size: 32", "batch_size: 16"))
+    rows = run()
+    assert said[0] == (f"suite: 4 runs, 2 to run, 2 current in {runs_csv}; 2 of them stale (2 of another "
+                        "configuration), their rows replaced when they finish")  # fmt: skip
+    assert len(made) == 6 and [made[-1][i + 1] for i, a in enumerate(made[-1]) if a == "--config"] == [str(moved)]
+    assert sorted(run_key(r) for r in rows) == [("a", "fabind", "0", "0"), ("a", "fabind", "1", "0"),
+                                                ("b", "fabind", "0", "0"), ("b", "fabind", "1", "0")]  # fmt: skip
+
+    monkeypatch.setattr("brokenbind.suite.code_hash", lambda: "0123456789ab")  # the code changed
+    assert len(run()) == 4 and len(made) == 10
+    assert said[0].endswith("; 4 of them stale (4 of other code), their rows replaced when they finish")
+
+    # a runs.csv from before rows carried a fingerprint (the committed benchmark results): every run is stale
+    old = [{k: v for k, v in r.items() if k not in ("config_hash", "code_hash", "commit")} for r in load_runs(runs_csv)]
+    with runs_csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    summary = out / "summary.md"
+    main([str(spec), "--out", str(out), "--summary_only"])
+    assert "Runs by the code that produced them: unrecorded code (rows written before runs.csv recorded it): 4." in (
+        summary.read_text()
+    )
+    assert len(run()) == 4 and len(made) == 14
+    assert said[0].endswith("; 4 of them stale (4 written without a fingerprint), their rows replaced when they finish")
+    main([str(spec), "--out", str(out), "--summary_only"])
+    produced = f"commit {commit()}" if commit() else "code 0123456789ab (no git)"
+    assert f"Runs by the code that produced them: {produced}: 4." in summary.read_text()
+
+
+def test_a_pretraining_run_is_trained_again_when_its_config_changes(tmp_path, monkeypatch):
+    trained = []
+
+    def fit(args: list[str]) -> SimpleNamespace:
+        best = tmp_path / f"best{len(trained)}.ckpt"
+        best.write_text(str(len(trained)))
+        trained.append(args)
+        return SimpleNamespace(trainer=SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_path=str(best))))
+
+    monkeypatch.setattr("brokenbind.cli.cli", fit)
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump(TWO))
+    spec = tmp_path / "suite.yaml"
+    spec.write_text(
+        f"pretrain: {{pool: {{config: {pool}}}}}\nmethods: {{fabind: {{preset: fabind}}}}\n"
+        "settings: {a: {experiment: {trainer: {max_epochs: 1}}, args: ['--x={pretrain:pool}']}}\n"
+    )
+    out = tmp_path / "out"
+    (out / "pretrain").mkdir(parents=True)  # where the pretraining run's logger would write
+    for _ in range(2):
+        run_pretraining(Suite.load(spec), out, ["a"])
+    assert len(trained) == 1 and pretrained_checkpoint(out, "pool").read_text() == "0"
+    pool.write_text(yaml.safe_dump({**TWO, "trainer": {"max_epochs": 3}}))
+    run_pretraining(Suite.load(spec), out, ["a"])
+    assert len(trained) == 2 and pretrained_checkpoint(out, "pool").read_text() == "1"

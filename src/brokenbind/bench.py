@@ -1,8 +1,10 @@
 """The benchmark (``make bench``, ``make bench-quick``): where BrokenBind wins, ties and loses, and what it costs.
 
 1. Runs ``benchmarks/suites/bench.yaml`` (``brokenbind.suite``: every method on the test split of each setting, seed i
-   with split seed i, two runs at a time; an interrupted benchmark resumes from ``runs.csv``). ``--quick`` runs two
-   settings (bound and scratch fou-pix-zer), four methods, two runs of 20 epochs: the same code path in minutes.
+   with split seed i, two runs at a time; an interrupted benchmark resumes from ``runs.csv``, and runs whose rows came
+   from another configuration or code run again). ``--quick`` runs two settings (bound and scratch fou-pix-zer), four
+   methods, two runs of 20 epochs: the same code path in minutes, into ``benchmarks/results/bench-quick``, which git
+   ignores, so that the check trains from a fresh clone.
 2. Writes ``report.md`` beside ``runs.csv``: tables shaped like the paper's (row: method; column: setting, or dataset
    flow × modality flow for the headline settings), mean and 95 % t-interval over runs, brokenbind's paired
    difference to fabind, centrobind and the oracle setting by setting with win / tie / loss, brokenbind / fabind and
@@ -19,7 +21,6 @@ import argparse
 import math
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -33,10 +34,12 @@ from matplotlib.figure import Figure
 from brokenbind.callbacks.figures import curves
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
+from brokenbind.provenance import commit
 from brokenbind.suite import (
     Suite,
     paired_difference,
     per_run,
+    provenance,
     quiet_lightning,
     run_one,
     run_pretraining,
@@ -177,9 +180,9 @@ def example_run(suite: Suite, out: Path, setting: str, method: str = "brokenbind
     """The run directory of a method's first run on a setting (seed 0, split seed 0). Run directories are not
     committed (only ``runs.csv``), so a report made from a fresh clone retrains that one run: the same seeds and
     split, hence the same run."""
-    found = sorted((suite.run_root(out, method, 0, 0) / setting / method).glob("version_*"))
-    if found:
-        return found[0]
+    found = (suite.run_root(out, method, 0, 0) / setting / method).glob("version_*")
+    if newest := max(found, key=lambda p: int(p.name.removeprefix("version_")), default=None):
+        return newest  # a stale run ran again in the next version
     run_pretraining(suite, out, [setting])
     run_one(suite.cli_args(setting, method, 0, 0, out), suite.stage)
     return example_run(suite, out, setting, method)
@@ -245,11 +248,8 @@ def versions() -> str:
     import lightning
     import torchmetrics
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True)  # fmt: skip
     return (
-        f"commit {commit.stdout.strip() or 'unknown'}{' (with uncommitted changes)' if dirty.stdout.strip() else ''}, "
+        f"report made at commit {commit() or 'unknown'}, "
         f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
         f"torchmetrics {torchmetrics.__version__}, {platform.machine()} with {torch.get_num_threads()} torch threads "
         "per run"
@@ -277,7 +277,7 @@ def report(
         "instances into datasets and splits), each run scored at the epoch validation selects. Runs per setting: "
         + ", ".join(f"{short(s)} ({s.split('_')[0]}) {n}" for s, n in runs_per_setting.items())
         + ". Instance mAP: the paired item is the one relevant one (the task); class mAP: every item of the query's "
-        "class is relevant (secondary). Raw rows: `runs.csv`."
+        f"class is relevant (secondary). Raw rows: `runs.csv`. {provenance(rows)}"
         + (
             " QUICK: two runs of 20 epochs on two settings, to check the code path; with two runs the intervals are "
             "too wide to conclude anything, read `benchmarks/results/bench/report.md`."

@@ -10,7 +10,8 @@ job finds its own directory and nothing else). It holds TensorBoard logs, ``conf
 ``checkpoints/``: ``best-epochNNN.ckpt`` (best validation mAP) and ``last.ckpt`` (the true last state: every epoch
 and whenever a signal stops the run). A run started with ``--ckpt_path`` continues the checkpoint's run directory;
 ``--ckpt_path last`` picks the newest run of the experiment. A checkpoint carries its resolved configuration, so
-``brokenbind test --ckpt_path X`` needs nothing else, and a checkpoint of another configuration is refused.
+``brokenbind test --ckpt_path X`` needs nothing else, and a checkpoint of another configuration is refused. A run
+directory has one writer at a time: the process that writes locks it (``brokenbind.runlock``).
 
 Exit codes: 0 finished; 2 bad configuration or data (one paragraph naming the key or file; a run directory created by
 the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number when a signal stopped the run (its
@@ -39,6 +40,7 @@ from brokenbind.checkpoints import load_checkpoint, stored_config
 from brokenbind.errors import ConfigError, DataError, DivergenceError
 from brokenbind.messages import check_yaml_files, parse_error_message
 from brokenbind.module import BindingModule
+from brokenbind.runlock import RunLock
 from datamodules.base import PairedDataModule
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -136,8 +138,9 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: 
 
 
 class BrokenBindCLI(LightningCLI):
-    # (run directory, whether this start creates it): read by ``cli`` to remove what a failed start left behind
-    last_start: tuple[Path | None, bool] = (None, False)
+    # (run directory, the topmost directory this start created): read by ``cli`` to remove what a failed start left
+    last_start: tuple[Path | None, Path | None] = (None, None)
+    run_lock: RunLock | None = None  # held by the process that writes into the run directory (global rank 0)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None, help="run name (default: config file stem)")
@@ -163,7 +166,6 @@ class BrokenBindCLI(LightningCLI):
         config.ckpt_path = str(ckpt) if ckpt else None
         if ckpt is not None:
             self.check_checkpoint(ckpt)
-        BrokenBindCLI.last_start = (self.run_dir, not self.run_dir.exists())
         config.trainer.default_root_dir = str(self.run_dir)  # where Lightning puts its SLURM preemption checkpoint
         if logger and getattr(logger, "init_args", None) is not None:
             logger.init_args.save_dir, logger.init_args.name = str(self.run_dir.parent), ""
@@ -241,6 +243,9 @@ class BrokenBindCLI(LightningCLI):
         super().instantiate_classes()
         self.model.run_config = self.plain_config()
         self.faults = next((c for c in self.trainer.callbacks if isinstance(c, FaultTolerance)), None)
+        if self.trainer.is_global_zero:  # one writer per run directory (brokenbind.runlock), before anything is written
+            BrokenBindCLI.run_lock = RunLock(self.run_dir)
+            BrokenBindCLI.last_start = (self.run_dir, BrokenBindCLI.run_lock.acquire(self.subcommand))
 
     # -- running ---------------------------------------------------------------------------------------------------
     def _run_subcommand(self, subcommand: str) -> None:
@@ -273,7 +278,7 @@ class BrokenBindCLI(LightningCLI):
 def cli(args: list[str] | None = None) -> BrokenBindCLI:
     """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
     exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
-    BrokenBindCLI.last_start = (None, False)
+    BrokenBindCLI.last_start, BrokenBindCLI.run_lock = (None, None), None
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change
@@ -305,13 +310,28 @@ def cli(args: list[str] | None = None) -> BrokenBindCLI:
         _remove_failed_start()
         print(f"brokenbind: {type(cause).__name__}: {cause}", file=sys.stderr)
         raise SystemExit(2) from error
+    finally:
+        _release_run_lock()
 
 
 def _remove_failed_start() -> None:
-    """A run directory that a failed start created holds no result: remove it."""
+    """A run directory that a failed start created holds no result: remove it, and the directories above it that
+    this start created (``logs/<experiment>``) when nothing else is in them."""
+    _release_run_lock()
     run_dir, created = BrokenBindCLI.last_start
-    if run_dir is not None and created and run_dir.is_dir() and not any(run_dir.glob("checkpoints/*.ckpt")):
-        shutil.rmtree(run_dir)
+    if run_dir is None or created is None or not run_dir.is_dir() or any(run_dir.glob("checkpoints/*.ckpt")):
+        return
+    shutil.rmtree(run_dir)
+    for parent in run_dir.parents:
+        if parent == created.parent or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def _release_run_lock() -> None:
+    if BrokenBindCLI.run_lock is not None:
+        BrokenBindCLI.run_lock.release()
+        BrokenBindCLI.run_lock = None
 
 
 def _user_error(error: BaseException | None) -> Exception | None:

@@ -1,5 +1,8 @@
 """Aggregate ``results.csv`` files over runs: mean ± std over seeds per (experiment, method, flow, stage).
 
+A run directory counts once per stage and flow: its latest row (``results.csv`` replaces a row scored again; a run
+whose best and last checkpoints were both tested, or that was extended, has several rows of one flow).
+
 python -m brokenbind.report logs/                 # every run under logs/
 python -m brokenbind.report logs/ --stage val     # validation rows (the best epoch of each run)
 """
@@ -12,11 +15,22 @@ from pathlib import Path
 
 
 def collect(root: Path) -> list[dict[str, str]]:
+    """Every ``results.csv`` row under ``root``, in the order written, with ``run``: its run directory."""
     rows = []
     for path in sorted(root.rglob("results.csv")):
         with path.open() as f:
-            rows += list(csv.DictReader(f))
+            rows += [{**row, "run": str(path.parent)} for row in csv.DictReader(f)]
     return rows
+
+
+def latest_per_run(rows: list[dict[str, str]], stage: str) -> tuple[list[dict[str, str]], int]:
+    """The rows of ``stage``, one per (run directory, dataset, flow): the latest; and how many earlier ones it left
+    out."""
+    latest: dict[tuple[str, str, str], dict[str, str]] = {}
+    staged = [row for row in rows if row["stage"] == stage]
+    for row in staged:
+        latest[row["run"], row["dataset"], row["flow"]] = row
+    return list(latest.values()), len(staged) - len(latest)
 
 
 def _stat(values: list[float]) -> str:
@@ -26,11 +40,11 @@ def _stat(values: list[float]) -> str:
 
 def summarise(rows: list[dict[str, str]], stage: str) -> str:
     """A markdown table: one line per (experiment, method, dataset flow, modality flow), in first-seen order."""
+    rows, left_out = latest_per_run(rows, stage)
     groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
     for row in rows:
-        if row["stage"] == stage:
-            key = (row["experiment"], row["dataset_flow"], row["flow"] + ("*" if row["emergent"] == "True" else ""))
-            groups[(*key, row["method"])].append(row)
+        key = (row["experiment"], row["dataset_flow"], row["flow"] + ("*" if row["emergent"] == "True" else ""))
+        groups[(*key, row["method"])].append(row)
     lines = [
         f"| experiment | dataset flow | modality flow | method | seeds | {stage} instance mAP | {stage} class mAP |",
         "|---|---|---|---|---|---|---|",
@@ -40,7 +54,10 @@ def summarise(rows: list[dict[str, str]], stage: str) -> str:
         instance = _stat([float(r["map_instance"]) for r in group])
         klass = _stat([float(r["map_class"]) for r in group])
         lines.append(f"| {experiment} | {dataset_flow} | {flow} | {method} | {seeds} | {instance} | {klass} |")
-    return "\n".join(lines) + "\n\n(* emergent: query and target never observed together; std over runs)"
+    note = "\n\n(* emergent: query and target never observed together; std over runs"
+    if left_out:
+        note += f"; one row per run directory and flow, the latest: {left_out} earlier rows of the same runs left out"
+    return "\n".join(lines) + note + ")"
 
 
 def main() -> None:

@@ -1,6 +1,11 @@
-"""Results on disk and on screen: one row per (experiment, method, seed, stage, dataset, flow)."""
+"""Results on disk and on screen: one row per (experiment, method, seed, stage, weights, dataset, flow).
+
+A row's identity is what was scored (``IDENTITY``): scoring it again (a repeated ``brokenbind test --ckpt_path X``, the
+resume command run again on a finished run) replaces the row instead of adding a second one."""
 
 import csv
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,14 +28,37 @@ class ResultRow:
     r10: float
 
 
+FIELDS = [field.name for field in fields(ResultRow)]
+IDENTITY = ("experiment", "method", "seed", "stage", "weights", "dataset", "flow")
+
+
+def identity(row: Mapping[str, object]) -> tuple[str, ...]:
+    """What a row scored; a row read from CSV and a ``ResultRow`` (as a dict) of the same score compare equal."""
+    return tuple(str(row[key]) for key in IDENTITY)
+
+
 def write_csv(path: Path, rows: list[ResultRow]) -> None:
-    """Append rows to ``path``, writing the header when the file is new."""
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(ResultRow)])
-        if new:
-            writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
+    """Write ``rows`` into ``path``: each replaces the earlier row of its identity (and older duplicates written before
+    rows had one), the others stay in order, new rows come last. The file is replaced whole: a reader never sees half
+    of it."""
+    new = [asdict(row) for row in rows]
+    replaced = {identity(row) for row in new}
+    kept: dict[tuple[str, ...], dict[str, str]] = {}
+    columns = list(FIELDS)
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns += [c for c in reader.fieldnames or [] if c not in columns]
+            for row in reader:
+                if identity(row) not in replaced:
+                    kept.pop(identity(row), None)  # of two duplicates the later stands, where it was written
+                    kept[identity(row)] = row
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with partial.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows([*kept.values(), *new])
+    partial.replace(path)
 
 
 def format_table(rows: list[ResultRow]) -> str:

@@ -25,11 +25,15 @@ A suite is a YAML file (``benchmarks/suites/*.yaml``)::
       brokenbind_none: {preset: brokenbind, args: ["--model.method.init_args.push_away=none"]}
 
 Each run is one in-process ``brokenbind.cli.cli(["fit", ...])`` call; its ``results.csv`` rows of the suite's stage
-(val: the epoch that checkpoint selection picks; test: that checkpoint on the test split) are appended to
-``<out>/runs.csv`` with the setting, method and split seed. A run already in ``runs.csv`` is skipped, so an
-interrupted suite resumes. ``<out>/summary.md`` holds mean and 95 % t-interval of instance and class mAP per
-(setting, method) and win / tie / loss against the baseline (the 95 % interval of the paired difference over the
-same seeds and split seeds lies above 0 / contains 0 / lies below 0).
+(val: the epoch that checkpoint selection picks; test: that checkpoint on the test split) are written to
+``<out>/runs.csv`` with the setting, method, split seed and what produced them: ``config_hash`` (``Suite.fingerprint``:
+the run's arguments with its config files' contents, its pretraining runs, seeds and stage), ``code_hash`` and
+``commit`` (``brokenbind.provenance``). A run whose rows carry both current hashes is skipped, so an interrupted suite
+resumes; a run whose rows carry others (a setting's YAML or the code changed since) or none (rows written before runs
+carried them) is stale: it runs again and its rows are replaced. ``<out>/summary.md`` holds mean and 95 % t-interval
+of instance and class mAP per (setting, method), win / tie / loss against the baseline (the 95 % interval of the paired
+difference over the same seeds and split seeds lies above 0 / contains 0 / lies below 0) and the commits that
+produced the rows.
 
     python -m brokenbind.suite benchmarks/suites/validation.yaml --out benchmarks/results/validation
     python -m brokenbind.suite SUITE --methods fabind,brokenbind --settings fou_pix_zer   # a subset
@@ -37,6 +41,8 @@ same seeds and split seeds lies above 0 / contains 0 / lies below 0).
 
 import argparse
 import csv
+import hashlib
+import json
 import logging
 import math
 import multiprocessing
@@ -45,7 +51,7 @@ import re
 import shutil
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,23 +59,11 @@ from pathlib import Path
 import yaml
 
 from brokenbind.errors import ConfigError
+from brokenbind.provenance import code_hash, commit
 
-RUN_FIELDS = [
-    "setting",
-    "method",
-    "seed",
-    "split_seed",
-    "stage",
-    "dataset",
-    "flow",
-    "map_instance",
-    "map_class",
-    "r1",
-    "r5",
-    "r10",
-    "weights",
-    "seconds",
-]
+RUN_KEY = ["setting", "method", "seed", "split_seed"]  # one run of a suite
+SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "r10", "weights"]  # from results.csv
+RUN_FIELDS = [*RUN_KEY, *SCORES, "seconds", "config_hash", "code_hash", "commit"]
 
 
 @dataclass
@@ -186,6 +180,30 @@ class Suite:
             raise ConfigError(f"setting {setting!r} names pretraining runs {sorted(unknown)} the suite does not define")
         return [name for name in self.pretrain if f"{{pretrain:{name}}}" in text]
 
+    def _with_contents(self, spec: dict) -> dict:
+        """A setting's or pretraining run's spec with its config files replaced by their parsed contents."""
+        configs = [spec["config"]] if isinstance(spec.get("config"), str) else spec.get("config", [])
+        return {**spec, "config": [yaml.safe_load(Path(self._path(c)).read_text()) for c in configs]}
+
+    def fingerprint(self, setting: str, method: str, seed: int, split_seed: int) -> str:
+        """A hash of what a run's result depends on besides the code: the setting (its config files by content, so a
+        changed YAML changes it and a moved checkout does not), the method, the suite's arguments, the pretraining runs
+        the setting uses, the seeds and the stage. Files that a config file names (data, checkpoints) are not read."""
+        what = {
+            "setting": self._with_contents(self.settings[setting]),
+            "method": self.methods[method],
+            "args": self.args,
+            "stage": self.stage,
+            "seed": seed,
+            "split_seed": split_seed,
+            "pretrain": {name: self._with_contents(self.pretrain[name]) for name in self.pretrained(setting)},
+        }
+        return digest(what)
+
+    def pretrain_fingerprint(self, name: str) -> str:
+        """What a pretraining run's checkpoint depends on: its spec (config files by content) and the code."""
+        return f"{digest(self._with_contents(self.pretrain[name]))} {code_hash()}"
+
     def pretrain_args(self, name: str, save_dir: Path) -> list[str]:
         spec = self.pretrain[name]
         return [
@@ -231,6 +249,10 @@ class Suite:
         return args
 
 
+def digest(what: object) -> str:
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def flat(args: list) -> list[str]:
     """Arguments with nested lists spliced in: a YAML anchor of several arguments used beside others."""
     return [a for arg in args for a in (flat(arg) if isinstance(arg, list) else [str(arg)])]
@@ -242,12 +264,14 @@ def pretrained_checkpoint(out: Path, name: str) -> Path:
 
 def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> None:
     """Train each pretraining run these settings name, once: its best checkpoint is kept as
-    ``out/pretrain/<name>.ckpt`` and reused by every later run and every resumed suite."""
+    ``out/pretrain/<name>.ckpt`` and reused by every later run and every resumed suite while
+    ``<name>.fingerprint`` (``Suite.pretrain_fingerprint``) is current; a changed spec or code trains it again."""
     from brokenbind.cli import cli
 
     for name in dict.fromkeys(n for setting in settings for n in suite.pretrained(setting)):
-        target = pretrained_checkpoint(out, name)
-        if target.exists():
+        target, fingerprint = pretrained_checkpoint(out, name), suite.pretrain_fingerprint(name)
+        stamp = target.with_suffix(".fingerprint")
+        if target.exists() and stamp.is_file() and stamp.read_text() == fingerprint:
             continue
         start = time.perf_counter()
         result = cli(suite.pretrain_args(name, out))
@@ -255,6 +279,7 @@ def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> 
         if not best:
             raise RuntimeError(f"pretraining run {name!r} saved no checkpoint")
         shutil.copyfile(best, target)
+        stamp.write_text(fingerprint)
         log(f"pretrained {name}: {target} ({time.perf_counter() - start:.0f} s)")
 
 
@@ -274,10 +299,59 @@ def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
 
 
 def load_runs(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``runs.csv``; columns it lacks (a file written before they existed) read as ''."""
     if not path.exists():
         return []
     with path.open() as f:
-        return list(csv.DictReader(f))
+        return [{field: "" for field in RUN_FIELDS} | row for row in csv.DictReader(f)]
+
+
+def run_key(run: dict[str, str] | tuple) -> tuple[str, ...]:
+    """(setting, method, seed, split seed) as text, of a ``runs.csv`` row or a ``Suite.runs()`` entry."""
+    return tuple(run[k] for k in RUN_KEY) if isinstance(run, dict) else tuple(map(str, run))
+
+
+def write_runs(path: Path, rows: list[dict[str, str]]) -> None:
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # replaced whole: an interrupted write loses nothing
+    with partial.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
+
+
+def stale_runs(suite: Suite, rows: list[dict[str, str]]) -> tuple[list[tuple[str, str, int, int]], Counter]:
+    """The suite's runs to run (no rows, or rows of another configuration or code) and why those with rows are stale."""
+    found: dict[tuple[str, ...], set[tuple[str, str]]] = defaultdict(set)
+    for row in rows:
+        found[run_key(row)].add((row["config_hash"], row["code_hash"]))
+    todo, why = [], Counter()
+    for run in suite.runs():
+        current = (suite.fingerprint(*run), code_hash())
+        hashes = found.get(run_key(run))
+        if hashes == {current}:
+            continue
+        todo.append(run)
+        if hashes:
+            configs = {config for config, _ in hashes}
+            why["written without a fingerprint" if "" in configs else "of another configuration"
+                if configs != {current[0]} else "of other code"] += 1  # fmt: skip
+    return todo, why
+
+
+def describe_stale(why: Counter) -> str:
+    return f"{why.total()} of them stale (" + ", ".join(f"{count} {reason}" for reason, count in why.items()) + ")"
+
+
+def provenance(rows: list[dict[str, str]]) -> str:
+    """One line: the code that produced the rows, counted in runs (a commit, or the code hash outside git)."""
+    runs = {run_key(r): r for r in rows}
+    counts = Counter(
+        f"commit {r['commit']}" if r["commit"] else f"code {r['code_hash']} (no git)" if r["code_hash"] else
+        "unrecorded code (rows written before runs.csv recorded it)"
+        for r in runs.values()
+    )  # fmt: skip
+    return "Runs by the code that produced them: " + ", ".join(f"{c}: {n}" for c, n in counts.most_common()) + "."
 
 
 def _timed_run(args: list[str], stage: str, threads: int) -> tuple[list[dict[str, str]], float]:
@@ -302,27 +376,25 @@ def quiet_lightning() -> None:
 
 
 def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 1) -> list[dict[str, str]]:
-    """Every run not yet in ``out/runs.csv``, ``jobs`` at a time (each in its own process with ``threads`` torch
-    threads; one job runs in this process); returns all rows of the suite. Rows are appended as runs finish."""
+    """Every run without current rows in ``out/runs.csv`` (``stale_runs``), ``jobs`` at a time (each in its own
+    process with ``threads`` torch threads; one job runs in this process); returns all rows of the suite. A run's rows
+    replace its old ones as it finishes."""
     out.mkdir(parents=True, exist_ok=True)
     runs_csv = out / "runs.csv"
-    done = {(r["setting"], r["method"], r["seed"], r["split_seed"]) for r in load_runs(runs_csv)}
-    todo = [r for r in suite.runs() if tuple(map(str, r)) not in done]
-    log(f"suite: {len(suite.runs())} runs, {len(todo)} to run, {len(suite.runs()) - len(todo)} in {runs_csv}")
+    todo, stale = stale_runs(suite, load_runs(runs_csv))
+    n = len(suite.runs())
+    log(
+        f"suite: {n} runs, {len(todo)} to run, {n - len(todo)} current in {runs_csv}"
+        + (f"; {describe_stale(stale)}, their rows replaced when they finish" if stale else "")
+    )
     run_pretraining(suite, out, list(dict.fromkeys(run[0] for run in todo)), log)
 
     def record(i: int, run: tuple[str, str, int, int], rows: list[dict[str, str]], seconds: float) -> None:
         setting, method, seed, split_seed = run
-        new = not runs_csv.exists()
-        with runs_csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
-            if new:
-                writer.writeheader()
-            for r in rows:
-                writer.writerow(
-                    {"setting": setting, "method": method, "seed": seed, "split_seed": split_seed,
-                     **{k: r[k] for k in RUN_FIELDS[4:-1]}, "seconds": f"{seconds:.1f}"}
-                )  # fmt: skip
+        produced = {"config_hash": suite.fingerprint(*run), "code_hash": code_hash(), "commit": commit()}
+        new = [{**dict(zip(RUN_KEY, run_key(run), strict=True)), **{k: r[k] for k in SCORES},
+                "seconds": f"{seconds:.1f}", **produced} for r in rows]  # fmt: skip
+        write_runs(runs_csv, [r for r in load_runs(runs_csv) if run_key(r) != run_key(run)] + new)
         inst = statistics.fmean(float(r["map_instance"]) for r in rows)
         klass = statistics.fmean(float(r["map_class"]) for r in rows)
         log(
@@ -343,8 +415,8 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
             futures = {pool.submit(_timed_run, suite.cli_args(*run, out), suite.stage, threads): run for run in todo}
             for i, future in enumerate(as_completed(futures), 1):
                 record(i, futures[future], *future.result())
-    wanted = {tuple(map(str, r)) for r in suite.runs()}
-    return [r for r in load_runs(runs_csv) if (r["setting"], r["method"], r["seed"], r["split_seed"]) in wanted]
+    wanted = {run_key(r) for r in suite.runs()}
+    return [r for r in load_runs(runs_csv) if run_key(r) in wanted]
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
@@ -484,15 +556,16 @@ def main(argv: list[str] | None = None) -> None:
     suite.pair_seeds = suite.pair_seeds or args.pair_seeds
     out = args.out or Path("benchmarks/results") / args.suite.stem
     if args.summary_only:
-        wanted = {tuple(map(str, r)) for r in suite.runs()}
-        rows = [
-            r for r in load_runs(out / "runs.csv") if (r["setting"], r["method"], r["seed"], r["split_seed"]) in wanted
-        ]
+        wanted = {run_key(r) for r in suite.runs()}
+        rows = [r for r in load_runs(out / "runs.csv") if run_key(r) in wanted]
+        stale = stale_runs(suite, rows)[1]
+        if stale:
+            print(f"summary of {out / 'runs.csv'} as it is: of its runs, {describe_stale(stale)}", flush=True)
     else:
         rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True), jobs=args.jobs, threads=args.threads)
     if not rows:
         raise SystemExit(f"no runs in {out / 'runs.csv'}")
-    summary = summarise(rows, suite.baseline) + "\n" + pivot(rows)
+    summary = summarise(rows, suite.baseline) + "\n" + pivot(rows) + "\n" + provenance(rows) + "\n"
     (out / "summary.md").write_text(summary)
     print(summary)
 
