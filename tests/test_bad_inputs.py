@@ -25,6 +25,7 @@ from .test_manifest import dm_args, make_data, write_csv
 ROOT = Path(__file__).resolve().parents[1]
 TWO_DATASET = str(ROOT / "experiments" / "two_dataset.yaml")
 FOU_FAC_ZER = str(ROOT / "experiments" / "two_dataset_fou_fac_zer.yaml")
+THREE_DATASET = str(ROOT / "experiments" / "three_dataset.yaml")
 MFEAT = ["fit", "--config", TWO_DATASET, "--trainer.fast_dev_run=true"]
 SPLIT_OF_ROW = ("train", "train", "train", "val", "test")  # row i of every manifest: SPLIT_OF_ROW[i % 5]
 
@@ -179,7 +180,7 @@ CASES = [
     Case("misspelt_method_preset", mfeat_run("--method", "brokenbnd"),
          "ConfigError: unknown method preset 'brokenbnd'; available: ['brokenbind', 'brokenbind_only_clip', "
          "'brokenbind_paper', 'brokenbind_wo_cons', 'brokenbind_wo_fro', 'brokenbind_wo_mox', 'centrobind', "
-         "'fabind', 'frozen', 'oracle']"),
+         "'cmcr', 'fabind', 'frozen', 'impute', 'oracle', 'pivot_ceiling', 'transitive']"),
     Case("misspelt_hardware_preset", mfeat_run("--hardware", "gpux"),
          "ConfigError: unknown hardware preset 'gpux'; available: ['cpu', 'ddp', 'ddp_cpu', 'gpu', 'multinode']"),
     # -- pairing -------------------------------------------------------------------------------------------------------
@@ -211,6 +212,14 @@ CASES = [
          "ConfigError: logit_scale must lie in (0, 100] (the logit scale 1/τ), got 1e+09"),
     Case("negative_loss_weight", mfeat_run("--model.method.init_args.mox_weight=-1"),
          "ConfigError: mox_weight must be non-negative, got -1.0"),
+    Case("transitive_on_a_three_dataset_chain",
+         lambda tmp: ["fit", "--config", THREE_DATASET, "--trainer.fast_dev_run=true", "--method", "transitive"],
+         "ConfigError: method 'transitive' retrieves through anchor rows observing both 'pix' and 'zer' (flow "
+         "'fou->pix->zer'), and no training dataset observes both: three-dataset chains have no such rows; use "
+         "another method for them"),
+    Case("impute_with_a_trainable_backbone", lambda tmp: [*manifest_run()(tmp), "--method", "impute"],
+         "ConfigError: method 'impute' fits on backbone features before training, but the backbones of ['sound'] "
+         "are trainable or adapted (LoRA): freeze them or use another method"),
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     Case("predict_without_checkpoint", lambda tmp: ["predict", "--config", TWO_DATASET],
          "ConfigError: predict needs --ckpt_path: without trained weights it would write untrained embeddings"),

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from brokenbind.methods import BrokenBind, CentroBind, FABind
+from brokenbind.methods import CMCR, BrokenBind, CentroBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE as PAPER
 
 WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
@@ -37,6 +37,15 @@ METHODS = {
     "brokenbind_chain": (lambda: BrokenBind(consistency_epochs=0, pinv_ridge=0.01), CHAIN),
     "centrobind": (lambda: CentroBind(), TWO),
     "centrobind_with_grad_anchor": (lambda: CentroBind(detach_anchor=False, renormalize=False), TWO),
+    # noise and memory: SharedNoise draws the same noise for the global batch on every rank
+    "cmcr": (lambda: CMCR(), TWO),
+    "cmcr_without_noise": (lambda: CMCR(noise_std=0.0, retrieval_temperature=0.1), CHAIN),
+    "brokenbind_kernel": (lambda: BrokenBind(consistency_epochs=0, transition="kernel"), TWO),
+    "brokenbind_orthogonal": (lambda: BrokenBind(consistency_epochs=0, mox_subspace="orthogonal"), TWO),
+    "brokenbind_centred_noise": (
+        lambda: BrokenBind(consistency_epochs=0, pseudo_centring="target_mean", pseudo_noise=0.05),
+        TWO,
+    ),
 }
 
 

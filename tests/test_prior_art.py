@@ -1,0 +1,713 @@
+"""Prior-art methods (cmcr, impute, transitive) and issue 15's MOX variants against loop and closed-form references.
+
+References are written from the docstrings' formulas with Python loops or NumPy on float64 values of the inputs; none
+calls the function it checks. The CLI tests at the end run each method end to end on mfeat.
+"""
+
+import csv
+import math
+import re
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import Ridge
+
+from brokenbind.callbacks import EmergentBinding
+from brokenbind.cli import cli as main
+from brokenbind.errors import ConfigError
+from brokenbind.losses.mox import kernel_transition, orthogonal_logits, recentre
+from brokenbind.methods import CMCR, BrokenBind, FABind, Impute, Transitive
+from brokenbind.methods.impute import DEFAULT_RIDGES, fit_ridge, plan, predict_ridge
+from brokenbind.metrics.transitive import transitive_embeddings
+
+from .test_faults import stop_at
+from .test_losses import _ref_cross_cyclic, _ref_in_cyclic
+from .test_methods import ce_loop
+
+B, D = 5, 12
+TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
+CHAIN = {"d1": ["a", "b"], "d2": ["b", "c"], "d3": ["c", "e"]}
+SCALES = {"a": 2.0, "b": 5.0, "c": 9.0, "e": 3.0}  # a different logit scale per modality: each term's anchor counts
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def layout(seed: int, spec: dict[str, list[str]], rows: int = B) -> dict[str, dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        ds: {m: F.normalize(torch.randn(rows, D, generator=gen, dtype=torch.float64), dim=1).float() for m in mods}
+        for ds, mods in spec.items()
+    }
+
+
+def arr(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def kernel_loop(own: torch.Tensor | np.ndarray, pivot, target, tau: float) -> np.ndarray:
+    """Row i: Σ_k softmax_k(⟨own_i, pivot_k⟩ / τ) target_k, one row and one memory row at a time."""
+    own, pivot, target = (np.asarray(arr(x) if isinstance(x, torch.Tensor) else x) for x in (own, pivot, target))
+    out = np.zeros((len(own), target.shape[1]))
+    for i in range(len(own)):
+        logits = [float(own[i] @ pivot[k]) / tau for k in range(len(pivot))]
+        top = max(logits)
+        weights = [math.exp(v - top) for v in logits]
+        total = math.fsum(weights)
+        for k in range(len(pivot)):
+            out[i] += weights[k] / total * target[k]
+    return out
+
+
+def sym_ce(x, y, sx: float, sy: float) -> float:
+    """C-MCR / CLIP's symmetric InfoNCE: the mean of x→y (scale of x) and y→x (scale of y)."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    return 0.5 * (ce_loop(x, y, sx) + ce_loop(y, x, sy))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# losses.mox: kernel transition, recentring, orthogonal-subspace cosines
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("rows", "memory", "tau"), [(5, 5, 0.05), (3, 8, 0.5), (6, 2, 0.01)])
+def test_kernel_transition_matches_a_row_by_row_softmax_loop(rows, memory, tau):
+    gen = torch.Generator().manual_seed(rows + memory)
+    own, pivot, target = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (rows, memory, memory))
+    got = kernel_transition(own, pivot, target, tau)
+    assert got.shape == (rows, D) and got.dtype == torch.float32
+    np.testing.assert_allclose(arr(got), kernel_loop(own, pivot, target, tau), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_transition_at_a_small_temperature_copies_the_nearest_pivot_s_target():
+    emb = layout(1, TWO)
+    nearest = (emb["d1"]["b"] @ emb["d2"]["b"].T).argmax(1)
+    got = kernel_transition(emb["d1"]["b"], emb["d2"]["b"], emb["d2"]["c"], 1e-4)
+    torch.testing.assert_close(got, emb["d2"]["c"][nearest])
+
+
+def test_orthogonal_logits_equal_cosines_after_explicit_projection_per_pair():
+    gen = torch.Generator().manual_seed(2)
+    # queries and keys of any length (the closed form uses |q|², |k|²); the pivot rows are unit, as embeddings are
+    query, keys = torch.randn(4, D, generator=gen), 2.0 * torch.randn(6, D, generator=gen)
+    pivot = F.normalize(torch.randn(4, D, generator=gen), dim=1)
+    q, k, b = arr(query), arr(keys), arr(pivot)
+    expected = np.zeros((4, 6))
+    for i in range(4):
+        for j in range(6):
+            qp = q[i] - (q[i] @ b[i]) * b[i]
+            kp = k[j] - (k[j] @ b[i]) * b[i]
+            expected[i, j] = qp @ kp / (np.linalg.norm(qp) * np.linalg.norm(kp))
+    np.testing.assert_allclose(arr(orthogonal_logits(query, keys, pivot)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_orthogonal_logits_ignore_the_pivot_direction():
+    emb = layout(3, TWO)
+    q, b, k = emb["d1"]["a"], emb["d1"]["b"], emb["d2"]["c"]
+    shifted = F.normalize(q + 3.0 * b, dim=1)  # the same query plus more of its own pivot
+    torch.testing.assert_close(orthogonal_logits(shifted, k, b), orthogonal_logits(q, k, b), rtol=1e-4, atol=1e-5)
+
+
+def test_recentre_moves_the_mean_onto_the_target_mean_and_keeps_the_spread():
+    gen = torch.Generator().manual_seed(4)
+    pseudo, target = torch.randn(7, D, generator=gen), torch.randn(9, D, generator=gen) + 2.0
+    got = recentre(pseudo, target.mean(0))
+    np.testing.assert_allclose(arr(got).mean(0), arr(target).mean(0), atol=1e-6)
+    np.testing.assert_allclose(arr(got) - arr(pseudo), np.tile(arr(target).mean(0) - arr(pseudo).mean(0), (7, 1)),
+                               atol=1e-5)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CMCR
+# ----------------------------------------------------------------------------------------------------------------------
+def cmcr_reference(emb, memory, tau: float, intra_weight: float, scales=SCALES) -> dict[str, float]:
+    """C-MCR's terms written out for the two-dataset layout d1 (a, b), d2 (b, c), noise off: retrieval of the missing
+    modality from ``memory`` through b, symmetric InfoNCE for every real and pseudo pair, L2 within observed pairs."""
+    a1, b1, b2, c2 = (arr(emb[ds][m]) for ds, m in (("d1", "a"), ("d1", "b"), ("d2", "b"), ("d2", "c")))
+    c1 = unit_rows(kernel_loop(b1, memory["d2"]["b"], memory["d2"]["c"], tau))
+    a2 = unit_rows(kernel_loop(b2, memory["d1"]["b"], memory["d1"]["a"], tau))
+    s = scales
+    clip = sym_ce(a1, b1, s["a"], s["b"]) + sym_ce(b2, c2, s["b"], s["c"])
+    pseudo = (sym_ce(a1, c1, s["a"], s["c"]) + sym_ce(b1, c1, s["b"], s["c"])) / 2
+    pseudo += (sym_ce(b2, a2, s["b"], s["a"]) + sym_ce(c2, a2, s["c"], s["a"])) / 2
+    intra = (np.mean(np.sum((a1 - b1) ** 2, 1)) + np.mean(np.sum((b2 - c2) ** 2, 1))) / 2
+    return {"clip": clip, "pseudo": pseudo, "intra": intra_weight * intra}
+
+
+def assert_terms(got: dict[str, torch.Tensor], expected: dict[str, float]) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        assert got[name].item() == pytest.approx(value, rel=1e-5), name
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.2])
+def test_cmcr_terms_match_a_loop_reference(tau):
+    emb = layout(10, TWO)
+    method = CMCR(retrieval_temperature=tau, noise_std=0.0, intra_weight=0.3, modality_scales=SCALES)
+    assert_terms(method(emb, epoch=0), cmcr_reference(emb, emb, tau, 0.3))  # first step: the memory is the batch
+
+
+def test_cmcr_without_intra_weight_has_no_intra_term_and_weights_pseudo():
+    emb = layout(11, TWO)
+    reference = cmcr_reference(emb, emb, 0.1, 0.0)
+    got = CMCR(retrieval_temperature=0.1, noise_std=0.0, intra_weight=0.0, pseudo_weight=0.5,
+               modality_scales=SCALES)(emb, epoch=0)  # fmt: skip
+    assert sorted(got) == ["clip", "pseudo"]
+    assert got["pseudo"].item() == pytest.approx(0.5 * reference["pseudo"], rel=1e-5)
+
+
+def test_cmcr_memory_is_a_queue_of_the_newest_rows_and_later_steps_retrieve_from_it():
+    first, second = layout(12, TWO), layout(13, TWO)
+    method = CMCR(memory_size=7, retrieval_temperature=0.2, noise_std=0.0, intra_weight=0.1, modality_scales=SCALES)
+    method(first, epoch=0)
+    assert {ds: {m: len(f) for m, f in mods.items()} for ds, mods in method.memory.items()} == {
+        "d1": {"a": 5, "b": 5}, "d2": {"b": 5, "c": 5}
+    }  # fmt: skip
+    terms = method(second, epoch=0)
+    for ds, mods in TWO.items():
+        for m in mods:
+            expected = torch.cat([second[ds][m], first[ds][m]])[:7]  # the newest first, then truncated
+            assert torch.equal(method.memory[ds][m], expected)
+            assert not method.memory[ds][m].requires_grad
+    memory = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in method.memory.items()}
+    assert_terms(terms, cmcr_reference(second, memory, 0.2, 0.1))
+
+
+def test_cmcr_memory_smaller_than_a_batch_keeps_its_first_rows():
+    emb = layout(14, TWO)
+    method = CMCR(memory_size=3, noise_std=0.0)
+    method(emb, epoch=0)
+    assert all(torch.equal(method.memory[ds][m], emb[ds][m][:3]) for ds, mods in TWO.items() for m in mods)
+
+
+def test_cmcr_noise_is_drawn_from_its_own_seeded_generator():
+    emb = layout(15, TWO)
+    torch.manual_seed(21)
+    got = CMCR(retrieval_temperature=0.2, noise_std=0.05, intra_weight=0.3, modality_scales=SCALES)(emb, epoch=0)
+    gen = torch.Generator().manual_seed(21)  # SharedNoise seeds from torch.initial_seed(), dataset by dataset
+    noisy = {ds: {m: F.normalize(f + 0.05 * torch.randn(f.shape, generator=gen), dim=1) for m, f in mods.items()}
+             for ds, mods in emb.items()}  # fmt: skip
+    # retrieval: noisy queries against the clean memory; intra: the clean embeddings
+    reference = cmcr_reference(noisy, emb, 0.2, 0.3)
+    reference["intra"] = cmcr_reference(emb, emb, 0.2, 0.3)["intra"]
+    assert_terms(got, reference)
+
+
+def test_cmcr_state_round_trip_gives_identical_subsequent_terms(tmp_path):
+    steps = [layout(seed, TWO) for seed in (16, 17, 18)]
+    torch.manual_seed(3)
+    trained = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
+    for emb in steps[:2]:
+        trained(emb, epoch=0)
+    torch.save(trained.state_dict(), tmp_path / "state.pt")
+    assert {"_extra_state", "noise._extra_state"} <= set(trained.state_dict())
+    resumed = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))  # as a checkpoint is loaded
+    fresh = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
+    expected, got, other = (m(steps[2], epoch=0) for m in (trained, resumed, fresh))
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert not torch.equal(other["pseudo"], expected["pseudo"])  # the restored state matters
+
+
+def test_cmcr_chains_retrieve_level_by_level():
+    emb = layout(19, CHAIN)
+    tau = 0.2
+    method = CMCR(retrieval_temperature=tau, noise_std=0.0, intra_weight=0.0, modality_scales=SCALES)
+    terms = method(emb, epoch=0)
+    e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
+    c1 = unit_rows(kernel_loop(e["d1"]["b"], e["d2"]["b"], e["d2"]["c"], tau))
+    b3 = unit_rows(kernel_loop(e["d3"]["c"], e["d2"]["c"], e["d2"]["b"], tau))
+    expected = {
+        "d1": {"c": c1, "e": unit_rows(kernel_loop(c1, e["d3"]["c"], e["d3"]["e"], tau))},  # e through pseudo c
+        "d2": {"a": unit_rows(kernel_loop(e["d2"]["b"], e["d1"]["b"], e["d1"]["a"], tau)),
+               "e": unit_rows(kernel_loop(e["d2"]["c"], e["d3"]["c"], e["d3"]["e"], tau))},
+        "d3": {"b": b3, "a": unit_rows(kernel_loop(b3, e["d1"]["b"], e["d1"]["a"], tau))},
+    }  # fmt: skip
+    pseudo = 0.0
+    for ds, targets in expected.items():
+        got = method.retrieve(emb, ds)
+        assert sorted(got) == sorted(targets)
+        for t, rows in targets.items():
+            np.testing.assert_allclose(arr(got[t]), rows, rtol=1e-5, atol=1e-6)
+            pseudo += sum(sym_ce(e[ds][m], rows, SCALES[m], SCALES[t]) for m in e[ds]) / len(e[ds])
+    assert terms["pseudo"].item() == pytest.approx(pseudo, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "spec", "match"),
+    [
+        ({"memory_size": 0}, TWO, "memory_size must be a positive number of rows, got 0"),
+        ({"retrieval_temperature": 0.0}, TWO, "retrieval_temperature must be positive, got 0.0"),
+        ({"noise_std": -0.1}, TWO, "noise_std must be non-negative, got -0.1"),
+        ({"pseudo_weight": -1.0}, TWO, "pseudo_weight must be non-negative"),
+        ({"intra_weight": float("nan")}, TWO, "intra_weight must be non-negative"),
+        ({}, {"d1": ["a"], "d2": ["a"]}, "cmcr needs at least one dataset observing two modalities"),
+        ({}, {"d1": ["a", "b"]}, "cmcr found no dataset lacking a modality that a shared pivot links it to"),
+        ({}, {"d1": ["a", "b", "e"], "d2": ["a", "b", "c"]}, "share several modalities"),
+    ],
+)
+def test_cmcr_configuration_errors(kwargs, spec, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        CMCR(**kwargs)(layout(20, spec), epoch=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Impute
+# ----------------------------------------------------------------------------------------------------------------------
+def regression_data(seed: int, rows: int, k: int = 6, noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.randn(k, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(rows, k, generator=gen, dtype=torch.float64) + 1.5
+    return x.float(), (x @ weights + 3.0 + noise * torch.randn(rows, 4, generator=gen, dtype=torch.float64)).float()
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.1, 10.0])
+def test_fit_ridge_equals_the_closed_form_with_intercept_and_sklearn(ridge):
+    x, y = regression_data(30, 40)
+    model = fit_ridge(x, y, ridge)
+    xs, ys = arr(x), arr(y)
+    xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+    w = np.linalg.solve(xc.T @ xc / len(xs) + ridge * np.eye(xs.shape[1]), xc.T @ yc / len(xs))
+    np.testing.assert_allclose(arr(model[1]), w, rtol=1e-9)
+    query = arr(regression_data(31, 7)[0])
+    expected = (query - xs.mean(0)) @ w + ys.mean(0)
+    got = predict_ridge(model, torch.as_tensor(query, dtype=torch.float32))
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(arr(got), expected, rtol=1e-5, atol=1e-5)
+    # sklearn's penalty is α‖W‖² against the summed squared error: α = λ·n on centred data
+    sk = Ridge(alpha=ridge * len(xs), fit_intercept=True, solver="cholesky").fit(xs, ys)
+    np.testing.assert_allclose(arr(model[1]), sk.coef_.T, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(expected, sk.predict(query), rtol=1e-7, atol=1e-9)
+
+
+def test_plan_imputes_both_ways_for_two_datasets_and_level_by_level_along_a_chain():
+    assert plan(TWO) == [("d1", "b", "c"), ("d2", "b", "a")]
+    assert plan({"support": ["pix", "zer"], "evaluation": ["fou", "pix"]}) == [
+        ("support", "pix", "fou"), ("evaluation", "pix", "zer")
+    ]  # fmt: skip
+    assert plan(CHAIN) == [
+        ("d1", "b", "c"), ("d1", "c", "e"),  # e from the imputed c
+        ("d2", "b", "a"), ("d2", "c", "e"),
+        ("d3", "c", "b"), ("d3", "b", "a"),
+    ]  # fmt: skip
+    assert plan({"d1": ["a", "b"], "d2": ["a", "b"]}) == []
+    with pytest.raises(ConfigError, match="share several modalities"):
+        plan({"d1": ["a", "b", "e"], "d2": ["a", "b", "c"]})
+
+
+def fitted(spec: dict[str, list[str]], seed: int = 40) -> Impute:
+    """An Impute whose regressors are fitted on random features, without ``prepare``."""
+    method = Impute(logit_scale=5.0)
+    method.steps = plan(spec)
+    for i, (_, pivot, target) in enumerate(method.steps):
+        x, y = regression_data(seed + i, 30)
+        method.regressors[pivot, target] = fit_ridge(x, y[:, :3].repeat(1, 2), 0.1)
+    return method
+
+
+def test_complete_adds_exactly_the_imputed_modality_and_chains_through_imputed_ones():
+    method = fitted(CHAIN)
+    gen = torch.Generator().manual_seed(41)
+    features = {ds: {m: torch.randn(B, 6, generator=gen) for m in mods} for ds, mods in CHAIN.items()}
+    before = {ds: dict(mods) for ds, mods in features.items()}
+    out = method.complete(features)
+    assert features == before  # the batch's own dict is not modified
+    assert {ds: sorted(mods) for ds, mods in out.items()} == {ds: ["a", "b", "c", "e"] for ds in CHAIN}
+    for ds, mods in features.items():
+        for m, f in mods.items():
+            assert out[ds][m] is f  # real features pass through untouched
+    regressors = method.regressors
+    c1 = predict_ridge(regressors["b", "c"], features["d1"]["b"])
+    torch.testing.assert_close(out["d1"]["c"], c1)
+    torch.testing.assert_close(out["d1"]["e"], predict_ridge(regressors["c", "e"], c1))
+    b3 = predict_ridge(regressors["c", "b"], features["d3"]["c"])
+    torch.testing.assert_close(out["d3"]["a"], predict_ridge(regressors["b", "a"], b3))
+
+
+def test_impute_trains_as_the_oracle_on_completed_rows():
+    method = fitted(TWO)
+    gen = torch.Generator().manual_seed(42)
+    features = {ds: {m: torch.randn(B, 6, generator=gen) for m in mods} for ds, mods in TWO.items()}
+    emb = {ds: {m: F.normalize(f, dim=1) for m, f in mods.items()} for ds, mods in method.complete(features).items()}
+    pairs = (("a", "b"), ("a", "c"), ("b", "c"))  # the imputed modality joins every pair of its row
+    expected = sum(sym_ce(arr(emb[ds][m]), arr(emb[ds][n]), 5.0, 5.0) for ds in TWO for m, n in pairs)
+    assert method(emb, epoch=0)["clip"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def fake_encoder(data: dict[str, dict[str, dict[str, torch.Tensor]]], calls: list):
+    def encode(dataset: str, split: str, modalities: list[str]) -> dict[str, torch.Tensor]:
+        calls.append((dataset, split, tuple(modalities)))
+        return {m: data[dataset][split][m] for m in modalities}
+
+    return encode
+
+
+def split_data(seed: int) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """Features of d1 (a, b) and d2 (b, c), every modality in every split (encode_split loads hidden ones too):
+    c is a noisy linear function of b (few training rows, so that a middle λ generalises best), a another one."""
+    data = {}
+    for i, ds in enumerate(TWO):
+        data[ds] = {}
+        for j, split in enumerate(("train", "val")):
+            x, y = regression_data(seed + 10 * i + j, 12 if split == "train" else 200, k=10, noise=2.0)
+            data[ds][split] = {"b": x, "c": y, "a": -y}
+    return data
+
+
+def validation_errors(x, y, vx, vy, ridges) -> dict[float, float]:
+    errors = {}
+    for r in ridges:
+        xc = arr(x) - arr(x).mean(0)
+        w = np.linalg.solve(xc.T @ xc / len(x) + r * np.eye(x.shape[1]), xc.T @ (arr(y) - arr(y).mean(0)) / len(x))
+        errors[r] = float(np.mean(((arr(vx) - arr(x).mean(0)) @ w + arr(y).mean(0) - arr(vy)) ** 2))
+    return errors
+
+
+def test_impute_chooses_the_ridge_with_the_least_validation_error_on_the_datasets_observing_both():
+    data, calls = split_data(50), []
+    method = Impute()
+    method.prepare(fake_encoder(data, calls), TWO)
+    assert method.steps == [("d1", "b", "c"), ("d2", "b", "a")]
+    assert calls == [("d2", "train", ("b", "c")), ("d2", "val", ("b", "c")),
+                     ("d1", "train", ("b", "a")), ("d1", "val", ("b", "a"))]  # fmt: skip
+    for (pivot, target), holder in ((("b", "c"), "d2"), (("b", "a"), "d1")):
+        train, val = data[holder]["train"], data[holder]["val"]
+        errors = validation_errors(train[pivot], train[target], val[pivot], val[target], DEFAULT_RIDGES)
+        best = min(errors, key=errors.__getitem__)
+        assert best not in (DEFAULT_RIDGES[0], DEFAULT_RIDGES[-1])  # the data make the choice a real one
+        assert method.chosen_ridge[pivot, target] == best
+        for got, want in zip(method.regressors[pivot, target], fit_ridge(train[pivot], train[target], best),
+                             strict=True):  # fmt: skip
+            torch.testing.assert_close(got, want)
+
+
+def test_impute_fit_on_all_fits_on_every_dataset_and_validates_on_the_observing_ones():
+    data, calls = split_data(60), []
+    method = Impute(fit_on="all", ridges=(0.01, 1.0, 100.0))
+    method.prepare(fake_encoder(data, calls), TWO)
+    assert calls == [("d1", "train", ("b", "c")), ("d2", "train", ("b", "c")), ("d2", "val", ("b", "c")),
+                     ("d1", "train", ("b", "a")), ("d2", "train", ("b", "a")), ("d1", "val", ("b", "a"))]  # fmt: skip
+    x = torch.cat([data[ds]["train"]["b"] for ds in TWO])
+    y = torch.cat([data[ds]["train"]["c"] for ds in TWO])
+    val = data["d2"]["val"]
+    errors = validation_errors(x, y, val["b"], val["c"], (0.01, 1.0, 100.0))
+    best = min(errors, key=errors.__getitem__)
+    assert method.chosen_ridge["b", "c"] == best
+    torch.testing.assert_close(method.regressors["b", "c"][1], fit_ridge(x, y, best)[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ridges": ()}, "ridges must be a non-empty list of non-negative values, got []"),
+        ({"ridges": (0.1, -1.0)}, "ridges must be a non-empty list of non-negative values, got [0.1, -1.0]"),
+        ({"fit_on": "hidden"}, "fit_on must be one of ['observed', 'all'], got 'hidden'"),
+    ],
+)
+def test_impute_configuration_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        Impute(**kwargs)
+
+
+def test_impute_refuses_layouts_without_a_missing_modality_and_completion_before_fit():
+    with pytest.raises(ConfigError, match="impute found no dataset lacking a modality"):
+        Impute().prepare(fake_encoder({}, []), {"d1": ["a", "b"], "d2": ["a", "b"]})
+    with pytest.raises(ConfigError, match="impute has no fitted regressor"):
+        Impute().complete({"d1": {"a": torch.zeros(2, 3)}})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transitive (ASIF relative representations)
+# ----------------------------------------------------------------------------------------------------------------------
+def asif_score(q: np.ndarray, t: np.ndarray, anchor_q: np.ndarray, anchor_t: np.ndarray, k: int, p: float) -> float:
+    """ASIF's score of one query against one target, from scratch: cosines to every anchor, top-k kept, clamped at 0,
+    raised to p, normalised, then the dot product of the two sparse vectors."""
+
+    def relative(x: np.ndarray, anchors: np.ndarray) -> list[float]:
+        sims = [float(x @ a) for a in anchors]
+        keep = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+        row = [max(sims[i], 0.0) ** p if i in keep else 0.0 for i in range(len(sims))]
+        norm = math.sqrt(math.fsum(v * v for v in row))
+        return [v / norm for v in row]
+
+    return math.fsum(u * v for u, v in zip(relative(q, anchor_q), relative(t, anchor_t), strict=True))
+
+
+@pytest.mark.parametrize(("top_k", "power"), [(3, 8.0), (7, 3.0), (9, 1.0)])
+def test_transitive_scores_equal_asif_computed_pair_by_pair(top_k, power):
+    gen = torch.Generator().manual_seed(70)
+    query, target, anchor_q, anchor_t = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (4, 6, 9, 9))
+    rq, rt = transitive_embeddings(query, target, anchor_q, anchor_t, top_k, power)
+    scores = arr(rq @ rt.T)
+    q, t, aq, at = (arr(x) for x in (query, target, anchor_q, anchor_t))
+    expected = np.array([[asif_score(q[i], t[j], aq, at, top_k, power) for j in range(6)] for i in range(4)])
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
+    assert ((arr(rq) > 0).sum(1) <= top_k).all()
+
+
+def test_transitive_top_k_beyond_the_anchor_count_keeps_every_anchor():
+    gen = torch.Generator().manual_seed(71)
+    query, target = (F.normalize(torch.randn(4, D, generator=gen), dim=1) for _ in range(2))
+    anchors = F.normalize(torch.randn(5, D, generator=gen), dim=1)
+    anchors_t = F.normalize(torch.randn(5, D, generator=gen), dim=1)
+    every = transitive_embeddings(query, target, anchors, anchors_t, top_k=5, power=2.0)
+    for top_k in (6, 800):
+        beyond = transitive_embeddings(query, target, anchors, anchors_t, top_k=top_k, power=2.0)
+        assert all(torch.equal(x, y) for x, y in zip(beyond, every, strict=True))
+    dense = F.normalize((query @ anchors.T).clamp_min(0).pow(2), dim=1)
+    torch.testing.assert_close(every[0], dense)
+
+
+def test_transitive_anchor_pairs_must_align():
+    x = torch.eye(3, D)
+    with pytest.raises(ValueError, match="anchor pairs must align row by row, got 3 and 2"):
+        transitive_embeddings(x, x, x, x[:2])
+
+
+def test_transitive_represent_goes_through_the_anchors_and_other_methods_never_compute_them():
+    gen = torch.Generator().manual_seed(72)
+    query, target, anchor_q, anchor_t = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (3, 3, 8, 8))
+    got = Transitive(top_k=4, power=2.0).represent(query, target, lambda: (anchor_q, anchor_t))
+    expected = transitive_embeddings(query, target, anchor_q, anchor_t, 4, 2.0)
+    assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+
+    def never() -> tuple[torch.Tensor, torch.Tensor]:
+        raise AssertionError("anchors computed for a method that does not use them")
+
+    assert FABind().represent(query, target, never) == (query, target)
+
+
+def test_anchors_are_the_training_rows_of_the_first_dataset_observing_pivot_and_target():
+    calls = []
+    features = {"pix": torch.randn(4, 3), "zer": torch.randn(4, 3)}
+
+    def encode_split(dataset, split, modalities):
+        calls.append((dataset, split, modalities))
+        return features
+
+    spec = SimpleNamespace
+    datasets = {"evaluation": spec(modalities=["fou", "pix"]), "support": spec(modalities=["pix", "zer"])}
+    module = SimpleNamespace(
+        trainer=SimpleNamespace(datamodule=SimpleNamespace(datasets=datasets)), encode_split=encode_split,
+        project=lambda m, f: (m, f), method=Transitive(),
+    )  # fmt: skip
+    flow = SimpleNamespace(modalities=("fou", "pix", "zer"), flow="fou->pix->zer")
+    assert EmergentBinding._anchors(module, flow) == (("pix", features["pix"]), ("zer", features["zer"]))
+    assert calls == [("support", "train", ["pix", "zer"])]
+    del datasets["support"]
+    with pytest.raises(ConfigError, match="no training dataset observes both: three-dataset chains have no such rows"):
+        EmergentBinding._anchors(module, flow)
+
+
+@pytest.mark.parametrize("kwargs", [{"top_k": 0}, {"power": 0.0}])
+def test_transitive_configuration_errors(kwargs):
+    with pytest.raises(ConfigError, match="top_k must be >= 1 and power positive"):
+        Transitive(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# BrokenBind's MOX variants
+# ----------------------------------------------------------------------------------------------------------------------
+def ridge_pinv(f: np.ndarray, ridge: float) -> np.ndarray:
+    return f.T @ np.linalg.inv(f @ f.T + ridge * np.eye(len(f)))
+
+
+def linear_pseudo(emb, ridge: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(X-data, X-mod) of c in d1 and of a in d2 through b (Eqs. 7-8, ridge pseudo-inverse)."""
+    a1, b1, b2, c2 = (arr(emb[ds][m]) for ds, m in (("d1", "a"), ("d1", "b"), ("d2", "b"), ("d2", "c")))
+    p1, p2 = ridge_pinv(b1, ridge), ridge_pinv(b2, ridge)
+    return {"d1": (b1 @ p2 @ c2, c2 @ p2 @ b1), "d2": (b2 @ p1 @ a1, a1 @ p1 @ b2)}
+
+
+def mox_reference(emb, candidates: dict[str, np.ndarray], orthogonal: bool = False) -> float:
+    """L_MOX for d1 (a, b) → pseudo c and d2 (b, c) → pseudo a: the mean over the dataset's real modalities of one-way
+    InfoNCE to the unit pseudo rows; with ``orthogonal`` the non-pivot modality's cosines are taken after projecting
+    out that row's own pivot embedding b_i (per (i, j), explicitly)."""
+    total = 0.0
+    for ds, other in (("d1", "a"), ("d2", "c")):
+        keys, pivot, query = candidates[ds], arr(emb[ds]["b"]), arr(emb[ds][other])
+        total += ce_loop(torch.as_tensor(pivot), torch.as_tensor(keys), SCALES["b"]) / 2  # the pivot's term is full
+        if not orthogonal:
+            total += ce_loop(torch.as_tensor(query), torch.as_tensor(keys), SCALES[other]) / 2
+            continue
+        ce = 0.0
+        for i in range(B):
+            logits = []
+            for j in range(B):
+                qp = query[i] - (query[i] @ pivot[i]) * pivot[i]
+                kp = keys[j] - (keys[j] @ pivot[i]) * pivot[i]
+                logits.append(SCALES[other] * float(qp @ kp) / (np.linalg.norm(qp) * np.linalg.norm(kp)))
+            top = max(logits)
+            ce += top + math.log(math.fsum(math.exp(v - top) for v in logits)) - logits[i]
+        total += ce / B / 2
+    return total
+
+
+def mox_only(**kwargs) -> BrokenBind:
+    return BrokenBind(consistency_epochs=0, clip_weight=0.0, sym_weight=0.0, modality_scales=SCALES, **kwargs)
+
+
+def test_default_recipe_terms_equal_the_explicit_formulas():
+    emb = layout(80, TWO)
+    got = BrokenBind(consistency_epochs=0, modality_scales=SCALES)(emb, epoch=0)
+    e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
+    pseudo = linear_pseudo(emb)
+    s = SCALES
+    # push_away "none": each anchor's L_CLIP is its InfoNCE against the other modality of its dataset
+    clip = sum(ce_loop(emb[ds][m], emb[ds][n], s[m]) for ds, (m, n) in
+               (("d1", "ab"), ("d1", "ba"), ("d2", "bc"), ("d2", "cb")))  # fmt: skip
+    sym = sum(_ref_cross_cyclic(e[ds][m].tolist(), e[ds][n].tolist()) + _ref_in_cyclic(e[ds][m].tolist(),
+              e[ds][n].tolist()) for ds, (m, n) in (("d1", "ab"), ("d2", "bc")))  # fmt: skip
+    mox = mox_reference(emb, {ds: unit_rows(data) for ds, (data, _) in pseudo.items()})
+    fro = sum(np.sum((mod - data) ** 2) / (B * D) for data, mod in pseudo.values())  # fro_reduction "mean"
+    assert_terms(got, {"clip": clip, "sym": sym, "mox": mox, "fro": fro})
+    assert not [k for k in BrokenBind().state_dict() if "noise" in k or "extra_state" in k]  # checkpoints as before
+
+
+def test_orthogonal_subspace_mox_matches_a_per_pair_projection_loop():
+    emb = layout(81, TWO)
+    got = mox_only(mox_subspace="orthogonal", fro_weight=0.0)(emb, epoch=0)
+    candidates = {ds: unit_rows(data) for ds, (data, _) in linear_pseudo(emb).items()}
+    assert sorted(got) == ["mox"]
+    assert got["mox"].item() == pytest.approx(mox_reference(emb, candidates, orthogonal=True), rel=1e-5)
+    full = mox_only(fro_weight=0.0)(emb, epoch=0)["mox"].item()
+    assert full == pytest.approx(mox_reference(emb, candidates), rel=1e-5) and abs(full - got["mox"].item()) > 1e-3
+
+
+def test_chain_pseudo_embeddings_keep_the_real_modality_they_start_from():
+    steps = BrokenBind().pseudo_embeddings(layout(82, CHAIN), "d1")
+    assert {t: (p.origin, p.source) for t, p in steps.items()} == {"c": ("b", "d2"), "e": ("b", "d3")}
+
+
+def test_target_mean_centring_and_noise_give_the_real_target_mean_before_normalisation():
+    emb = layout(83, TWO)
+    torch.manual_seed(9)
+    got = mox_only(pseudo_centring="target_mean", pseudo_noise=0.05, fro_weight=0.0)(emb, epoch=0)
+    gen = torch.Generator().manual_seed(9)  # SharedNoise: seeded from torch.initial_seed(), d1's draw first
+    real = {"d1": arr(emb["d2"]["c"]), "d2": arr(emb["d1"]["a"])}  # the target's rows in the dataset holding it
+    candidates = {}
+    for ds, (data, _) in linear_pseudo(emb).items():
+        centred = data - data.mean(0) + real[ds].mean(0)
+        np.testing.assert_allclose(centred.mean(0), real[ds].mean(0), atol=1e-12)
+        candidates[ds] = unit_rows(centred + arr(0.05 * torch.randn(B, D, generator=gen)))
+    assert got["mox"].item() == pytest.approx(mox_reference(emb, candidates), rel=1e-5)
+
+
+def test_target_mean_centring_without_noise_uses_the_centred_pseudo_rows():
+    emb = layout(84, TWO)
+    method = mox_only(pseudo_centring="target_mean")
+    pseudo = method.pseudo_embeddings(emb, "d1")["c"]
+    candidates = method.mox_candidates(pseudo, emb["d2"]["c"])
+    data = linear_pseudo(emb)["d1"][0]
+    expected = unit_rows(data - data.mean(0) + arr(emb["d2"]["c"]).mean(0))
+    np.testing.assert_allclose(arr(candidates), expected, rtol=1e-5, atol=1e-6)
+    assert method.noise is None  # no noise module unless pseudo_noise > 0
+
+
+def test_kernel_transition_mox_has_no_fro_term_and_matches_the_softmax_loop():
+    emb = layout(85, TWO)
+    got = mox_only(transition="kernel", kernel_temperature=0.2)(emb, epoch=0)
+    assert sorted(got) == ["fro", "mox"] and got["fro"].item() == 0.0
+    e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
+    candidates = {
+        "d1": unit_rows(kernel_loop(e["d1"]["b"], e["d2"]["b"], e["d2"]["c"], 0.2)),
+        "d2": unit_rows(kernel_loop(e["d2"]["b"], e["d1"]["b"], e["d1"]["a"], 0.2)),
+    }
+    assert got["mox"].item() == pytest.approx(mox_reference(emb, candidates), rel=1e-5)
+
+
+def test_kernel_transition_along_a_chain_uses_the_normalised_pseudo_pivot():
+    emb = layout(86, CHAIN)
+    steps = BrokenBind(transition="kernel", kernel_temperature=0.3).pseudo_embeddings(emb, "d1")
+    e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
+    c1 = kernel_loop(e["d1"]["b"], e["d2"]["b"], e["d2"]["c"], 0.3)
+    np.testing.assert_allclose(arr(steps["c"].data), c1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arr(steps["e"].data), kernel_loop(unit_rows(c1), e["d3"]["c"], e["d3"]["e"], 0.3),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert steps["c"].mod is None and steps["e"].mod is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"transition": "kernel", "mox_contrast": "x_mod"},
+         "mox_contrast x_mod needs transition linear: the kernel transition has no X-mod form"),
+        ({"kernel_temperature": 0.0}, "kernel_temperature must be positive, got 0.0"),
+        ({"pseudo_noise": -0.1}, "pseudo_noise must be non-negative, got -0.1"),
+        ({"transition": "cubic"}, "transition must be one of ['linear', 'kernel'], got 'cubic'"),
+        ({"pseudo_centring": "pivot_mean"}, "pseudo_centring must be one of ['none', 'target_mean'], got 'pivot_mean'"),
+        ({"mox_subspace": "half"}, "mox_subspace must be one of ['full', 'orthogonal'], got 'half'"),
+    ],
+)  # fmt: skip
+def test_mox_variant_configuration_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        BrokenBind(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# End to end through the CLI (mfeat, two epochs)
+# ----------------------------------------------------------------------------------------------------------------------
+TWO_DATASET = str(ROOT / "experiments" / "two_dataset.yaml")
+# two epochs of 5 batches: enough for a mid-epoch stop (batch 3 of epoch 1) and a memory queue spanning both epochs
+SHORT = ["--config", TWO_DATASET, "--trainer.max_epochs=2", "--trainer.limit_train_batches=5",
+         "--trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def run_rows(run: Path) -> list[dict[str, str]]:
+    with (run / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cmcr_uninterrupted(tmp_path_factory) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cmcr"))
+        main(["fit", *SHORT, "--method", "cmcr"])
+        return Path.cwd() / "logs" / "two_dataset" / "cmcr" / "version_0"
+
+
+@pytest.mark.parametrize("method", ["cmcr", "impute", "pivot_ceiling", "transitive"])
+def test_prior_art_methods_fit_test_and_write_their_rows(method, request, tmp_path, monkeypatch, caplog):
+    if method == "cmcr":  # the run the resume test compares with
+        run = request.getfixturevalue("cmcr_uninterrupted")
+    else:
+        monkeypatch.chdir(tmp_path)
+        with caplog.at_level("INFO"):
+            main(["fit", *SHORT, "--method", method])
+        run = tmp_path / "logs" / "two_dataset" / method / "version_0"
+    rows = run_rows(run)
+    assert [(r["method"], r["stage"], r["flow"]) for r in rows] == [
+        (method, "val", "fou->pix->zer"), (method, "test", "fou->pix->zer")
+    ]  # fmt: skip
+    assert all(0 < float(r["map_instance"]) <= 1 and 0 < float(r["map_class"]) <= 1 for r in rows)
+    fitted_on = {"impute": ("600", "['support']"), "pivot_ceiling": ("1200", "['support', 'evaluation']")}
+    if method in fitted_on:  # the pix→zer regressor: the support dataset's pairs, or every dataset's
+        rows_, datasets = fitted_on[method]
+        assert f"impute: pix→zer ridge regressor on {rows_} training rows of {datasets}, λ = " in caplog.text
+
+
+def test_cmcr_stopped_mid_run_and_resumed_equals_an_uninterrupted_run(cmcr_uninterrupted, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", *SHORT, "--method", "cmcr", stop_at(1, 3)])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    main(["fit", *SHORT, "--method", "cmcr", "--ckpt_path", "last"])
+    run = tmp_path / "logs" / "two_dataset" / "cmcr" / "version_0"
+    got, expected = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                     for r in (run, cmcr_uninterrupted))  # fmt: skip
+    assert got.keys() == expected.keys() and "method._extra_state" in got
+    for key, value in expected.items():
+        if key == "method._extra_state":  # the memory queue
+            for ds, mods in value.items():
+                for m, rows in mods.items():
+                    torch.testing.assert_close(got[key][ds][m], rows, rtol=0, atol=1e-6)
+        else:
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6)
+    for got_row, row in zip(run_rows(run), run_rows(cmcr_uninterrupted), strict=True):
+        assert float(got_row["map_instance"]) == pytest.approx(float(row["map_instance"]), abs=1e-6)
