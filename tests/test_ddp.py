@@ -2,7 +2,6 @@
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 
 from brokenbind.methods import CMCR, BrokenBind, CentroBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE as PAPER
+from tests.helpers import free_port
 
 WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
 TWO = {"d1": ["a", "b"], "d2": ["b", "c"]}
@@ -96,12 +96,6 @@ def worker(rank: int, port: int, name: str, out: str) -> None:
     # Leave without running C++ static destructors: gloo's occasionally abort at interpreter exit ("terminate called
     # without an active exception", also at older commits of this test), failing a run whose result is already saved.
     os._exit(0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

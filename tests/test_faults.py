@@ -19,6 +19,7 @@ from brokenbind.cli import expand_presets
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.losses.temperature import LogitScale
 from brokenbind.metrics.retrieval import recall_at_k, retrieval_metrics
+from tests.helpers import fake_slurm_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = str(ROOT / "experiments" / "two_dataset.yaml")
@@ -105,9 +106,8 @@ def test_slurm_preemption_is_resumed_by_the_requeued_job_and_ignored_by_other_ru
     uninterrupted, in_tmp, monkeypatch, caplog
 ):
     bin_dir, requeues = in_tmp / "bin", in_tmp / "scontrol.log"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
-    (bin_dir / "scontrol").chmod(0o755)
+    fake_slurm_commands(bin_dir)
+    monkeypatch.setenv("FAKE_SCONTROL_LOG", str(requeues))
     slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "brokenbind", "SLURM_JOB_ID": "4242",
              "SLURM_NODELIST": "localhost", "SLURM_LOCALID": "0", "SLURM_PROCID": "0", "SLURM_NODEID": "0"}  # fmt: skip
     for key, value in slurm.items():

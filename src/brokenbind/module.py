@@ -36,6 +36,13 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+    # DDP: Lightning's LightningModule.all_gather calls torch's deprecated all_gather; nothing a user can change
+    warnings.filterwarnings(
+        "ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning
+    )
+    # DDP: the evaluation gathers every rank's embeddings and counts each instance once (EmergentBinding), so the
+    # repeats DistributedSampler pads with are not scored twice, which is what Lightning warns about
+    warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -5,8 +5,11 @@
 - SIGTERM (a scheduler's stop, ``kill``) and Ctrl-C: Lightning stops at the next batch boundary; this callback then
   writes ``checkpoints/last.ckpt`` of that exact state into the run directory, and the CLI exits non-zero naming it.
 - SIGUSR1 under SLURM (``#SBATCH --signal=SIGUSR1@90``): Lightning's handler saves ``hpc_ckpt_N.ckpt`` into the
-  run directory (the trainer's ``default_root_dir``) and requeues the job; this callback also stops the run at the
-  next batch boundary with a consistent ``last.ckpt``, since Lightning's save happens wherever the signal lands.
+  run directory (the trainer's ``default_root_dir``) and requeues the job. SLURM signals every task, each at its own
+  moment, some while they wait inside a collective, and that handler's save waits at a barrier: run from the signal,
+  it deadlocks DDP ranks. So the signal is only noted; at the end of each training batch the ranks agree (one
+  all-reduce of a flag) and, if any was signalled, all run Lightning's handler together (save, requeue once from
+  rank 0) and stop with a consistent ``last.ckpt``. A signal after the last training batch stops nothing.
 """
 
 import random
@@ -33,6 +36,7 @@ class FaultTolerance(Callback):
         self.stopped_by: str | None = None
         self.saved: Path | None = None
         self._previous_sigusr1: Any = None
+        self._sigusr1_received = False
 
     # -- RNG states ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -55,22 +59,27 @@ class FaultTolerance(Callback):
 
     # -- signals ---------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.stopped_by, self.saved = None, None
+        self.stopped_by, self.saved, self._sigusr1_received = None, None, False
         if trainer.is_global_zero:  # preemption checkpoints are consumed once: the run has resumed (or started anew)
             for path in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
                 path.unlink()
         previous = signal.getsignal(signal.SIGUSR1)
-        if callable(previous):  # Lightning's SLURM handler: keep it (save + requeue), then stop at the batch end
+        if callable(previous):  # Lightning's SLURM handler (save + requeue): run at a batch end, see the docstring
             self._previous_sigusr1 = previous
+            signal.signal(signal.SIGUSR1, self._note_sigusr1)
 
-            def stop(signum: int, frame: Any) -> None:
-                previous(signum, frame)
-                self.stopped_by = "SIGUSR1"
-                trainer._signal_connector.received_sigterm = (
-                    True  # Lightning's stop path: SIGTERMException at batch end
-                )
+    def _note_sigusr1(self, signum: int, frame: Any) -> None:
+        self._sigusr1_received = True
 
-            signal.signal(signal.SIGUSR1, stop)
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._previous_sigusr1 is None:
+            return
+        if trainer.strategy.reduce_boolean_decision(self._sigusr1_received, all=False):
+            self._previous_sigusr1(signal.SIGUSR1, None)
+            self.stopped_by = "SIGUSR1"
+            trainer._signal_connector.received_sigterm = True  # Lightning's stop path: SIGTERMException at batch end
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigusr1()
