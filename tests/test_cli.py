@@ -71,7 +71,8 @@ def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_p
     with (test_dir / "index.csv").open() as f:
         index = list(csv.DictReader(f))
     assert fou.shape == (200, 128) and fou.dtype == np.float32 and len(index) == 200
-    assert list(index[0]) == ["row", "id", "index", "label"] and index[0]["id"] == index[0]["index"]  # mfeat: no ids
+    assert list(index[0]) == ["row", "id", "label", "class"]
+    assert index[0]["class"] == index[0]["label"]  # mfeat's classes are the digits: named by their ids
     np.testing.assert_allclose(np.linalg.norm(fou, axis=1), 1.0, rtol=1e-5)
 
 

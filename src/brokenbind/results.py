@@ -1,6 +1,11 @@
-"""Results on disk and on screen: one row per (experiment, method, seed, stage, dataset, flow)."""
+"""Results on disk and on screen: one row per (experiment, method, seed, stage, dataset, flow).
+
+A metric that cannot be computed (class mAP without labels, or with one class) is NaN in a row, an empty cell in
+``results.csv`` and "n/a" on screen, and means leave it out.
+"""
 
 import csv
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -30,12 +35,22 @@ def write_csv(path: Path, rows: list[ResultRow]) -> None:
         writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(ResultRow)])
         if new:
             writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
+        writer.writerows(csv_cells(row) for row in rows)
+
+
+def csv_cells(row: ResultRow) -> dict[str, object]:
+    """A row's ``results.csv`` cells: a missing metric (NaN) is an empty cell."""
+    return {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(row).items()}
+
+
+def metric(cell: str) -> float:
+    """A metric cell of ``results.csv`` as a float; an empty cell (missing) is NaN."""
+    return float(cell) if cell.strip() else math.nan
 
 
 def format_table(rows: list[ResultRow]) -> str:
     """The paper's layout: a row per method, a column per dataset flow × modality flow; cells are
-    instance / class mAP in %, emergent flows marked with *."""
+    instance / class mAP in % ("n/a" where missing), emergent flows marked with *."""
     columns = list(dict.fromkeys((r.dataset_flow, r.flow + ("*" if r.emergent else "")) for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     cell = {(r.method, r.dataset_flow, r.flow + ("*" if r.emergent else "")): r for r in rows}
@@ -44,7 +59,7 @@ def format_table(rows: list[ResultRow]) -> str:
         [
             m,
             *(
-                f"{100 * c.map_instance:.1f} / {100 * c.map_class:.1f}" if (c := cell.get((m, *col))) else "-"
+                f"{_percent(c.map_instance)} / {_percent(c.map_class)}" if (c := cell.get((m, *col))) else "-"
                 for col in columns
             ),
         ]
@@ -53,4 +68,12 @@ def format_table(rows: list[ResultRow]) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\nmAP in % (instance / class); * = emergent: query and target never observed together"
+    return "\n".join(lines) + (
+        "\nmAP in % (instance / class; n/a: cannot be computed); * = emergent: query and target never observed together"
+        "\ncolumns: dataset flow (from a dataset observing the target to the dataset scored), modality flow "
+        "(query->pivot->target)"
+    )
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
