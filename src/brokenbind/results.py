@@ -66,7 +66,7 @@ def format_table(rows: list[ResultRow]) -> str:
         for m in methods
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in [header, *body]]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + (
         "\nmAP in % (instance / class; n/a: cannot be computed); * = emergent: query and target never observed together"

@@ -106,7 +106,7 @@ def class_map_problem(labels: Tensor) -> str | None:
     """
     unlabelled = int((labels < 0).sum())
     if unlabelled:
-        return f"{unlabelled} of its {len(labels)} rows have no label"
+        return f"{unlabelled} of its {len(labels)} rows have no label; label every row of the split to score classes"
     if len(torch.unique(labels)) < 2:
         return (
             f"all {len(labels)} of its rows are in one class, so every item is relevant and class mAP would be 1.0 "
