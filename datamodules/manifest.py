@@ -27,9 +27,11 @@ with the datamodule configured as::
         flows: [{dataset: sounds, flow: caption->photo->sound}]
 
 Everything is validated before training: missing manifests, modality columns a dataset needs but its manifest lacks,
-empty cells in the modalities a split must carry, unknown split values, duplicate ids, and every referenced file's
-existence (the first missing one is named with its row). Images and audio are read lazily in ``__getitem__``;
-features (``.npy``) are read in ``setup`` because backbones fitted to data need the training inputs.
+empty cells in the modalities a split must carry, unknown split values, duplicate ids, every referenced file's
+existence (the first missing one is named with its row: ``data row N (line L)``, the N-th row below the header on
+line L of the file), and one width per features modality across datasets. Images and audio are read lazily in
+``__getitem__`` (of audio, ``setup`` reads the WAV headers, to say how much ``audio_seconds`` cuts); features
+(``.npy``) are read in ``setup`` because backbones fitted to data need the training inputs.
 """
 
 import csv

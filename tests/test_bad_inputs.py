@@ -479,4 +479,4 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, monkeypatch, caps
 
 
 def test_the_table_covers_the_required_cases():
-    assert len(CASES) >= 28 and len({case.id for case in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({case.id for case in CASES}) == len(CASES)
