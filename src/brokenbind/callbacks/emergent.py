@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 
 from brokenbind.errors import ConfigError, DivergenceError
+from brokenbind.methods.base import BindingMethod
 from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
 from brokenbind.results import ResultRow, format_table, write_csv
 
@@ -72,6 +73,9 @@ class EmergentBinding(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
             self.rows.pop("val", None)
+        if type(pl_module.method).represent is not BindingMethod.represent:  # refuse unscoreable flows before training
+            for flow in trainer.datamodule.flows:
+                anchor_holder(pl_module, flow)
 
     # the best validation epoch so far and which modalities ever spread out travel in checkpoints, so a resumed run
     # reports the best over the whole run and judges collapse over the whole run
@@ -143,15 +147,7 @@ class EmergentBinding(Callback):
     def _anchors(pl_module: LightningModule, flow) -> tuple[Tensor, Tensor]:
         """(pivot, target) embeddings of the training rows of the first dataset observing a flow's pivot and target."""
         _, pivot, target = flow.modalities
-        datasets = pl_module.trainer.datamodule.datasets
-        holders = [ds for ds, spec in datasets.items() if {pivot, target} <= set(spec.modalities)]
-        if not holders:
-            raise ConfigError(
-                f"method {pl_module.method.name!r} retrieves through anchor rows observing both {pivot!r} and "
-                f"{target!r} (flow {flow.flow!r}), and no training dataset observes both: three-dataset chains have "
-                "no such rows; use another method for them"
-            )
-        features = pl_module.encode_split(holders[0], "train", [pivot, target])
+        features = pl_module.encode_split(anchor_holder(pl_module, flow), "train", [pivot, target])
         return pl_module.project(pivot, features[pivot]), pl_module.project(target, features[target])
 
     def _check_health(
@@ -280,6 +276,20 @@ class EmergentBinding(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._report(trainer.log_dir, "test")
+
+
+def anchor_holder(pl_module: LightningModule, flow) -> str:
+    """The first training dataset observing a flow's pivot and target: the anchor rows of transitive retrieval."""
+    _, pivot, target = flow.modalities
+    datasets = pl_module.trainer.datamodule.datasets
+    holders = [ds for ds, spec in datasets.items() if {pivot, target} <= set(spec.modalities)]
+    if not holders:
+        raise ConfigError(
+            f"method {pl_module.method.name!r} retrieves through anchor rows observing both {pivot!r} and "
+            f"{target!r} (flow {flow.flow!r}), and no training dataset observes both: three-dataset chains have "
+            "no such rows; use another method for them"
+        )
+    return holders[0]
 
 
 def _mean_map(rows: list[ResultRow]) -> float:

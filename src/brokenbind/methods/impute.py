@@ -70,6 +70,7 @@ class Impute(FABind):
         if fit_on not in ("observed", "all"):
             raise ConfigError(f"fit_on must be one of ['observed', 'all'], got {fit_on!r}")
         self.ridges, self.fit_on = tuple(ridges), fit_on
+        self.name = "pivot_ceiling" if fit_on == "all" else "impute"  # what its messages and result rows call it
         # (dataset, pivot, target) in the order they apply; one regressor per (pivot, target)
         self.steps: list[tuple[str, str, str]] = []
         self.regressors: dict[tuple[str, str], tuple[Tensor, Tensor, Tensor]] = {}
