@@ -17,7 +17,9 @@ from brokenbind.errors import ConfigError
 from brokenbind.methods import FABind
 from brokenbind.module import BindingModule
 
-from .test_manifest import dm_args, make_data, write_csv
+from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
+
+pytestmark = CUT_AUDIO
 
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
