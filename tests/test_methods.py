@@ -61,7 +61,7 @@ def test_three_dataset_chain_composes_eqs_20_and_21():
 
 def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
     emb = layout(1, CHAIN)
-    method = BrokenBind(consistency_epochs=0, logit_scale=4.0, sym_weight=0.0, clip_weight=0.0)
+    method = BrokenBind(consistency_epochs=0, logit_scale=4.0, sym_weight=0.0, clip_weight=0.0, mox_subspace="full")
     terms = method(emb, epoch=0)
     expected = 0.0
     for ds, mods in emb.items():
@@ -120,7 +120,7 @@ def test_fro_mean_divides_by_entries_and_normalize_pseudo_makes_unit_rows():
 
 def test_mox_contrast_x_mod_uses_the_x_mod_pseudo_embeddings():
     emb = layout(6, TWO)
-    method = BrokenBind(consistency_epochs=0, mox_contrast="x_mod", logit_scale=3.0)
+    method = BrokenBind(consistency_epochs=0, mox_contrast="x_mod", logit_scale=3.0, mox_subspace="full")
     expected = 0.0
     for ds in emb:
         for _, mod, *_ in method.pseudo_embeddings(emb, ds).values():

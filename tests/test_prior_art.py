@@ -550,6 +550,8 @@ def mox_reference(emb, candidates: dict[str, np.ndarray], orthogonal: bool = Fal
 
 
 def mox_only(**kwargs) -> BrokenBind:
+    """L_MOX alone; the paper's full-space term unless ``mox_subspace`` is given (the references are written for it)."""
+    kwargs = {"mox_subspace": "full", **kwargs}
     return BrokenBind(consistency_epochs=0, clip_weight=0.0, sym_weight=0.0, modality_scales=SCALES, **kwargs)
 
 
@@ -564,7 +566,8 @@ def test_default_recipe_terms_equal_the_explicit_formulas():
                (("d1", "ab"), ("d1", "ba"), ("d2", "bc"), ("d2", "cb")))  # fmt: skip
     sym = sum(_ref_cross_cyclic(e[ds][m].tolist(), e[ds][n].tolist()) + _ref_in_cyclic(e[ds][m].tolist(),
               e[ds][n].tolist()) for ds, (m, n) in (("d1", "ab"), ("d2", "bc")))  # fmt: skip
-    mox = mox_reference(emb, {ds: unit_rows(data) for ds, (data, _) in pseudo.items()})
+    # mox_subspace "orthogonal": each non-pivot modality meets the pseudo target orthogonally to its row's pivot
+    mox = mox_reference(emb, {ds: unit_rows(data) for ds, (data, _) in pseudo.items()}, orthogonal=True)
     fro = sum(np.sum((mod - data) ** 2) / (B * D) for data, mod in pseudo.values())  # fro_reduction "mean"
     assert_terms(got, {"clip": clip, "sym": sym, "mox": mox, "fro": fro})
     assert not [k for k in BrokenBind().state_dict() if "noise" in k or "extra_state" in k]  # checkpoints as before
@@ -689,7 +692,7 @@ def test_prior_art_methods_fit_test_and_write_their_rows(method, request, tmp_pa
     fitted_on = {"impute": ("600", "['support']"), "pivot_ceiling": ("1200", "['support', 'evaluation']")}
     if method in fitted_on:  # the pix→zer regressor: the support dataset's pairs, or every dataset's
         rows_, datasets = fitted_on[method]
-        assert f"impute: pix→zer ridge regressor on {rows_} training rows of {datasets}, λ = " in caplog.text
+        assert f"{method}: pix→zer ridge regressor on {rows_} training rows of {datasets}, λ = " in caplog.text
 
 
 def test_cmcr_stopped_mid_run_and_resumed_equals_an_uninterrupted_run(cmcr_uninterrupted, tmp_path, monkeypatch):
