@@ -146,6 +146,11 @@ class PairedDataModule(LightningDataModule, ABC):
                     spec.modalities = sorted(set(spec.modalities) | set(flow.modalities))
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("batch sizes must be positive")
+        if num_workers < 0:
+            raise ConfigError(
+                f"data.init_args.num_workers must be 0 (load in the main process) or a number of loader processes, "
+                f"got {num_workers}"
+            )
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.sampling, self.num_workers = sampling, num_workers
         self.validate()
@@ -174,6 +179,11 @@ class PairedDataModule(LightningDataModule, ABC):
         trained = self.trained_modalities()
         for flow in self.flows:
             query, pivot, target = flow.modalities
+            if query == target:
+                raise ConfigError(
+                    f"flow {flow.flow!r} retrieves {query!r} from itself; a flow retrieves one modality from another "
+                    "through the pivot, e.g. 'fou->pix->zer'"
+                )
             if flow.dataset not in self.datasets:
                 raise ConfigError(f"flow {flow.flow!r}: unknown dataset {flow.dataset!r}; have {sorted(self.datasets)}")
             if pivot not in self.pivots:
@@ -260,6 +270,11 @@ class PairedDataModule(LightningDataModule, ABC):
             inputs = torch.cat([s["train"].features[m] for s in self.splits.values() if m in s["train"].features])
             info[m] = ModalityInfo(kind="features", shape=tuple(inputs.shape[1:]), train_inputs=inputs)
         return info
+
+    def class_names(self, labels: Tensor) -> list[str]:
+        """The class name of each label, for exported files; "" for an unlabelled row (a negative label). Data that
+        name their classes (a manifest's label column) override this; by default the name is the class id."""
+        return [str(label) if label >= 0 else "" for label in labels.tolist()]
 
     def instance_ids(self, index: Tensor) -> list[str]:
         """The user-facing id of each instance (global ``index``), for exported files; data with their own ids (a

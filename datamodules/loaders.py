@@ -54,10 +54,11 @@ class Member:
     def stat(self) -> os.stat_result:
         return self.shard.stat()
 
-    def read_bytes(self) -> bytes:
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        """The member's bytes, or its first ``limit`` bytes."""
         with self.shard.open("rb") as f:
             f.seek(self.offset)
-            return f.read(self.size)
+            return f.read(self.size if limit is None else min(limit, self.size))
 
     def open(self, mode: str = "rb") -> io.BytesIO:
         if mode != "rb":
@@ -145,6 +146,26 @@ def fix_length(wave_: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([wave_, np.zeros(length - len(wave_), dtype=np.float32)])
 
 
+WAV_ERRORS = (wave.Error, EOFError, OSError, ValueError)
+WAV_HEADER_BYTES = 1 << 16  # more than any WAV header with its metadata chunks
+
+
+def _wav_error(path: "Path | Member", context: str, error: Exception) -> DataError:
+    return DataError(
+        f"cannot read WAV {_where(path, context)}: {error}; PCM WAV files (uint8, int16, int24, int32) are "
+        "supported: convert the file or remove its row"
+    )
+
+
+def _check_wav(path: "Path | Member", context: str, rate: int, samples: int) -> None:
+    if rate <= 0:
+        raise DataError(f"cannot read WAV {_where(path, context)}: sample rate {rate}")
+    if samples == 0:
+        raise DataError(
+            f"WAV {_where(path, context)} holds no audio (zero samples); replace the file or remove its row"
+        )
+
+
 def read_wav(path: str | Path, context: str = "") -> tuple[np.ndarray, int]:
     """A PCM WAV file as a float32 mono waveform in [-1, 1] (channels averaged) and its sample rate."""
     path = _require_file(path, context)
@@ -154,18 +175,24 @@ def read_wav(path: str | Path, context: str = "") -> tuple[np.ndarray, int]:
             frames = wav.readframes(wav.getnframes())
         usable = len(frames) - len(frames) % (width * n_channels)
         samples = _pcm_to_float(frames[:usable], width).reshape(-1, n_channels).mean(axis=1)
-    except (wave.Error, EOFError, OSError, ValueError) as error:
-        raise DataError(
-            f"cannot read WAV {_where(path, context)}: {error}; PCM WAV files (uint8, int16, int24, int32) are "
-            "supported: convert the file or remove its row"
-        ) from error
-    if rate <= 0:
-        raise DataError(f"cannot read WAV {_where(path, context)}: sample rate {rate}")
-    if len(samples) == 0:
-        raise DataError(
-            f"WAV {_where(path, context)} holds no audio (zero samples); replace the file or remove its row"
-        )
+    except WAV_ERRORS as error:
+        raise _wav_error(path, context, error) from error
+    _check_wav(path, context, rate, len(samples))
     return samples.astype(np.float32), rate
+
+
+def wav_seconds(path: str | Path, context: str = "") -> float:
+    """The length of a WAV file in seconds from its header alone (its samples are not read); the errors of
+    ``read_wav``."""
+    path = _require_file(path, context)
+    try:
+        source = io.BytesIO(path.read_bytes(WAV_HEADER_BYTES)) if isinstance(path, Member) else str(path)
+        with wave.open(source, "rb") as wav:
+            frames, rate = wav.getnframes(), wav.getframerate()
+    except WAV_ERRORS as error:
+        raise _wav_error(path, context, error) from error
+    _check_wav(path, context, rate, frames)
+    return frames / rate
 
 
 def load_wav(path: str | Path, sample_rate: int, seconds: float, context: str = "") -> Tensor:

@@ -27,11 +27,14 @@ with the datamodule configured as::
         flows: [{dataset: sounds, flow: caption->photo->sound}]
 
 Everything is validated before training: missing manifests, modality columns a dataset needs but its manifest lacks,
-empty cells in the modalities a split must carry, unknown split values, duplicate ids, and every referenced file's
-existence (the first missing one is named with its row). Images and audio are read lazily in ``__getitem__``;
-features (``.npy``) are read in ``setup`` because backbones fitted to data need the training inputs.
+empty cells in the modalities a split must carry, unknown split values, duplicate ids, every referenced file's
+existence (the first missing one is named with its row: ``data row N (line L)``, the N-th row below the header on
+line L of the file), and one width per features modality across datasets. Images and audio are read lazily in
+``__getitem__`` (of audio, ``setup`` reads the WAV headers, to say how much ``audio_seconds`` cuts); features
+(``.npy``) are read in ``setup`` because backbones fitted to data need the training inputs.
 """
 
+import csv
 import hashlib
 import json
 import math
@@ -43,13 +46,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError, DataError
 from datamodules.base import SPLITS, PairedDataModule
-from datamodules.loaders import FILE_KINDS, KINDS, FeatureArray, load_image, load_npy, load_text, load_wav
+from datamodules.loaders import (
+    FILE_KINDS,
+    KINDS,
+    FeatureArray,
+    load_image,
+    load_npy,
+    load_text,
+    load_wav,
+    wav_seconds,
+)
 
 RESERVED_COLUMNS = ("label", "split", "id")
 UNLABELLED = -1
@@ -58,10 +71,12 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
 @dataclass
 class Manifest:
-    """A manifest read by pandas: its columns (in file order) and its rows, every cell a str ("" when empty)."""
+    """A manifest read by pandas: its columns (in file order) and its rows, every cell a str ("" when empty), and the
+    line of the file each row starts on (None where lines mean nothing: Parquet, shards)."""
 
     path: Path
     frame: pd.DataFrame
+    lines: list[int] | None = None
     _lists: dict[str, list[str]] = field(default_factory=dict, repr=False)  # columns as lists: fast cell access
 
     @property
@@ -81,15 +96,24 @@ class Manifest:
     def cell(self, row: int, column: str) -> str:
         return self.column(column)[row] if column in self.frame.columns else ""
 
+    def row_name(self, row: int) -> str:
+        """``data row 6 (line 7)``: the 1-based row below the header (blank rows not counted) and its line in an
+        editor."""
+        return _row_name(row, self.lines)
+
     def where(self, row: int) -> str:
-        """Where a row lives, for error messages: manifest, 1-based row, id when the manifest has one."""
-        where = f"manifest {self.path} row {row + 1}"
+        """Where a row lives, for error messages: manifest, data row and line, id when the manifest has one."""
+        where = f"manifest {self.path} {self.row_name(row)}"
         if "id" in self.frame.columns:
             where += f", id {self.cell(row, 'id').strip()!r}"
         return where
 
 
-def _cell(value: object, path: Path, row: int, column: str) -> str:
+def _row_name(row: int, lines: list[int] | None) -> str:
+    return f"data row {row + 1}" + (f" (line {lines[row]})" if lines is not None else "")
+
+
+def _cell(value: object, path: Path, row: int, column: str, lines: list[int] | None) -> str:
     """One JSONL or Parquet value as the str a CSV would hold: missing values are "", booleans lower case."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -98,19 +122,42 @@ def _cell(value: object, path: Path, row: int, column: str) -> str:
     if isinstance(value, str | int | float | np.integer | np.floating):
         return str(value)
     raise DataError(
-        f"manifest {path} row {row + 1}: column {column!r} holds a {type(value).__name__}; expected a string or number"
+        f"manifest {path} {_row_name(row, lines)}: column {column!r} holds a {type(value).__name__}; expected a string "
+        "or number"
     )
 
 
-def _as_strings(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _as_strings(frame: pd.DataFrame, path: Path, lines: list[int] | None) -> pd.DataFrame:
     frame = frame.astype(object)
     for column in frame.columns:
-        frame[column] = [_cell(v, path, row, column) for row, v in enumerate(frame[column].tolist())]
+        frame[column] = [_cell(v, path, row, column, lines) for row, v in enumerate(frame[column].tolist())]
     return frame
 
 
-def _read_frame(path: Path, suffix: str) -> pd.DataFrame:
-    """The file as a frame of str cells, columns named by its header (CSV) or keys (JSONL, Parquet)."""
+def _record_lines(path: Path, suffix: str) -> list[int] | None:
+    """The line each record pandas reads starts on, as pandas skips blank lines: the data records of a CSV (after its
+    header; a quoted cell may span lines), every non-blank line of JSON lines; None for Parquet."""
+    if suffix == ".parquet":
+        return None
+    if suffix != ".csv":
+        with path.open(encoding="utf-8") as f:
+            return [number for number, line in enumerate(f, 1) if line.strip()]
+    starts, end = [], 0
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for record in reader:
+                if len(record) > 1 or (record and record[0].strip()):
+                    starts.append(end + 1)
+                end = reader.line_num
+    except (csv.Error, UnicodeDecodeError):  # pandas read it: rows are then named without their lines
+        return None
+    return starts[1:]
+
+
+def _read_frame(path: Path, suffix: str) -> tuple[pd.DataFrame, list[int] | None]:
+    """The file as a frame of str cells, columns named by its header (CSV) or keys (JSONL, Parquet), and the line each
+    row starts on (``_record_lines``; None when Python's csv reader and pandas disagree on the records)."""
     if suffix == ".csv":
         try:  # header=None: the header row is read as data, so duplicate names are seen rather than renamed
             raw = pd.read_csv(path, header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
@@ -120,6 +167,7 @@ def _read_frame(path: Path, suffix: str) -> pd.DataFrame:
             raise DataError(f"manifest {path}: cannot parse it as CSV: {str(error).strip()}") from error
         columns = [str(c).strip() for c in raw.iloc[0]]
         frame = raw.iloc[1:].set_axis(columns, axis=1)
+        lines = _record_lines(path, suffix)
     else:
         try:
             if suffix == ".parquet":
@@ -129,13 +177,18 @@ def _read_frame(path: Path, suffix: str) -> pd.DataFrame:
         except ValueError as error:
             kind = "Parquet" if suffix == ".parquet" else "JSON lines (one JSON object per line)"
             raise DataError(f"manifest {path}: cannot parse it as {kind}: {error}") from error
-        frame = _as_strings(frame.rename(columns=lambda c: str(c).strip()), path)
+        lines = _record_lines(path, suffix)
+        lines = lines if lines is None or len(lines) == len(frame) else None
+        frame = _as_strings(frame.rename(columns=lambda c: str(c).strip()), path, lines)
         columns = list(frame.columns)
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated or "" in columns:
         raise DataError(f"manifest {path}: header has duplicate or empty column names {duplicated or ['']}")
-    blank = (frame.apply(lambda col: col.str.strip()) == "").all(axis=1) if len(frame) else []
-    return frame[~np.asarray(blank, dtype=bool)].reset_index(drop=True) if len(frame) else frame
+    if not len(frame):
+        return frame, None
+    lines = lines if lines is not None and len(lines) == len(frame) else None
+    kept = ~np.asarray((frame.apply(lambda col: col.str.strip()) == "").all(axis=1), dtype=bool)  # not a blank row
+    return frame[kept].reset_index(drop=True), None if lines is None else np.asarray(lines)[kept].tolist()
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -146,7 +199,7 @@ def read_manifest(path: str | Path) -> Manifest:
     suffix = path.suffix.lower()
     if suffix not in MANIFEST_SUFFIXES:
         raise ConfigError(f"manifest {path}: unknown format {suffix!r}; use one of {list(MANIFEST_SUFFIXES)}")
-    return Manifest(path, _read_frame(path, suffix))
+    return Manifest(path, *_read_frame(path, suffix))
 
 
 LABEL_RULE = (
@@ -364,6 +417,11 @@ class ManifestDataModule(PairedDataModule):
                 raise ConfigError(f"modality {column!r}: the column names {list(RESERVED_COLUMNS)} are reserved")
         if len(split_fractions) != 3 or min(split_fractions) <= 0:
             raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
+        if abs(sum(split_fractions) - 1) > 1e-3:
+            raise ConfigError(
+                f"split_fractions {list(split_fractions)} sum to {sum(split_fractions):g}; give train/val/test "
+                "fractions that sum to 1, e.g. [0.6, 0.2, 0.2]"
+            )
         if image_size < 1 or sample_rate < 1 or audio_seconds <= 0:
             raise ConfigError("image_size, sample_rate and audio_seconds must be positive")
         if image_channels not in (None, 1, 3):
@@ -395,6 +453,7 @@ class ManifestDataModule(PairedDataModule):
                     )
         self._tables: dict[str, DatasetTable] | None = None
         self._channels: dict[str, int | None] = {}
+        self._class_names: dict[int, str] | None = None  # class id -> the manifests' class name (names only)
 
     def check_manifests(self, manifests: dict[str, str]) -> None:
         for name, path in manifests.items():
@@ -432,6 +491,7 @@ class ManifestDataModule(PairedDataModule):
         if self._tables is None:
             manifests = self.read_manifests()
             mapping = label_mapping(list(manifests.values()))
+            self._class_names = None if mapping is None else {i: name for name, i in mapping.items()}
             tables, offset = {}, 0
             for name, manifest in manifests.items():
                 tables[name] = self._table(name, manifest, mapping, offset)
@@ -450,10 +510,14 @@ class ManifestDataModule(PairedDataModule):
                 )
         return {name: read_manifest(self.manifests[name]) for name in sorted(self.datasets)}
 
+    def file_base(self, manifest: Manifest) -> Path:
+        """Where relative file paths in ``manifest`` start: ``root``, by default the manifest's directory."""
+        return Path(self.root).expanduser() if self.root is not None else manifest.path.parent
+
     def resolve_files(self, name: str, manifest: Manifest, modality: str) -> list[Path | None]:
-        """The file of every row of a file-kind ``modality`` column (None for an empty cell): relative paths start at
-        ``root``, by default the manifest's directory."""
-        base = Path(self.root).expanduser() if self.root is not None else manifest.path.parent
+        """The file of every row of a file-kind ``modality`` column (None for an empty cell), relative paths from
+        ``file_base``."""
+        base = self.file_base(manifest)
         return [base / Path(cell.strip()).expanduser() if cell.strip() else None for cell in manifest.column(modality)]
 
     def manifest_digest(self, table: DatasetTable) -> bytes:
@@ -481,11 +545,11 @@ class ManifestDataModule(PairedDataModule):
             for row, value in enumerate(manifest.column("id")):
                 value = value.strip()
                 if not value:
-                    raise DataError(f"dataset {name!r}: manifest {path} row {row + 1} has an empty id")
+                    raise DataError(f"dataset {name!r}: manifest {path} {manifest.row_name(row)} has an empty id")
                 if value in seen:
                     raise DataError(
-                        f"dataset {name!r}: manifest {path} has duplicate id {value!r} in rows {seen[value] + 1} and "
-                        f"{row + 1}"
+                        f"dataset {name!r}: manifest {path} has duplicate id {value!r} in "
+                        f"{manifest.row_name(seen[value])} and {manifest.row_name(row)}"
                     )
                 seen[value] = row
         labels = np.full(len(manifest), UNLABELLED, dtype=np.int64)
@@ -506,7 +570,8 @@ class ManifestDataModule(PairedDataModule):
                     if not manifest.cell(row, m).strip():
                         raise DataError(
                             f"dataset {name!r}: {table.context(row)}: modality {m!r} is empty, but every {split} row "
-                            f"must carry {self.split_modalities(name, split)}{self._oracle_hint(name, split, m)}"
+                            f"must carry {self.split_modalities(name, split)}"
+                            f"{self._oracle_hint(name, split, m) or '; fill in the cell or remove the row'}"
                         )
         for m, source in arrays.items():
             table.arrays[m] = self._array_rows(table, m, *source)
@@ -517,7 +582,9 @@ class ManifestDataModule(PairedDataModule):
             for m, paths in table.paths.items():
                 if paths[row] is not None and not paths[row].is_file():
                     raise DataError(
-                        f"dataset {name!r}: {self.modalities[m]} file missing: {paths[row]} ({table.context(row, m)})"
+                        f"dataset {name!r}: {self.modalities[m]} file missing: {paths[row]} ({table.context(row, m)}); "
+                        f"restore the file, correct its path (relative paths start at {self.file_base(manifest)}) or "
+                        "remove the row"
                     )
         return table
 
@@ -585,7 +652,7 @@ class ManifestDataModule(PairedDataModule):
         for row, value in enumerate(splits):
             if value not in SPLITS:
                 raise DataError(
-                    f"dataset {name!r}: manifest {manifest.path} row {row + 1}: unknown split value "
+                    f"dataset {name!r}: manifest {manifest.path} {manifest.row_name(row)}: unknown split value "
                     f"{manifest.cell(row, 'split')!r}; expected one of {list(SPLITS)}"
                 )
         return splits
@@ -606,8 +673,57 @@ class ManifestDataModule(PairedDataModule):
 
     # -- data ------------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
         self.tables()
         super().setup(stage)
+        self._check_feature_widths()
+        self._warn_cut_audio()
+
+    def _check_feature_widths(self) -> None:
+        """A features modality has one width in every dataset and split: one head embeds all of its rows."""
+        for m in (m for m, kind in self.modalities.items() if kind == "features"):
+            first: tuple[int, str] | None = None
+            for name, splits in self.splits.items():
+                for data in splits.values():
+                    if m not in data.features or not len(data):
+                        continue
+                    values = data.features[m]
+                    if isinstance(values, ArrayFeatures):
+                        width = values.array.shape[1]
+                        source = f"array {values.array.path} (data.init_args.arrays.{name}.{m})"
+                    else:
+                        row = int(data.rows[0])
+                        width, source = values.shape[1], f"{data.table.paths[m][row]} ({data.table.context(row, m)})"
+                    if first is None:
+                        first = (width, source)
+                    elif width != first[0]:
+                        raise DataError(
+                            f"features of {m!r} have {width} values per row in {source} but {first[0]} in {first[1]}; "
+                            "one modality has one width in every dataset (one head embeds it): make them match (the "
+                            "same encoder) or name them as two modalities"
+                        )
+
+    def _warn_cut_audio(self) -> None:
+        """Clips are cut to ``audio_seconds``: say once how much of the audio that drops (from the WAV headers)."""
+        for m in (m for m, kind in self.modalities.items() if kind == "audio"):
+            seconds = [
+                wav_seconds(data.table.paths[m][row], data.table.context(row, m))
+                for splits in self.splits.values()
+                for data in splits.values()
+                if m in data.modalities
+                for row in data.rows.tolist()
+            ]
+            cut = [s for s in seconds if s > self.audio_seconds]
+            if cut:
+                lost = sum(s - self.audio_seconds for s in cut) / sum(seconds)
+                rank_zero_warn(
+                    f"audio {m!r}: {len(cut)} of {len(seconds)} clips ({len(cut) / len(seconds):.0%}) last longer than "
+                    f"data.init_args.audio_seconds = {self.audio_seconds:g} s (default 1.0) and are cut to their first "
+                    f"{self.audio_seconds:g} s, dropping {lost:.0%} of the audio (the longest clip lasts "
+                    f"{max(cut):.2f} s); raise audio_seconds to keep more (every clip is padded or cut to that length, "
+                    "so time and memory grow with it)"
+                )
 
     def load_split(self, dataset: str, split: str, modalities: list[str]) -> ManifestDataset:
         table = self.tables()[dataset]
@@ -655,6 +771,13 @@ class ManifestDataModule(PairedDataModule):
                 rate = self.sample_rate if kind == "audio" else None
                 info[m] = ModalityInfo(kind=kind, shape=shape, sample_rate=rate)
         return info
+
+    def class_names(self, labels: Tensor) -> list[str]:
+        """The class names the manifests used (their integer class ids where they used ids); "" when unlabelled."""
+        self.tables()
+        if self._class_names is None:
+            return super().class_names(labels)
+        return [self._class_names[label] if label >= 0 else "" for label in labels.tolist()]
 
     def instance_ids(self, index: Tensor) -> list[str]:
         """The manifest's own ``id`` of each instance (global index = the dataset's offset + its manifest row); the

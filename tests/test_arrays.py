@@ -18,7 +18,9 @@ from brokenbind.errors import ConfigError, DataError
 from datamodules import ManifestDataModule
 from datamodules.loaders import FeatureArray
 
-from .test_manifest import ROWS, dm_args, make_data, make_dm, write_csv, write_jsonl
+from .test_manifest import CUT_AUDIO, ROWS, dm_args, make_data, make_dm, write_csv, write_jsonl
+
+pytestmark = CUT_AUDIO
 
 SPLIT_OF_ROW = ("train", "train", "train", "val", "test")
 
@@ -93,8 +95,9 @@ def arrays_error(tmp_path, **changes) -> str:
 def test_a_row_whose_id_is_not_in_the_ids_file_is_named(tmp_path):
     message = arrays_error(tmp_path, drop="s5")  # row 6 is a val row (split_seed 0)
     assert message == (
-        f"dataset 'sounds': manifest {tmp_path}/sounds.csv row 6, id 's5': no row in array {tmp_path}/emb.npy (its id "
-        f"is not in {tmp_path}/emb_ids.txt), but every val row must carry ['emb', 'photo', 'sound']"
+        f"dataset 'sounds': manifest {tmp_path}/sounds.csv data row 6 (line 7), id 's5': no row in array "
+        f"{tmp_path}/emb.npy (its id is not in {tmp_path}/emb_ids.txt), but every val row must carry ['emb', 'photo', "
+        "'sound']"
     )
 
 
@@ -253,8 +256,8 @@ def test_csv_jsonl_and_parquet_manifests_give_the_same_items(tmp_path):
         ("m.jsonl", '{"id": "a"}\n{oops\n', r"cannot parse it as JSON lines"),
         (
             "m.jsonl",
-            '{"id": "a", "photo": [1, 2]}\n',
-            r"row 1: column 'photo' holds a list; expected a string or number",
+            '{"id": "a"}\n\n{"id": "b", "photo": [1, 2]}\n',
+            r"m\.jsonl data row 2 \(line 3\): column 'photo' holds a list; expected a string or number",
         ),
     ],
 )
@@ -269,14 +272,19 @@ def test_unreadable_manifests_are_named(tmp_path, name, text, message):
 def test_blank_rows_are_skipped_and_cells_are_strings(tmp_path):
     from datamodules.manifest import read_manifest
 
-    (tmp_path / "m.csv").write_text("id, photo ,label\n\na,img/a.png,3\n,,\nb,img/b.png,\n")
+    (tmp_path / "m.csv").write_text('id, photo ,label\n\na,img/a.png,3\n,,\n  \nb,"two\nlines",\nc,img/c.png,1\n')
     manifest = read_manifest(tmp_path / "m.csv")
-    assert manifest.columns == ["id", "photo", "label"] and len(manifest) == 2
-    assert manifest.column("label") == ["3", ""] and manifest.cell(1, "id") == "b"
+    assert manifest.columns == ["id", "photo", "label"] and len(manifest) == 3
+    assert manifest.column("label") == ["3", "", "1"] and manifest.cell(1, "id") == "b"
+    # rows are named as an editor shows them: blank lines and a quoted cell's line break counted
+    assert [manifest.row_name(row) for row in range(3)] == [
+        "data row 1 (line 3)", "data row 2 (line 6)", "data row 3 (line 8)"
+    ]  # fmt: skip
     (tmp_path / "m.jsonl").write_text('{"id": "a", "ok": true, "n": 2, "x": 0.5}\n\n{"id": "b"}\n')
     manifest = read_manifest(tmp_path / "m.jsonl")
     assert manifest.column("ok") == ["true", ""] and manifest.column("n") == ["2", ""]
     assert manifest.column("x") == ["0.5", ""]
+    assert manifest.where(1) == f"manifest {tmp_path / 'm.jsonl'} data row 2 (line 3), id 'b'"
 
 
 def test_dm_args_still_build(tmp_path):

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from brokenbind.cli import cli as main
@@ -46,12 +47,16 @@ def test_every_experiment_runs_every_method_with_fast_dev_run(experiment, method
     assert cli.config.fit.method == method
 
 
-def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_path):
+def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_path, capsys, recwarn):
     config = ROOT / "experiments" / "two_dataset.yaml"
-    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
-                "--trainer.log_every_n_steps=1"])  # fmt: skip
+    # epochs of 2 batches, fewer than log_every_n_steps (5)
+    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--trainer.limit_train_batches=2"])
     run = tmp_path / "logs" / "two_dataset" / "version_0"
     assert Path(cli.trainer.log_dir).resolve() == run
+    assert get_standard_metrics(cli.trainer) == {"v_num": 0}  # the progress bar's version: version_0
+    out = capsys.readouterr().out  # the results table and the run's paths, with Lightning's tables
+    assert "test retrieval (best-epoch" in out and f"run directory: {Path('logs/two_dataset/version_0')}" in out
+    assert not [w for w in recwarn if "logging interval" in str(w.message)]
     assert (run / "config.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -68,7 +73,10 @@ def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_p
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in checkpoint["state_dict"] if k.startswith("backbones.")]
 
-    images = {t for f in run.glob("events.out.tfevents.*") for t in EventAccumulator(str(f)).Reload().Tags()["images"]}
+    events = [EventAccumulator(str(f)).Reload() for f in sorted(run.glob("events.out.tfevents.*"))]
+    cond = [(e.step, e.value > 1) for e in events[0].Scalars("train/cond/evaluation/pix")]
+    assert cond == [(1, True), (3, True)]  # once per epoch (the largest of its batches), though epochs are short
+    images = {t for e in events for t in e.Tags()["images"]}
     assert {"figures/val_map", "figures/loss_terms"} <= images  # fit and test write one events file each
     assert "val_embeddings" in (run / "projector_config.pbtxt").read_text()  # TensorBoard's embedding projector
 
@@ -86,7 +94,8 @@ def test_fit_writes_run_directory_with_results_tensorboard_and_checkpoints(tmp_p
     with (test_dir / "index.csv").open() as f:
         index = list(csv.DictReader(f))
     assert fou.shape == (200, 128) and fou.dtype == np.float32 and len(index) == 200
-    assert list(index[0]) == ["row", "id", "index", "label"] and index[0]["id"] == index[0]["index"]  # mfeat: no ids
+    assert list(index[0]) == ["row", "id", "label", "class"]
+    assert index[0]["class"] == index[0]["label"]  # mfeat's classes are the digits: named by their ids
     np.testing.assert_allclose(np.linalg.norm(fou, axis=1), 1.0, rtol=1e-5)
 
 

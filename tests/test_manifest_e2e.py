@@ -29,7 +29,7 @@ def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
     config = {
         "data": {
             "class_path": "datamodules.ManifestDataModule",
-            "init_args": dm_args(manifests, batch_size=6, image_size=32),
+            "init_args": dm_args(manifests, batch_size=6, image_size=32, audio_seconds=0.7),  # no clip is cut
         },
         "model": {
             "backbones": {
@@ -61,6 +61,9 @@ def test_manifest_experiment_trains_tests_and_predicts(tmp_path, monkeypatch):
     sound = np.load(out / "captions" / "test" / "sound.npy")
     assert caption.shape == sound.shape == (6, 128)
     with (out / "captions" / "test" / "index.csv").open() as f:
-        ids = [row["id"] for row in csv.DictReader(f)]
+        index = list(csv.DictReader(f))
+    ids = [row["id"] for row in index]
     assert len(ids) == 6 and set(ids) <= {row["id"] for row in rows["captions"]}  # the manifest's own ids
+    label = {row["id"]: row["label"] for row in rows["captions"]}
+    assert all(row["class"] == label[row["id"]] for row in index)  # the manifest's own class names
     assert not (out / "captions" / "train" / "sound.npy").exists()

@@ -14,7 +14,9 @@ from brokenbind.errors import ConfigError, DataError
 from datamodules import ManifestDataModule, ShardDataModule
 from datamodules.shards import expand
 
-from .test_manifest import dm_args, make_data, write_csv
+from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
+
+pytestmark = CUT_AUDIO
 
 SPLIT_OF_ROW = ("train", "train", "train", "val", "test")
 EXT = {"photo": "png", "sound": "wav", "emb": "npy"}

@@ -1,5 +1,6 @@
 """Reading brokenbind checkpoints: the CLI resumes and tests from them, ``bound`` backbones encode with them."""
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -7,16 +8,47 @@ import torch
 
 from brokenbind.errors import ConfigError
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A brokenbind checkpoint, read with ``weights_only=True`` (plain containers and tensors only)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}; pass the path of a .ckpt file or 'last'")
+    with path.open("rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if head and head != ZIP_MAGIC:
+        what = "it holds text" if _is_text(path) else "it does not start like one"
+        raise ConfigError(
+            f"checkpoint {path} is not a PyTorch checkpoint (torch.save writes a zip archive; {what}); pass a .ckpt "
+            "file that brokenbind wrote (logs/<experiment>/<version>/checkpoints/*.ckpt) or 'last'"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"checkpoint {path} holds Python objects besides tensors and plain containers, so brokenbind did not "
+            "write it (its checkpoints load with torch.load(weights_only=True)); pass a checkpoint of a brokenbind run"
+        ) from error
+    except Exception as error:  # torch's zip reader (RuntimeError), or EOFError on an empty file
+        reason = str(error).split(". ")[0] or "the file is empty"
+        raise ConfigError(
+            f"checkpoint {path} is truncated or corrupt (torch cannot read it: {reason}); it was probably cut off "
+            "while being written or copied: copy it again, or use another checkpoint of the run (checkpoints/"
+            "last.ckpt, best-epochNNN.ckpt)"
+        ) from error
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file's first KiB decodes as UTF-8 (a YAML or log file passed by mistake)."""
+    with path.open("rb") as f:
+        start = f.read(1024)
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def stored_config(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from unittest.mock import patch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -137,6 +138,40 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: 
     return [] if stored == current else [prefix.rstrip(".")]
 
 
+def check_accelerator(accelerator: Any) -> None:
+    """An accelerator this machine lacks (a GPU on a laptop) or an unknown name stops here, in one paragraph, rather
+    than in Lightning's traceback."""
+    if not isinstance(accelerator, str) or accelerator == "auto":
+        return
+    names = sorted(AcceleratorRegistry.available_accelerators())
+    if accelerator not in (*names, "gpu"):
+        raise ConfigError(f"trainer.accelerator {accelerator!r} is unknown; use one of {['auto', 'gpu', *names]}")
+
+    def available(name: str) -> bool:  # a class method: instantiating some (XLA) fails where they are unavailable
+        return AcceleratorRegistry[name]["accelerator"].is_available()
+
+    if any(available(name) for name in (("cuda", "mps") if accelerator == "gpu" else (accelerator,))):
+        return
+    device = {"gpu": "GPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)", "tpu": "TPU"}.get(accelerator, accelerator)
+    presets = " (--hardware gpu, ddp and multinode set it)" if accelerator == "gpu" else ""
+    here = [name for name in names if available(name)]
+    raise ConfigError(
+        f"trainer.accelerator is {accelerator!r}{presets}, but torch finds no {device} on this machine; accelerators "
+        f"available here: {here}. Run on the CPU with --hardware cpu (or --trainer.accelerator=cpu), or on a machine "
+        "that has one"
+    )
+
+
+def check_save_dir(save_dir: Path) -> None:
+    """Runs go under ``save_dir``: it, or the nearest of its parents that exists, must be a directory."""
+    existing = next(p for p in (save_dir, *save_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"trainer.logger.init_args.save_dir is {str(save_dir)!r}, but {existing} is a file, not a directory; "
+            "name a directory for the runs (it is created if missing), e.g. logs"
+        )
+
+
 class BrokenBindCLI(LightningCLI):
     # (run directory, the topmost directory this start created): read by ``cli`` to remove what a failed start left
     last_start: tuple[Path | None, Path | None] = (None, None)
@@ -150,6 +185,15 @@ class BrokenBindCLI(LightningCLI):
         )
 
     # -- configuration, run directory, checkpoint ------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path`` first (for hyperparameters); a file it cannot read is named here, in one
+        paragraph, by ``load_checkpoint`` (which says whether it is no checkpoint, or a truncated one)."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            load_checkpoint(self.config[self.config.subcommand].ckpt_path)
+            raise  # the file reads: the problem is elsewhere
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         experiments = [Path(str(c)) for c in config.get("config") or [] if Path(str(c)).parent not in PRESETS.values()]
@@ -162,6 +206,7 @@ class BrokenBindCLI(LightningCLI):
         self.check_settings(config)
         logger = config.trainer.logger
         save_dir = Path(logger.init_args.save_dir if logger and "save_dir" in (logger.init_args or {}) else "logs")
+        check_save_dir(save_dir)
         self.run_dir, ckpt = self.resolve_run(config, save_dir / run_name)
         config.ckpt_path = str(ckpt) if ckpt else None
         if ckpt is not None:
@@ -169,7 +214,10 @@ class BrokenBindCLI(LightningCLI):
         config.trainer.default_root_dir = str(self.run_dir)  # where Lightning puts its SLURM preemption checkpoint
         if logger and getattr(logger, "init_args", None) is not None:
             logger.init_args.save_dir, logger.init_args.name = str(self.run_dir.parent), ""
-            logger.init_args.version = self.run_dir.name
+            # version_N as the number N: the same directory, and the progress bar's v_num shows N (of a string
+            # version it shows the last four characters, "on_0")
+            number = re.fullmatch(r"version_(\d+)", self.run_dir.name)
+            logger.init_args.version = int(number[1]) if number else self.run_dir.name
 
     def check_settings(self, config: Any) -> None:
         """Settings that parse but cannot give an honest run."""
@@ -179,9 +227,13 @@ class BrokenBindCLI(LightningCLI):
                 f"{config.method or 'brokenbind'!r}; for the untrained reference use --method frozen"
             )
         optimizer = config.model.optimizer
-        lr = (getattr(optimizer, "init_args", None) or {}).get("lr") if not callable(optimizer) else None
+        init_args = (getattr(optimizer, "init_args", None) or {}) if not callable(optimizer) else {}
+        lr, weight_decay = init_args.get("lr"), init_args.get("weight_decay")
         if lr is not None and not lr > 0:
             raise ConfigError(f"model.optimizer.init_args.lr must be positive, got {lr}")
+        if weight_decay is not None and not weight_decay >= 0:
+            raise ConfigError(f"model.optimizer.init_args.weight_decay must be 0 or positive, got {weight_decay}")
+        check_accelerator(config.trainer.accelerator)
 
     def resolve_run(self, config: Any, root: Path) -> tuple[Path, Path | None]:
         """(run directory, checkpoint to start from). A checkpoint inside a run directory continues that directory;

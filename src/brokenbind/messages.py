@@ -16,13 +16,14 @@ from brokenbind.errors import ConfigError
 
 def check_yaml_files(args: list[str]) -> None:
     """A YAML syntax error in a ``--config`` file, named with its file, line and column (jsonargparse reads the
-    file's text and reports only a line of ``<unicode string>``)."""
+    file's text and reports only a line of ``<unicode string>``); an empty file, or one that is not a mapping
+    (jsonargparse says "Unexpected config:" and nothing more)."""
     for i, arg in enumerate(args):
         value = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else arg.partition("=")[2]
         if not (arg in ("--config", "-c") or arg.startswith("--config=")) or not os.path.isfile(value):  # or YAML text
             continue
         try:
-            yaml.safe_load(Path(value).read_text())
+            settings = yaml.safe_load(Path(value).read_text())
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -31,6 +32,17 @@ def check_yaml_files(args: list[str]) -> None:
                 f"experiment file {value}: YAML syntax error{at}: {problem}; fix the file (nesting is by indentation, "
                 "the same number of spaces for keys of one mapping)"
             ) from error
+        if settings is None:
+            raise ConfigError(
+                f"experiment file {value} is empty (or holds only comments): write the settings that differ from the "
+                "defaults, at least data (its class_path, datasets, pivot and flows), as experiments/two_dataset.yaml "
+                "does"
+            )
+        if not isinstance(settings, dict):
+            raise ConfigError(
+                f"experiment file {value} holds a {type(settings).__name__}, not a mapping of settings: its top-level "
+                "keys are data, model, trainer, ... (as in experiments/two_dataset.yaml)"
+            )
 
 
 # jsonargparse's words for an unknown key in a config file (with the subcommand) and on the command line

@@ -32,6 +32,9 @@ def silence_known_warnings() -> None:
             logging.getLogger(name).addFilter(_NoAdverts())
     # frozen backbones stay in eval mode on purpose (BindingModule.train); Lightning warns about any module in eval mode
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # an epoch shorter than log_every_n_steps loses nothing: step logs count steps across epochs and per-epoch values
+    # (train/cond) are logged every epoch
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     # Lightning 2.6 builds torch's deprecated LeafSpec when it flattens logged values; nothing a user can change
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
@@ -94,6 +97,9 @@ class BindingModule(LightningModule):
         self.use_cache, self.cache = feature_cache, FeatureCache(cache_dir)
         if lora_start_epoch < 0:
             raise ConfigError("lora_start_epoch must be non-negative")
+        for name, width in (("embed_dim", embed_dim), ("head_hidden_dim", head_hidden_dim)):
+            if width < 1:
+                raise ConfigError(f"model.{name} must be a positive number of dimensions, got {width}")
         self.lora_start_epoch = lora_start_epoch
         self.cache_keys: dict[str, str] = {}  # modality -> cache key, for cacheable backbones only
         self.method = method
@@ -219,8 +225,7 @@ class BindingModule(LightningModule):
         for name, value in terms.items():
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)  # mean over ranks
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log_pivot_conditioning(embeddings, batch_size)
+        self.log_pivot_conditioning(embeddings, batch_size)
         return loss
 
     def check_finite(self, terms: dict[str, Tensor]) -> None:
@@ -237,13 +242,17 @@ class BindingModule(LightningModule):
             )
 
     def log_pivot_conditioning(self, embeddings: dict[str, dict[str, Tensor]], batch_size: int) -> None:
-        """Condition number of each dataset's pivot embeddings, i.e. of the pseudo-inverse MOX takes of them (method.md
-        §6: B close to d makes it explode, and R_Fro with it)."""
+        """Condition number of each dataset's pivot embeddings, i.e. of the pseudo-inverse MOX takes of them (B close
+        to d makes it explode, and R_Fro with it), logged once per epoch as the largest of the epoch's batches: an
+        epoch shorter than log_every_n_steps still logs it."""
         for pivot in getattr(self.trainer.datamodule, "pivots", []):
             for ds, mods in embeddings.items():
                 if pivot in mods:
                     cond = torch.linalg.cond(mods[pivot].detach().float())
-                    self.log(f"train/cond/{ds}/{pivot}", cond, batch_size=batch_size, sync_dist=True)
+                    self.log(
+                        f"train/cond/{ds}/{pivot}", cond, on_step=False, on_epoch=True, reduce_fx="max",
+                        batch_size=batch_size, sync_dist=True,
+                    )  # fmt: skip
 
     def _eval_step(self, batch: dict) -> dict[str, Any]:
         return {"embeddings": self.embed(batch["x"], batch["index"]), "index": batch["index"], "label": batch["label"]}

@@ -9,9 +9,12 @@ python -m brokenbind.report logs/ --stage val     # validation rows (the best ep
 
 import argparse
 import csv
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from brokenbind.results import metric
 
 
 def collect(root: Path) -> list[dict[str, str]]:
@@ -34,6 +37,10 @@ def latest_per_run(rows: list[dict[str, str]], stage: str) -> tuple[list[dict[st
 
 
 def _stat(values: list[float]) -> str:
+    """mean ± std of the values that exist (a missing metric is NaN; "n/a" when none exists)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
 
@@ -51,8 +58,8 @@ def summarise(rows: list[dict[str, str]], stage: str) -> str:
     ]
     for (experiment, dataset_flow, flow, method), group in groups.items():
         seeds = ",".join(sorted({r["seed"] for r in group}))
-        instance = _stat([float(r["map_instance"]) for r in group])
-        klass = _stat([float(r["map_class"]) for r in group])
+        instance = _stat([metric(r["map_instance"]) for r in group])
+        klass = _stat([metric(r["map_class"]) for r in group])
         lines.append(f"| {experiment} | {dataset_flow} | {flow} | {method} | {seeds} | {instance} | {klass} |")
     note = "\n\n(* emergent: query and target never observed together; std over runs"
     if left_out:

@@ -1,9 +1,13 @@
 """Results on disk and on screen: one row per (experiment, method, seed, stage, weights, dataset, flow).
 
 A row's identity is what was scored (``IDENTITY``): scoring it again (a repeated ``brokenbind test --ckpt_path X``, the
-resume command run again on a finished run) replaces the row instead of adding a second one."""
+resume command run again on a finished run) replaces the row instead of adding a second one. A metric that cannot be
+computed (class mAP without labels, or with one class) is NaN in a row, an empty cell in ``results.csv`` and "n/a" on
+screen, and means leave it out.
+"""
 
 import csv
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -41,7 +45,7 @@ def write_csv(path: Path, rows: list[ResultRow]) -> None:
     """Write ``rows`` into ``path``: each replaces the earlier row of its identity (and older duplicates written before
     rows had one), the others stay in order, new rows come last. The file is replaced whole: a reader never sees half
     of it."""
-    new = [asdict(row) for row in rows]
+    new = [csv_cells(row) for row in rows]
     replaced = {identity(row) for row in new}
     kept: dict[tuple[str, ...], dict[str, str]] = {}
     columns = list(FIELDS)
@@ -61,9 +65,19 @@ def write_csv(path: Path, rows: list[ResultRow]) -> None:
     partial.replace(path)
 
 
+def csv_cells(row: ResultRow) -> dict[str, object]:
+    """A row's ``results.csv`` cells: a missing metric (NaN) is an empty cell."""
+    return {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(row).items()}
+
+
+def metric(cell: str) -> float:
+    """A metric cell of ``results.csv`` as a float; an empty cell (missing) is NaN."""
+    return float(cell) if cell.strip() else math.nan
+
+
 def format_table(rows: list[ResultRow]) -> str:
     """The paper's layout: a row per method, a column per dataset flow × modality flow; cells are
-    instance / class mAP in %, emergent flows marked with *."""
+    instance / class mAP in % ("n/a" where missing), emergent flows marked with *."""
     columns = list(dict.fromkeys((r.dataset_flow, r.flow + ("*" if r.emergent else "")) for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     cell = {(r.method, r.dataset_flow, r.flow + ("*" if r.emergent else "")): r for r in rows}
@@ -72,13 +86,21 @@ def format_table(rows: list[ResultRow]) -> str:
         [
             m,
             *(
-                f"{100 * c.map_instance:.1f} / {100 * c.map_class:.1f}" if (c := cell.get((m, *col))) else "-"
+                f"{_percent(c.map_instance)} / {_percent(c.map_class)}" if (c := cell.get((m, *col))) else "-"
                 for col in columns
             ),
         ]
         for m in methods
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in [header, *body]]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\nmAP in % (instance / class); * = emergent: query and target never observed together"
+    return "\n".join(lines) + (
+        "\nmAP in % (instance / class; n/a: cannot be computed); * = emergent: query and target never observed together"
+        "\ncolumns: dataset flow (from a dataset observing the target to the dataset scored), modality flow "
+        "(query->pivot->target)"
+    )
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"

@@ -47,6 +47,7 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from brokenbind.errors import ConfigError
+from brokenbind.results import metric
 
 METHODS = Path(__file__).parent / "configs" / "methods"
 _ACTIVE: dict[str, Any] = {}  # the trial the running fit reports to (set by the objective, read by the callback)
@@ -153,7 +154,7 @@ def run_trial(base: list[str], values: dict[str, Any], seed: int, out: Path, num
     rows = [r for r in rows if r["stage"] == "val"]
     return (
         statistics.fmean(float(r["map_instance"]) for r in rows),
-        statistics.fmean(float(r["map_class"]) for r in rows),
+        statistics.fmean(metric(r["map_class"]) for r in rows),  # NaN when class mAP is missing
     )
 
 

@@ -13,8 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 class EmbeddingWriter(Callback):
     """Writes ``<output_dir>/<dataset>/<split>/<modality>.npy`` (float32, one row per instance, L2-normalised) and
-    ``index.csv`` (row → the data's own id, global index, label) for every split of every dataset. ``output_dir``
-    defaults to ``embeddings/`` in the run directory. Single process only: predict on one device."""
+    ``index.csv`` for every split of every dataset: ``row`` (the row of the .npy files), ``id`` (the data's own id: a
+    manifest's id column), ``label`` (the integer class id; -1: unlabelled) and ``class`` (the class name the data
+    used; empty when unlabelled). ``output_dir`` defaults to ``embeddings/`` in the run directory. Single process
+    only: predict on one device."""
 
     def __init__(self, output_dir: str | None = None):
         self.output_dir = output_dir
@@ -39,12 +41,12 @@ class EmbeddingWriter(Callback):
             for m in batches[0]["embeddings"]:
                 rows = torch.cat([b["embeddings"][m] for b in batches]).float().cpu().numpy()
                 np.save(out / f"{m}.npy", rows.astype(np.float32))
-            index = torch.cat([b["index"] for b in batches])
-            ids = trainer.datamodule.instance_ids(index)
-            label = torch.cat([b["label"] for b in batches]).tolist()
+            ids = trainer.datamodule.instance_ids(torch.cat([b["index"] for b in batches]))
+            label = torch.cat([b["label"] for b in batches])
+            names = trainer.datamodule.class_names(label)
             with (out / "index.csv").open("w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["row", "id", "index", "label"])  # id: the data's own (a manifest's id column)
-                writer.writerows(zip(range(len(ids)), ids, index.tolist(), label, strict=True))
+                writer.writerow(["row", "id", "label", "class"])
+                writer.writerows(zip(range(len(ids)), ids, label.tolist(), names, strict=True))
         rank_zero_info(f"embeddings: {root}")
         self._outputs.clear()

@@ -1,5 +1,6 @@
 """Emergent binding: retrieval along every configured modality flow on the full val/test split of its dataset."""
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import asdict
@@ -13,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 
 from brokenbind.errors import ConfigError, DivergenceError
-from brokenbind.metrics.retrieval import retrieval_metrics
+from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
 from brokenbind.results import ResultRow, format_table, write_csv
 
 
@@ -21,7 +22,9 @@ class EmergentBinding(Callback):
     """For each flow p→q→r on dataset D, retrieves r from p over D's whole split and logs
     ``<stage>/mAP/<D>/<p>-><r>`` (instance-level: the paired item is the one relevant item),
     ``<stage>/mAP_class/...`` (same label is relevant), ``<stage>/R@k/...``, and ``<stage>/mAP``, the mean instance
-    mAP over flows, which checkpoint selection monitors.
+    mAP over flows, which checkpoint selection monitors. Class mAP is missing (not logged, NaN in the rows: "n/a" in
+    the table, an empty cell in ``results.csv``) where it would say nothing (``class_map_problem``: unlabelled rows,
+    or one class only); a warning says why, once per dataset and split.
 
     Embeddings from every rank are gathered and deduplicated by instance id (DistributedSampler pads with repeats), so
     every query is scored against the full gallery. At the end of fit (the validation epoch with the best mean mAP) and
@@ -30,8 +33,9 @@ class EmergentBinding(Callback):
     Health checks on the same embeddings: NaN or Inf stops the run (``DivergenceError``), before any checkpoint of the
     epoch is written; ``<stage>/mean_cosine/<D>/<m>``, the mean pairwise cosine of a modality's embeddings, is logged,
     and a warning is given once per modality when it rises above ``collapse_cosine`` after having been below it
-    (everything mapped towards one point, as the literal BrokenBind recipe does on mfeat once MOX starts: method.md §6;
-    randomly initialised heads also start near one point, which is not a collapse).
+    (everything mapped towards one point, as the literal BrokenBind recipe does on mfeat once MOX starts; randomly
+    initialised heads also start near one point, which is not a collapse), and at the end of fit for every modality
+    that never went below it (it never spread out: the worst case). A ``fast_dev_run`` (one batch) is not judged.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class EmergentBinding(Callback):
         self.collapse_cosine = collapse_cosine
         self._collapse_warned: set[str] = set()
         self._spread_seen: dict[str, bool] = {}  # whether a modality's embeddings were ever below collapse_cosine
+        self._last_cosine: dict[str, tuple[int, float]] = {}  # (epoch, mean cosine) of each modality's last check
+        self._class_map_warned: set[tuple[str, str]] = set()  # (dataset, stage) whose missing class mAP was explained
         self._last: list[ResultRow] = []  # the rows just scored
         self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
         self.rows: dict[str, list[ResultRow]] = {}  # stage -> rows reported at the end of fit ("val") or test
@@ -67,13 +73,15 @@ class EmergentBinding(Callback):
         if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
             self.rows.pop("val", None)
 
-    # the best validation epoch so far travels in checkpoints, so a resumed run reports the best over the whole run
+    # the best validation epoch so far and which modalities ever spread out travel in checkpoints, so a resumed run
+    # reports the best over the whole run and judges collapse over the whole run
     def state_dict(self) -> dict[str, Any]:
-        return {"val": [asdict(r) for r in self.rows.get("val", [])]}
+        return {"val": [asdict(r) for r in self.rows.get("val", [])], "spread": dict(self._spread_seen)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["val"]:
             self.rows["val"] = [ResultRow(**r) for r in state["val"]]
+        self._spread_seen = dict(state.get("spread", {}))  # checkpoints written before this key have none
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._outputs.clear()
@@ -108,6 +116,7 @@ class EmergentBinding(Callback):
         for idx, dataset in enumerate(dm.eval_datasets):
             data = self._gather(pl_module, self._outputs[idx])
             self._check_health(trainer, pl_module, stage, dataset, data)
+            self._explain_class_map(trainer, stage, dataset, data["label"])
             for flow in (f for f in dm.flows if f.dataset == dataset):
                 query, _, target = flow.modalities
                 anchors = partial(self._anchors, pl_module, flow)
@@ -117,6 +126,8 @@ class EmergentBinding(Callback):
                     ks=self.ks, chunk_size=self.chunk_size,
                 )  # fmt: skip
                 for name, value in metrics.items():
+                    if math.isnan(value):  # class mAP that cannot be computed: missing, not a number
+                        continue
                     # identical on every rank (gathered above); sync_dist only tells Lightning so
                     pl_module.log(f"{stage}/{name}/{dataset}/{flow.name}", value, sync_dist=True)
                 rows.append(self._row(trainer, pl_module, stage, flow, metrics))
@@ -161,13 +172,47 @@ class EmergentBinding(Callback):
             key = f"{dataset}/{m}"
             spread = self._spread_seen.get(key, False)  # untrained heads start near one point: not a collapse
             self._spread_seen[key] = spread or mean_cosine <= self.collapse_cosine
+            self._last_cosine[key] = (trainer.current_epoch, mean_cosine)
             if mean_cosine > self.collapse_cosine and spread and key not in self._collapse_warned:
                 self._collapse_warned.add(key)
                 rank_zero_warn(
                     f"embeddings of modality {m!r} on dataset {dataset!r} are collapsing towards one point at epoch "
-                    f"{trainer.current_epoch}: mean pairwise cosine {mean_cosine:.3f} > {self.collapse_cosine} "
-                    "(the literal BrokenBind recipe does this once MOX starts; method.md §6)"
+                    f"{trainer.current_epoch}: mean pairwise cosine {mean_cosine:.3f} > {self.collapse_cosine}, after "
+                    "having been spread out, so retrieval can hardly tell its items apart. What to check: the "
+                    "learning rate (--model.optimizer.init_args.lr: lower it); with BrokenBind, the MOX terms, which "
+                    "start after consistency_fraction of the run: the paper's literal recipe (--method "
+                    "brokenbind_paper: Moore-Penrose pseudo-inverse, summed R_Fro) collapses this way on mfeat, the "
+                    "default --method brokenbind bounds them (--model.method.init_args.pinv_ridge, fro_reduction, "
+                    "fro_weight, mox_weight). fit tests the best validation epoch, which may precede the collapse"
                 )
+
+    def _warn_never_spread(self) -> None:
+        """A modality whose embeddings stayed bunched up in every validation epoch of the fit: the collapse alarm
+        above cannot fire for it (it never was spread out), and it is the worst case."""
+        for key, (epoch, mean_cosine) in self._last_cosine.items():
+            if self._spread_seen[key]:
+                continue
+            dataset, m = key.split("/", 1)
+            rank_zero_warn(
+                f"embeddings of modality {m!r} on dataset {dataset!r} never spread out: their mean pairwise cosine "
+                f"stayed above {self.collapse_cosine} in every validation epoch of this fit ({mean_cosine:.3f} at "
+                f"epoch {epoch}), so retrieval can hardly tell its items apart and its mAP is near chance. What to "
+                f"check: that the inputs of {m!r} differ from row to row (its backbone's features; for audio, silent "
+                "or cut clips: data.init_args.audio_seconds), its backbone (model.backbones), a longer run "
+                "(trainer.max_epochs) or another learning rate (--model.optimizer.init_args.lr)"
+            )
+
+    def _explain_class_map(self, trainer: Trainer, stage: str, dataset: str, labels: torch.Tensor) -> None:
+        """Say once per dataset and split why its class mAP is missing (``class_map_problem``)."""
+        problem = class_map_problem(labels)
+        if problem is None or (dataset, stage) in self._class_map_warned:
+            return
+        self._class_map_warned.add((dataset, stage))
+        flows = [f.flow for f in trainer.datamodule.flows if f.dataset == dataset]
+        rank_zero_warn(
+            f"class mAP of {flows} on dataset {dataset!r} ({stage} split) is not reported (n/a in the table, an "
+            f"empty map_class cell in results.csv): {problem}"
+        )
 
     def _row(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, flow, metrics: dict[str, float]
@@ -214,16 +259,19 @@ class EmergentBinding(Callback):
         rows = self.rows.get(stage)
         if not rows:
             return
+        # results go to stdout, with Lightning's metric tables; progress, warnings and errors go to stderr
         label = rows[0].weights + (", best validation mAP" if stage == "val" else "")
-        rank_zero_info(f"\n{stage} retrieval ({label}):\n{format_table(rows)}")
+        print(f"\n{stage} retrieval ({label}):\n{format_table(rows)}", flush=True)
         if log_dir is not None:
             run_dir = Path(log_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_csv(run_dir / "results.csv", rows)
-            rank_zero_info(f"results: {run_dir / 'results.csv'}\nrun directory: {run_dir}")
+            print(f"results: {run_dir / 'results.csv'}\nrun directory: {run_dir}", flush=True)
 
     # trainer.log_dir is a collective under DDP (a broadcast): read it on every rank, report on rank 0 only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.fast_dev_run:  # one batch: nothing trained long enough to judge
+            self._warn_never_spread()
         self._report(trainer.log_dir, "val")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

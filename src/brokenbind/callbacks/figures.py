@@ -4,7 +4,7 @@ At the end of fit (rank 0, TensorBoard logger only):
 - ``figures/val_map``: validation mAP per flow over epochs, with the epoch where MOX switched on marked;
 - ``figures/loss_terms``: each training loss term over steps;
 - the embedding projector: the last validation embeddings of every evaluated dataset and modality, labelled by class
-  and modality, so real embeddings of a hidden target can be compared with the query's.
+  (the name the data used) and modality, so real embeddings of a hidden target can be compared with the query's.
 """
 
 from collections import defaultdict
@@ -78,9 +78,10 @@ class TensorBoardFigures(Callback):
                     values = [it["x"][m] for it in items]  # tensors, or strings for text
                     inputs[m] = torch.stack(values).to(pl_module.device) if torch.is_tensor(values[0]) else values
                 index = torch.stack([torch.as_tensor(it["index"]) for it in items])
+                names = dm.class_names(torch.stack([torch.as_tensor(it["label"]) for it in items]))
                 for m, e in pl_module.embed(inputs, index).items():
                     rows.append(e.cpu())
-                    labels += [[dataset, m, str(int(it["label"]))] for it in items]
+                    labels += [[dataset, m, name] for name in names]
         pl_module.train(training)
         if rows:
             writer.add_embedding(

@@ -98,6 +98,23 @@ def single_relevant_metrics(scores: Tensor, target: Tensor, ks: Sequence[int]) -
     return ap, {k: torch.where(has, (count <= k).to(torch.float64), nan) for k in ks}
 
 
+def class_map_problem(labels: Tensor) -> str | None:
+    """Why class-level mAP cannot be reported for a split whose rows carry ``labels`` (negative: unlabelled), or None.
+
+    An unlabelled row has no class, so which items are relevant to it is undefined; when every row is in one class,
+    every item is relevant and AP is 1.0 whatever the ranking. Either way the number would say nothing.
+    """
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        return f"{unlabelled} of its {len(labels)} rows have no label; label every row of the split to score classes"
+    if len(torch.unique(labels)) < 2:
+        return (
+            f"all {len(labels)} of its rows are in one class, so every item is relevant and class mAP would be 1.0 "
+            "whatever the ranking"
+        )
+    return None
+
+
 def retrieval_metrics(
     query: Tensor,
     gallery: Tensor,
@@ -121,14 +138,16 @@ def retrieval_metrics(
         gallery: (G, d) gallery embeddings.
         query_ids: (Q,) int64 instance ids; gallery item g is relevant to query q iff the ids match.
         gallery_ids: (G,) int64 instance ids.
-        query_labels: (Q,) class labels, for class-level mAP. Give both label tensors or neither.
+        query_labels: (Q,) class labels, for class-level mAP (negative: unlabelled). Give both label tensors or
+            neither.
         gallery_labels: (G,) class labels.
         ks: cut-offs for recall@k.
         chunk_size: query rows per similarity block.
 
     Returns:
         ``"mAP"`` and ``"R@k"`` for each k (instance level), plus ``"mAP_class"`` when labels are given. Each
-        is a mean over the queries with at least one relevant item (NaN if there are none).
+        is a mean over the queries with at least one relevant item (NaN if there are none). ``"mAP_class"`` is NaN
+        when ``class_map_problem`` finds the labels undefined or trivial.
     """
     if (query_labels is None) != (gallery_labels is None):
         raise ValueError("pass both query_labels and gallery_labels, or neither")
@@ -147,8 +166,10 @@ def retrieval_metrics(
     # Ids and labels often stay on the CPU while embeddings sit on the GPU.
     query_ids, gallery_ids = query_ids.to(device), gallery_ids.to(device)
     with_labels = query_labels is not None and gallery_labels is not None
+    class_problem = None
     if with_labels:
         query_labels, gallery_labels = query_labels.to(device), gallery_labels.to(device)
+        class_problem = class_map_problem(torch.cat([query_labels, gallery_labels]))
 
     ap: list[Tensor] = []
     ap_class: list[Tensor] = []
@@ -165,7 +186,7 @@ def retrieval_metrics(
         ap.append(chunk_ap)
         for k, hit in chunk_hits.items():
             hits[k].append(hit)
-        if with_labels:
+        if with_labels and class_problem is None:
             ap_class.append(average_precision(scores, query_labels[rows, None] == gallery_labels[None, :]))
 
     # Pool every query before averaging: a mean of chunk means would weight chunks, not queries.
@@ -175,5 +196,5 @@ def retrieval_metrics(
     out = {"mAP": pooled_mean(ap)}
     out.update({f"R@{k}": pooled_mean(parts) for k, parts in hits.items()})
     if with_labels:
-        out["mAP_class"] = pooled_mean(ap_class)
+        out["mAP_class"] = float("nan") if class_problem is not None else pooled_mean(ap_class)
     return out
