@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from brokenbind.api import method_presets
 from brokenbind.cli import cli as main
-from brokenbind.cli import method_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -15,7 +15,7 @@ import torch
 
 from brokenbind.callbacks import EmergentBinding
 from brokenbind.cli import cli as main
-from brokenbind.cli import expand_presets
+from brokenbind.api import expand_presets
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.losses.temperature import LogitScale
 from brokenbind.metrics.retrieval import recall_at_k, retrieval_metrics

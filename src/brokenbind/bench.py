@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from brokenbind import api
 from brokenbind.callbacks.figures import curves
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
@@ -41,7 +42,6 @@ from brokenbind.suite import (
     per_run,
     provenance,
     quiet_lightning,
-    run_one,
     run_pretraining,
     run_suite,
     t_interval,
@@ -180,12 +180,13 @@ def example_run(suite: Suite, out: Path, setting: str, method: str = "brokenbind
     """The run directory of a method's first run on a setting (seed 0, split seed 0). Run directories are not
     committed (only ``runs.csv``), so a report made from a fresh clone retrains that one run: the same seeds and
     split, hence the same run."""
-    found = (suite.run_root(out, method, 0, 0) / setting / method).glob("version_*")
+    preset = suite.methods[method].get("preset")  # the run directory is named after the preset, as any run's
+    root = suite.run_root(out, method, 0, 0) / setting
+    found = (root / preset if preset else root).glob("version_*")
     if newest := max(found, key=lambda p: int(p.name.removeprefix("version_")), default=None):
         return newest  # a stale run ran again in the next version
     run_pretraining(suite, out, [setting])
-    run_one(suite.cli_args(setting, method, 0, 0, out), suite.stage)
-    return example_run(suite, out, setting, method)
+    return api.fit(*suite.run_args(setting, method, 0, 0, out)).run_dir
 
 
 def training_curves(run: Path, out: Path) -> list[str]:
@@ -201,10 +202,8 @@ def pseudo_vs_real(run: Path, path: Path) -> str:
     """The paper's Figure 5: the run's real embeddings of a flow's hidden target on the evaluation dataset's test split
     against its MOX pseudo embeddings (X-data, Eq. 8, from one training batch of the dataset that observes the target),
     in the first two principal components of both; returns a sentence with the cosines."""
-    from brokenbind.cli import cli
-
     best = sorted((run / "checkpoints").glob("best-*.ckpt"))[-1]
-    cli(["predict", "--ckpt_path", str(best), "--trainer.enable_progress_bar=false"])
+    api.predict(best, ["--trainer.enable_progress_bar=false"])
     config = load_checkpoint(best)["config"]
     data, method = config["data"]["init_args"], config["model"]["method"]["init_args"]
     flow = data["flows"][0]
@@ -215,7 +214,7 @@ def pseudo_vs_real(run: Path, path: Path) -> str:
     def load(dataset: str, split: str, m: str) -> torch.Tensor:
         return torch.from_numpy(np.load(embeddings / dataset / split / f"{m}.npy"))
 
-    batch = data.get("batch_size", 64)
+    batch = data["batch_size"]  # the stored configuration is resolved: every argument is there
     other_pivot, other_target = load(source, "train", pivot)[:batch], load(source, "train", target)[:batch]
     real = load(flow["dataset"], "test", target)
     pseudo = x_data(load(flow["dataset"], "test", pivot), pivot_pinv(other_pivot, method["pinv_ridge"]), other_target)

@@ -371,14 +371,13 @@ def bench_run() -> list[str]:
     of every child so far, e.g. the torchmetrics measurement)."""
     script = (
         "import resource, sys\n"
-        "from brokenbind.cli import main\n"
-        "sys.argv = ['brokenbind', *sys.argv[1:]]\n"
-        "try:\n    main()\n"
+        "from brokenbind import api\n"
+        "try:\n    api.fit(sys.argv[1], sys.argv[2:])\n"
         "finally:\n    print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
     with tempfile.TemporaryDirectory() as cwd:
         config = str(ROOT / "experiments" / "two_dataset.yaml")
-        command = [sys.executable, "-c", script, "fit", "--config", config, "--trainer.enable_progress_bar=false"]
+        command = [sys.executable, "-c", script, config, "--trainer.enable_progress_bar=false"]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip

@@ -24,7 +24,7 @@ A suite is a YAML file (``benchmarks/suites/*.yaml``)::
       fabind: {preset: fabind}
       brokenbind_none: {preset: brokenbind, args: ["--model.method.init_args.push_away=none"]}
 
-Each run is one in-process ``brokenbind.cli.cli(["fit", ...])`` call; its ``results.csv`` rows of the suite's stage
+Each run is one in-process ``brokenbind.api.fit(configs, overrides)`` call; the rows it returns of the suite's stage
 (val: the epoch that checkpoint selection picks; test: that checkpoint on the test split) are written to
 ``<out>/runs.csv`` with the setting, method, split seed and what produced them: ``config_hash`` (``Suite.fingerprint``:
 the run's arguments with its config files' contents, its pretraining runs, seeds and stage), ``code_hash`` and
@@ -58,8 +58,10 @@ from pathlib import Path
 
 import yaml
 
-from brokenbind.errors import ConfigError
+from brokenbind import api
+from brokenbind.errors import ConfigError, DivergenceError, UserError
 from brokenbind.provenance import code_hash, commit
+from brokenbind.results import csv_cells
 
 RUN_KEY = ["setting", "method", "seed", "split_seed"]  # one run of a suite
 SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "r10", "weights"]  # from results.csv
@@ -155,8 +157,8 @@ class Suite:
         path = Path(name)
         return str(path if path.exists() or path.is_absolute() else self.root / path)
 
-    def config_args(self, name: str, spec: dict, save_dir: Path) -> list[str]:
-        """``--config`` arguments of a setting or pretraining run: its files, then its inline experiment."""
+    def configs(self, name: str, spec: dict, save_dir: Path) -> list[str]:
+        """The config files of a setting or pretraining run: its files, then its inline experiment."""
         configs = [
             self._path(c) for c in ([spec["config"]] if isinstance(spec.get("config"), str) else spec.get("config", []))
         ]
@@ -170,7 +172,7 @@ class Suite:
             configs.append(str(inline))
         if not configs:
             raise ConfigError(f"{name!r} names no config and no inline experiment")
-        return [arg for c in configs for arg in ("--config", c)]
+        return configs
 
     def pretrained(self, setting: str) -> list[str]:
         """The pretraining runs a setting names (``{pretrain:NAME}`` anywhere in its spec)."""
@@ -204,11 +206,10 @@ class Suite:
         """What a pretraining run's checkpoint depends on: its spec (config files by content) and the code."""
         return f"{digest(self._with_contents(self.pretrain[name]))} {code_hash()}"
 
-    def pretrain_args(self, name: str, save_dir: Path) -> list[str]:
+    def pretrain_run(self, name: str, save_dir: Path) -> tuple[list[str], list[str]]:
+        """(config files, overrides) of a pretraining run."""
         spec = self.pretrain[name]
-        return [
-            "fit",
-            *self.config_args(f"pretrain_{name}", spec, save_dir),
+        return self.configs(f"pretrain_{name}", spec, save_dir), [
             *spec.get("args", []),
             f"--experiment={name}",
             "--seed_everything=0",
@@ -223,8 +224,11 @@ class Suite:
         """Where one run's directories go (``<setting>/<method>/version_0`` below it)."""
         return save_dir / "runs" / method / f"seed{seed}_split{split_seed}"
 
-    def cli_args(self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path) -> list[str]:
-        """The ``brokenbind fit`` arguments of one run; the experiment is named after the setting."""
+    def run_args(
+        self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path
+    ) -> tuple[list[str], list[str]]:
+        """(config files, overrides) of one run for ``brokenbind.api.fit``; the experiment is named after the
+        setting."""
         s, m = self.settings[setting], self.methods[method]
         for name in self.pretrained(setting):  # the checkpoint path goes where the setting names it
             s = yaml.safe_load(
@@ -232,7 +236,7 @@ class Suite:
             )
         # the method's preset after the suite's and the setting's arguments: what a preset fixes (frozen's
         # max_epochs 0, oracle's data) wins over suite-wide settings; the method's own args come last
-        args = ["fit", *self.config_args(setting, s, save_dir), *self.args, *flat(s.get("args", []))]
+        args = [*self.args, *flat(s.get("args", []))]
         if m.get("preset"):
             args += ["--method", m["preset"]]
         args += [
@@ -246,7 +250,7 @@ class Suite:
             f"--trainer.logger.init_args.save_dir={self.run_root(save_dir, method, seed, split_seed)}",
             f"--test_after_fit={'true' if self.stage == 'test' else 'false'}",
         ]
-        return args
+        return self.configs(setting, s, save_dir), args
 
 
 def digest(what: object) -> str:
@@ -266,35 +270,25 @@ def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> 
     """Train each pretraining run these settings name, once: its best checkpoint is kept as
     ``out/pretrain/<name>.ckpt`` and reused by every later run and every resumed suite while
     ``<name>.fingerprint`` (``Suite.pretrain_fingerprint``) is current; a changed spec or code trains it again."""
-    from brokenbind.cli import cli
-
     for name in dict.fromkeys(n for setting in settings for n in suite.pretrained(setting)):
         target, fingerprint = pretrained_checkpoint(out, name), suite.pretrain_fingerprint(name)
         stamp = target.with_suffix(".fingerprint")
         if target.exists() and stamp.is_file() and stamp.read_text() == fingerprint:
             continue
         start = time.perf_counter()
-        result = cli(suite.pretrain_args(name, out))
-        best = result.trainer.checkpoint_callback.best_model_path
-        if not best:
+        best = api.fit(*suite.pretrain_run(name, out)).best_checkpoint
+        if best is None:
             raise RuntimeError(f"pretraining run {name!r} saved no checkpoint")
         shutil.copyfile(best, target)
         stamp.write_text(fingerprint)
         log(f"pretrained {name}: {target} ({time.perf_counter() - start:.0f} s)")
 
 
-def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
-    """One in-process ``brokenbind fit``; the rows of ``stage`` that it appended to its run's ``results.csv``."""
-    from brokenbind.cli import cli
-
-    result = cli(args)
-    results = Path(result.trainer.log_dir) / "results.csv"
-    if not results.exists():
-        raise RuntimeError(f"run wrote no results.csv: {' '.join(args)}")
-    with results.open() as f:
-        rows = [r for r in csv.DictReader(f) if r["stage"] == stage]
+def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
+    """One in-process fit; its rows of ``stage`` as ``runs.csv`` cells (as its ``results.csv`` has them)."""
+    rows = [{k: str(v) for k, v in csv_cells(row).items()} for row in api.fit(configs, overrides).stage(stage)]
     if not rows:
-        raise RuntimeError(f"run wrote no {stage} rows: {' '.join(args)}")
+        raise RuntimeError(f"run scored no {stage} rows: {configs} {overrides}")
     return rows
 
 
@@ -354,19 +348,19 @@ def provenance(rows: list[dict[str, str]]) -> str:
     return "Runs by the code that produced them: " + ", ".join(f"{c}: {n}" for c, n in counts.most_common()) + "."
 
 
-def _timed_run(args: list[str], stage: str, threads: int) -> tuple[list[dict[str, str]], float]:
+def _timed_run(
+    configs: list[str], overrides: list[str], stage: str, threads: int
+) -> tuple[list[dict[str, str]], float]:
     """One run in a worker process (``--jobs``): its own torch thread count, quiet Lightning."""
     import torch
-
-    import brokenbind.cli  # noqa: F401  (importing Lightning resets its loggers' levels: quiet them after)
 
     torch.set_num_threads(threads)
     quiet_lightning()
     start = time.perf_counter()
     try:
-        rows = run_one(args, stage)
-    except SystemExit as stop:  # the CLI said why on stderr; a worker must raise an Exception to report back
-        raise RuntimeError(f"run exited with code {stop.code}: brokenbind {' '.join(args)}") from None
+        rows = run_one(configs, overrides, stage)
+    except (UserError, DivergenceError, api.Stopped) as error:  # re-raised in the suite's process: say which run
+        raise RuntimeError(f"run failed: {type(error).__name__}: {error} ({configs} {overrides})") from None
     return rows, time.perf_counter() - start
 
 
@@ -405,14 +399,14 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
     if jobs <= 1:
         for i, run in enumerate(todo, 1):
             start = time.perf_counter()
-            rows = run_one(suite.cli_args(*run, out), suite.stage)
+            rows = run_one(*suite.run_args(*run, out), suite.stage)
             record(i, run, rows, time.perf_counter() - start)
     else:
         # spawn: a fresh interpreter per worker (no forked Lightning/torch state). No max_tasks_per_child: Python 3.11's
         # executor stops when its workers retire with work still queued.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = {pool.submit(_timed_run, suite.cli_args(*run, out), suite.stage, threads): run for run in todo}
+            futures = {pool.submit(_timed_run, *suite.run_args(*run, out), suite.stage, threads): run for run in todo}
             for i, future in enumerate(as_completed(futures), 1):
                 record(i, futures[future], *future.result())
     wanted = {run_key(r) for r in suite.runs()}

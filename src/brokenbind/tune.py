@@ -46,8 +46,8 @@ from typing import Any
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from brokenbind import api
 from brokenbind.errors import ConfigError
-from brokenbind.results import metric
 
 METHODS = Path(__file__).parent / "configs" / "methods"
 _ACTIVE: dict[str, Any] = {}  # the trial the running fit reports to (set by the objective, read by the callback)
@@ -130,31 +130,31 @@ class PruneOnValidation(Callback):
             trainer.should_stop = True
 
 
-def run_trial(base: list[str], values: dict[str, Any], seed: int, out: Path, number: int) -> tuple[float, float]:
+def run_trial(
+    configs: list[str], base: list[str], values: dict[str, Any], seed: int, out: Path, number: int
+) -> tuple[float, float]:
     """One fit on the validation split; (instance, class) mAP of the epoch that checkpoint selection picks."""
-    from brokenbind.cli import cli
-
-    args = [
-        *base,
-        *as_args(values),
-        f"--seed_everything={seed}",
-        "--test_after_fit=false",
-        "--trainer.limit_test_batches=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={out / 'trials'}",
-        f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
-        "--trainer.callbacks+=brokenbind.tune.PruneOnValidation",
-    ]
-    result = cli(["fit", *args])
-    with (Path(result.trainer.log_dir) / "results.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    if any(r["stage"] == "test" for r in rows):
+    result = api.fit(
+        configs,
+        [
+            *base,
+            *as_args(values),
+            f"--seed_everything={seed}",
+            "--test_after_fit=false",
+            "--trainer.limit_test_batches=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={out / 'trials'}",
+            f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
+            "--trainer.callbacks+=brokenbind.tune.PruneOnValidation",
+        ],
+    )
+    if result.stage("test"):
         raise RuntimeError("a tuning run scored the test split")
-    rows = [r for r in rows if r["stage"] == "val"]
+    rows = result.stage("val")
     return (
-        statistics.fmean(float(r["map_instance"]) for r in rows),
-        statistics.fmean(metric(r["map_class"]) for r in rows),  # NaN when class mAP is missing
+        statistics.fmean(r.map_instance for r in rows),
+        statistics.fmean(r.map_class for r in rows),  # NaN when class mAP is missing
     )
 
 
@@ -302,8 +302,7 @@ def main(args: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     fixed = [*spec.get("args", []), *extra]
-    base = [arg for c in args.config for arg in ("--config", c)]
-    base += [*(["--method", method] if method else []), *fixed, f"--experiment={experiment}"]
+    base = [*([f"--method={method}"] if method else []), *fixed, f"--experiment={experiment}"]
 
     def objective_fn(trial) -> float:
         values = suggest(trial, spec["space"])
@@ -312,7 +311,7 @@ def main(args: list[str]) -> None:
         try:
             for i, seed in enumerate(seeds):
                 _ACTIVE["report"] = i == 0  # the first seed's epochs are the intermediate values
-                results.append(run_trial(base, values, seed, out, trial.number))
+                results.append(run_trial(args.config, base, values, seed, out, trial.number))
                 if _ACTIVE["pruned"]:
                     raise optuna.TrialPruned()
         finally:
