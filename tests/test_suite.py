@@ -199,7 +199,7 @@ def test_settings_narrow_methods_and_runs_and_x_blocks_only_hold_anchors(tmp_pat
     assert [r for r in suite.runs() if r[0] == "few"] == [("few", "fabind", 0, 0), ("few", "fabind", 1, 1)]
     assert len([r for r in suite.runs() if r[0] == "all"]) == 9
     # a preset comes after the suite's arguments: frozen stays untrained whatever the suite's max_epochs
-    configs, args = suite.run_args("all", "frozen", 0, 0, tmp_path)
+    args = suite.run_args("all", "frozen", 0, 0, tmp_path)[1]
     method = args.index("--method")
     assert args.index("--trainer.max_epochs=7") < method and args[method + 1] == "frozen"
     spec.write_text(spec.read_text().replace("runs: 2", "runs: 2, method: [bb]"))

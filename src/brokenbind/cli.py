@@ -6,16 +6,18 @@ checkpoint is named).
 """
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from brokenbind.api import BrokenBindCLI, Stopped, run
 from brokenbind.errors import ConfigError, DataError, DivergenceError
 
 
-def cli(args: list[str] | None = None) -> BrokenBindCLI:
-    """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
-    exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """The errors of a run as one line on stderr and the module docstring's exit codes."""
     try:
-        return run(sys.argv[1:] if args is None else args)
+        yield
     except Stopped as stop:
         print(f"brokenbind: {stop}", file=sys.stderr)
         raise SystemExit(stop.code) from stop
@@ -27,12 +29,20 @@ def cli(args: list[str] | None = None) -> BrokenBindCLI:
         raise SystemExit(2) from error
 
 
+def cli(args: list[str] | None = None) -> BrokenBindCLI:
+    """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
+    exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
+    with exit_codes():
+        return run(sys.argv[1:] if args is None else args)
+
+
 def main() -> None:
     """Console entry point ``brokenbind``."""
     if sys.argv[1:2] == ["tune"]:
         from brokenbind.tune import main as tune
 
-        tune(sys.argv[2:])
+        with exit_codes():
+            tune(sys.argv[2:])
         return
     cli()
 
