@@ -13,9 +13,9 @@ from scipy import stats
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError
 from brokenbind.provenance import code_hash, commit
+from brokenbind.results import paired_difference, t_interval
 from brokenbind.suite import (
     Suite,
-    compare,
     load_runs,
     main,
     pretrained_checkpoint,
@@ -23,7 +23,6 @@ from brokenbind.suite import (
     run_pretraining,
     run_suite,
     summarise,
-    t_interval,
 )
 from datamodules.base import PairedDataModule
 
@@ -102,12 +101,12 @@ def test_t_interval_matches_scipy():
     assert math.isnan(t_interval([0.3])[1])
 
 
-def test_compare_uses_the_paired_difference_interval():
+def test_win_tie_loss_is_where_the_paired_difference_interval_lies():
     base = {("0", "0"): (0.20, 0.4), ("1", "0"): (0.30, 0.5), ("0", "1"): (0.25, 0.6)}
     better = {k: (v[0] + 0.05 + 0.001 * i, v[1] - 0.001 * i) for i, (k, v) in enumerate(base.items())}
-    assert compare(better, base, 0) == "W" and compare(base, better, 0) == "L"
+    assert paired_difference(better, base, 0)[2] == "W" and paired_difference(base, better, 0)[2] == "L"
     noisy = {k: (v[0] + d, v[1]) for (k, v), d in zip(base.items(), (0.05, -0.05, 0.01), strict=True)}
-    assert compare(noisy, base, 0) == "T"
+    assert paired_difference(noisy, base, 0)[2] == "T"
 
 
 def test_summary_has_a_line_per_setting_and_method_and_the_win_counts():

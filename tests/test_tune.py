@@ -134,7 +134,9 @@ def test_fixed_arguments_are_checked_before_the_first_trial_and_a_hardware_prese
     space.write_text(yaml.safe_dump(SPACE))
     experiment = str(ROOT / "experiments" / "two_dataset.yaml")
     for bad in (["--trainer.callbacks+=brokenbind.tune.PruneOnValidation"], ["--hardware=tpu"], ["fast"]):
-        with pytest.raises(ConfigError, match=rf"^fixed arguments must read --key=value .* got {re.escape(repr(bad[0]))}"):
+        with pytest.raises(
+            ConfigError, match=rf"^fixed arguments must read --key=value .* got {re.escape(repr(bad[0]))}"
+        ):
             tune.main(["--config", experiment, "--space", str(space), "--out", str(tmp_path / "out"), "--", *bad])
         assert not (tmp_path / "out" / "study.db").exists()  # no study, no trial
     hardware, fixed = tune.fixed_arguments(["--hardware", "cpu", "--trainer.max_epochs=3"])

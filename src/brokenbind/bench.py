@@ -36,15 +36,14 @@ from brokenbind.callbacks.figures import curves
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
 from brokenbind.provenance import commit
+from brokenbind.results import interval_text, markdown_table, paired_difference, t_interval
 from brokenbind.suite import (
     Suite,
-    paired_difference,
     per_run,
     provenance,
     quiet_lightning,
     run_pretraining,
     run_suite,
-    t_interval,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,14 +64,6 @@ REGIMES = {
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
-def cell(values: list[float]) -> str:
-    """mean ± 95 % half-width, in % with one decimal (the paper's unit)."""
-    if not values:
-        return ""
-    mean, half = t_interval(values)
-    return f"{100 * mean:.1f}" if math.isnan(half) else f"{100 * mean:.1f} ± {100 * half:.1f}"
-
-
 def settings_of(df: pd.DataFrame, regime: str) -> list[str]:
     return [s for s in dict.fromkeys(df["setting"]) if s.split("_")[0] == regime]
 
@@ -93,7 +84,7 @@ def method_table(df: pd.DataFrame, settings: list[str], methods: list[str], metr
         flows = df[df.setting == s][["dataset", "flow"]].drop_duplicates().itertuples(index=False)
         columns += [(s, d, f) for d, f in flows] if by_flow else [(s, None, None)]
     header = [f"{short(s)}: {flow_label(d, f)}" if d else short(s) for s, d, f in columns]
-    lines = [f"| method | {' | '.join(header)} | mean |", "|---" * (len(columns) + 2) + "|"]
+    body = []
     for m in methods:
         cells, means = [], []
         for s, d, f in columns:
@@ -101,22 +92,18 @@ def method_table(df: pd.DataFrame, settings: list[str], methods: list[str], metr
             if d:
                 rows = rows[(rows.dataset == d) & (rows.flow == f)]
             values = rows.groupby(["seed", "split_seed"])[metric].mean().tolist()
-            cells.append(cell(values))
+            cells.append(interval_text(values, scale=100, digits=1))  # %, one decimal: the paper's unit
             means += [statistics.fmean(values)] if values else []
         if any(cells):
             mean = f"{100 * statistics.fmean(means):.1f}" if len(means) == len(columns) else ""
-            lines.append(f"| {m} | {' | '.join(cells)} | {mean} |")
-    return lines
+            body.append([m, *cells, mean])
+    return markdown_table(["method", *header, "mean"], body)
 
 
 def comparison_table(rows: list[dict], settings: list[str]) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
     """brokenbind against fabind, centrobind and the oracle, setting by setting; also the W/T/L tally."""
     runs = per_run(rows)
-    lines = [
-        "| setting | runs | brokenbind − fabind, instance | brokenbind − fabind, class | brokenbind / fabind "
-        "(instance) | fabind→oracle gap closed (instance) | vs centrobind (inst / class) | vs oracle (inst / class) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    body = []
     tally: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for s in settings:
         bb = runs.get((s, "brokenbind"))
@@ -144,11 +131,12 @@ def comparison_table(rows: list[dict], settings: list[str]) -> tuple[list[str], 
             gap = f"{100 * (inst['brokenbind'] - inst['fabind']) / (inst['oracle'] - inst['fabind']):.0f} %"
         if len(diffs) < 2:
             diffs = ["", ""]
-        lines.append(
-            f"| {s} | {len(bb)} | {diffs[0]} | {diffs[1]} | {ratio} | {gap} | {' / '.join(verdicts['centrobind'])} | "
-            f"{' / '.join(verdicts['oracle'])} |"
-        )
-    return lines, tally
+        body.append([s, str(len(bb)), *diffs, ratio, gap, " / ".join(verdicts["centrobind"]),
+                     " / ".join(verdicts["oracle"])])  # fmt: skip
+    header = ["setting", "runs", "brokenbind − fabind, instance", "brokenbind − fabind, class",
+              "brokenbind / fabind (instance)", "fabind→oracle gap closed (instance)", "vs centrobind (inst / class)",
+              "vs oracle (inst / class)"]  # fmt: skip
+    return markdown_table(header, body), tally
 
 
 # -- pictures --------------------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import re
@@ -61,7 +60,7 @@ import yaml
 from brokenbind import api
 from brokenbind.errors import ConfigError, DivergenceError, UserError
 from brokenbind.provenance import code_hash, commit
-from brokenbind.results import csv_cells
+from brokenbind.results import csv_cells, interval_text, markdown_table, paired_difference, replace_csv
 
 RUN_KEY = ["setting", "method", "seed", "split_seed"]  # one run of a suite
 SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "r10", "weights"]  # from results.csv
@@ -306,12 +305,7 @@ def run_key(run: dict[str, str] | tuple) -> tuple[str, ...]:
 
 
 def write_runs(path: Path, rows: list[dict[str, str]]) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # replaced whole: an interrupted write loses nothing
-    with partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
+    replace_csv(path, RUN_FIELDS, rows)
 
 
 def stale_runs(suite: Suite, rows: list[dict[str, str]]) -> tuple[list[tuple[str, str, int, int]], Counter]:
@@ -414,16 +408,6 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95 % Student-t interval (half-width nan for a single value)."""
-    from scipy.stats import t
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str, str], tuple[float, float]]]:
     """(setting, method) -> (seed, split_seed) -> (instance, class) mAP, averaged over the run's flows."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -438,28 +422,6 @@ def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str,
     return out
 
 
-def paired_difference(method: dict, baseline: dict, metric: int) -> tuple[float, float, str]:
-    """Mean and 95 % half-width of the paired difference over the runs both have (same seeds and split seeds), and
-    W / T / L: the interval lies above / around / below 0 ("-" with fewer than two common runs)."""
-    keys = sorted(method.keys() & baseline.keys())
-    if len(keys) < 2:
-        return math.nan, math.nan, "-"
-    mean, half = t_interval([method[k][metric] - baseline[k][metric] for k in keys])
-    if half == 0.0 or math.isnan(half):
-        return mean, half, "T" if mean == 0 else ("W" if mean > 0 else "L")
-    return mean, half, "W" if mean - half > 0 else ("L" if mean + half < 0 else "T")
-
-
-def compare(method: dict, baseline: dict, metric: int) -> str:
-    """W / T / L of ``paired_difference``."""
-    return paired_difference(method, baseline, metric)[2]
-
-
-def _fmt(values: list[float]) -> str:
-    mean, half = t_interval(values)
-    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
-
-
 def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> str:
     """Markdown: a line per (setting, method) with mean ± 95 % half-width, W/T/L against the baseline, and a
     last block with each method's mean over settings and its win / tie / loss counts."""
@@ -467,10 +429,7 @@ def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> st
     stage = rows[0]["stage"] if rows else "?"
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [
-        f"| setting | method | runs | {stage} instance mAP | {stage} class mAP | vs {baseline} (inst / class) |",
-        "|---|---|---|---|---|---|",
-    ]
+    body: list[list[str]] = []
     tally: dict[str, list[str]] = defaultdict(list)
     means: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for setting in settings:
@@ -483,25 +442,26 @@ def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> st
             versus = ""
             if baseline and method != baseline and (setting, baseline) in runs:
                 base = runs[setting, baseline]
-                versus = f"{compare(got, base, 0)} / {compare(got, base, 1)}"
+                versus = f"{paired_difference(got, base, 0)[2]} / {paired_difference(got, base, 1)[2]}"
                 tally[method].append(versus)
-            lines.append(f"| {setting} | {method} | {len(got)} | {_fmt(inst)} | {_fmt(klass)} | {versus} |")
-    lines += [
-        "",
-        f"| method | settings | mean {stage} instance mAP | mean {stage} class mAP | W/T/L instance | W/T/L class |",
-        "|---|---|---|---|---|---|",
-    ]
+            body.append([setting, method, str(len(got)), interval_text(inst), interval_text(klass), versus])
+    header = ["setting", "method", "runs", f"{stage} instance mAP", f"{stage} class mAP",
+              f"vs {baseline} (inst / class)"]  # fmt: skip
+    lines = [*markdown_table(header, body), ""]
+    body = []
     for method in methods:
         inst = statistics.fmean(v[0] for v in means[method])
         klass = statistics.fmean(v[1] for v in means[method])
         counts = ["/".join(str(sum(v.split(" / ")[i] == c for v in tally[method])) for c in "WTL") for i in (0, 1)]
         if method == baseline or not tally[method]:
             counts = ["-", "-"]
-        lines.append(f"| {method} | {len(means[method])} | {inst:.3f} | {klass:.3f} | {counts[0]} | {counts[1]} |")
-    return "\n".join(lines) + "\n"
+        body.append([method, str(len(means[method])), f"{inst:.3f}", f"{klass:.3f}", *counts])
+    header = ["method", "settings", f"mean {stage} instance mAP", f"mean {stage} class mAP", "W/T/L instance",
+              "W/T/L class"]  # fmt: skip
+    return "\n".join([*lines, *markdown_table(header, body)]) + "\n"
 
 
-def pivot(rows: list[dict[str, str]], interval: bool = True) -> str:
+def pivot(rows: list[dict[str, str]]) -> str:
     """Markdown: a row per setting, a column per method, cells ``instance / class`` (mean ± 95 % half-width)."""
     runs = per_run(rows)
     settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -511,15 +471,10 @@ def pivot(rows: list[dict[str, str]], interval: bool = True) -> str:
         got = runs.get((setting, method))
         if not got:
             return "not run"
-        parts = []
-        for metric in (0, 1):
-            mean, half = t_interval([v[metric] for v in got.values()])
-            parts.append(f"{mean:.3f}" if not interval or math.isnan(half) else f"{mean:.3f} ± {half:.3f}")
-        return " / ".join(parts)
+        return " / ".join(interval_text([v[metric] for v in got.values()]) for metric in (0, 1))
 
-    lines = [f"| setting | {' | '.join(methods)} |", "|---" * (1 + len(methods)) + "|"]
-    lines += [f"| {s} | {' | '.join(cell(s, m) for m in methods)} |" for s in settings]
-    return "\n".join(lines) + "\n"
+    body = [[s, *(cell(s, m) for m in methods)] for s in settings]
+    return "\n".join(markdown_table(["setting", *methods], body)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
