@@ -7,8 +7,10 @@ import re
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
+import transformers
 import yaml
 
 from brokenbind.backbones import ModalityInfo, build_backbone
@@ -18,9 +20,6 @@ from brokenbind.methods import FABind
 from brokenbind.module import BindingModule
 
 from .test_manifest import dm_args, make_data, write_csv
-
-transformers = pytest.importorskip("transformers")
-open_clip = pytest.importorskip("open_clip")
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_CLIP = {

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from brokenbind.bench import QUICK, SUITE, pseudo_vs_real, report, training_curves
+from benchmarks.bench import QUICK, SUITE, pseudo_vs_real, report, training_curves
+from benchmarks.suite import Suite
 from brokenbind.cli import cli
-from brokenbind.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_the_report_tables_paired_verdicts_ratios_and_gap(tmp_path):
         + rows_for("bound_fou_pix_zer", "oracle", [0.30, 0.32, 0.31])
         + rows_for("bound_fou_pix_zer", "centrobind", [0.25, 0.27, 0.27])  # paired difference 0, +0.01, -0.01: tie
     )
-    text = report(suite, rows, tmp_path, "python -m brokenbind.bench", 60.0, quick=False, pictures=False)
+    text = report(suite, rows, tmp_path, "python -m benchmarks.bench", 60.0, quick=False, pictures=False)
     assert "| brokenbind | 26.3 ± 3.8 | 26.3 ± 3.8 | 26.3 |" in text  # both flows, then the mean column
     assert "| fabind | 21.0 ± 2.5 |" in text
     # brokenbind − fabind: +5.33 pp ± t(2)·sd/√3 (differences 5, 6, 5); ratio 0.263/0.21; gap 0.053 / 0.10

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.report import collect, summarise
 from brokenbind.cli import cli
-from brokenbind.report import collect, summarise
 
 from .test_bad_inputs import SPLIT_OF_ROW, Rows, manifest_run
 from .test_manifest import CUT_AUDIO

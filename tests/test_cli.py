@@ -127,7 +127,7 @@ def test_unknown_method_preset_is_a_clear_error(capsys):
 
 
 def test_report_aggregates_seeds(tmp_path):
-    from brokenbind.report import collect, summarise
+    from benchmarks.report import collect, summarise
     from brokenbind.results import ResultRow, write_csv
 
     for seed, value in (("0", 0.2), ("1", 0.4)):

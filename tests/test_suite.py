@@ -10,11 +10,7 @@ import torch
 import yaml
 from scipy import stats
 
-from brokenbind.cli import cli
-from brokenbind.errors import ConfigError
-from brokenbind.provenance import code_hash, commit
-from brokenbind.results import paired_difference, t_interval
-from brokenbind.suite import (
+from benchmarks.suite import (
     Suite,
     load_runs,
     main,
@@ -24,6 +20,10 @@ from brokenbind.suite import (
     run_suite,
     summarise,
 )
+from brokenbind.cli import cli
+from brokenbind.errors import ConfigError
+from brokenbind.provenance import code_hash, commit
+from brokenbind.results import paired_difference, t_interval
 from datamodules.base import PairedDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +251,7 @@ def scored_without_training(monkeypatch) -> list[list[str]]:
         scores = {"map_instance": "0.5", "map_class": "0.5", "r1": "0", "r5": "0", "r10": "0", "weights": "epoch 1"}
         return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores}]
 
-    monkeypatch.setattr("brokenbind.suite.run_one", run_one)
+    monkeypatch.setattr("benchmarks.suite.run_one", run_one)
     return made
 
 
@@ -294,7 +294,7 @@ def test_rows_of_another_configuration_or_code_or_without_a_fingerprint_are_run_
     assert sorted(run_key(r) for r in rows) == [("a", "fabind", "0", "0"), ("a", "fabind", "1", "0"),
                                                 ("b", "fabind", "0", "0"), ("b", "fabind", "1", "0")]  # fmt: skip
 
-    monkeypatch.setattr("brokenbind.suite.code_hash", lambda: "0123456789ab")  # the code changed
+    monkeypatch.setattr("benchmarks.suite.code_hash", lambda: "0123456789ab")  # the code changed
     assert len(run()) == 4 and len(made) == 10
     assert said[0].endswith("; 4 of them stale (4 of other code), their rows replaced when they finish")
 

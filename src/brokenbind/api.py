@@ -15,6 +15,7 @@ and whenever a signal stops the run). A run started with ``--ckpt_path`` continu
 directory has one writer at a time: the process that writes locks it (``brokenbind.runlock``).
 """
 
+import logging
 import os
 import re
 import shutil
@@ -386,6 +387,13 @@ def _release_run_lock() -> None:
     if BrokenBindCLI.run_lock is not None:
         BrokenBindCLI.run_lock.release()
         BrokenBindCLI.run_lock = None
+
+
+def quiet_lightning() -> None:
+    """Lightning's information lines (devices, seeds, restored states) off: for scripts that run many fits in one
+    process (the suite, ``brokenbind tune``). Importing Lightning sets these levels, so call it after."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _user_error(error: BaseException | None) -> Exception | None:

@@ -36,7 +36,6 @@ experiment, the method preset and the best values; ``brokenbind fit --config bes
 
 import argparse
 import csv
-import logging
 import math
 import statistics
 import time
@@ -304,8 +303,7 @@ def main(args: list[str]) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    api.quiet_lightning()
     spec = load_space(args.space)
     method = args.method or spec.get("method")
     objective = args.objective or spec.get("objective", "instance")

@@ -110,7 +110,7 @@ class TimmImage(Backbone):
         image_size: resize (bilinear, antialiased) to image_size × image_size first; None keeps the input size.
 
     Normalisation is timm's ``pretrained_cfg`` mean/std for ``model``. For tf_efficientnet_lite0 that is 0.5/0.5, i.e.
-    2x − 1, which differs from the TF recipe (255x − 127)/128 that offline-data.md measured by (1 − x)/128 at most
+    2x − 1, which differs from the TensorFlow EfficientNet-Lite recipe (255x − 127)/128 by (1 − x)/128, at most
     1/128: the same preprocessing for practical purposes, and timm's own number for the model.
     """
 

@@ -1,14 +1,14 @@
 """BrokenBind (arXiv 2602.06451): L = L_CLIP (Eq. 10) + L_Sym (Eqs. 11-12) + L_MOX (Eqs. 4-9, 13-22), Algorithm 1.
 
 The paper's recipe is every weight 1, the Moore-Penrose pseudo-inverse, summed R_Fro and push-away against every
-modality of the other datasets (preset ``brokenbind_paper``). On our data it collapses once MOX starts (method.md §6:
+modality of the other datasets (preset ``brokenbind_paper``). On mfeat it collapses once MOX starts (measured:
 R_Fro of the ill-conditioned pseudo-inverse swamps everything). The defaults here are the recipe chosen on the
 validation split of a suite of settings (``benchmarks/suites/validation.yaml``; README, "Choosing the default
 recipe"): ``pinv_ridge=0.1`` (bounded pseudo embeddings), ``fro_reduction="mean"`` (R_Fro per entry, so it no longer
 dwarfs the contrastive terms) and ``push_away="none"`` (no Eq. 10 cross-dataset partition terms: they pinned L_CLIP
 near log B, cost instance mAP on every setting and most on three-dataset chains, and bought class mAP); everything
 else as in the paper, including MOX after half the run (``consistency_fraction=0.5``).
-Choices the paper leaves open (method.md §2.4-2.6, §2.9) are made here:
+Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
 - L_CLIP(m, dataset) averages its terms (1/3B each in the two-dataset case): InfoNCE against each other modality of

@@ -1,6 +1,6 @@
 """The benchmark (``make bench``, ``make bench-quick``): where BrokenBind wins, ties and loses, and what it costs.
 
-1. Runs ``benchmarks/suites/bench.yaml`` (``brokenbind.suite``: every method on the test split of each setting, seed i
+1. Runs ``benchmarks/suites/bench.yaml`` (``benchmarks.suite``: every method on the test split of each setting, seed i
    with split seed i, two runs at a time; an interrupted benchmark resumes from ``runs.csv``, and runs whose rows came
    from another configuration or code run again). ``--quick`` runs two settings (bound and scratch fou-pix-zer), four
    methods, two runs of 20 epochs: the same code path in minutes, into ``benchmarks/results/bench-quick``, which git
@@ -12,9 +12,9 @@
 3. Draws PNGs: mAP per method with interval bars per setting; validation mAP over epochs with the MOX switch and each
    loss term over steps (from a brokenbind run's checkpoint); real vs pseudo embeddings of the hidden modality
    (the paper's Figure 5; pseudo = X-data of the run's own encoders on a training batch of the other dataset).
-4. Runs the cost report (``brokenbind.cost``) into ``cost.md``.
+4. Runs the cost report (``benchmarks.cost``) into ``cost.md``.
 
-    python -m brokenbind.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost]
+    python -m benchmarks.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost]
 """
 
 import argparse
@@ -31,23 +31,21 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from benchmarks.suite import (
+    Suite,
+    per_run,
+    provenance,
+    run_pretraining,
+    run_suite,
+)
 from brokenbind import api
 from brokenbind.callbacks.figures import curves
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
 from brokenbind.provenance import commit
 from brokenbind.results import interval_text, markdown_table, paired_difference, t_interval
-from brokenbind.suite import (
-    Suite,
-    per_run,
-    provenance,
-    quiet_lightning,
-    run_pretraining,
-    run_suite,
-)
 
-ROOT = Path(__file__).resolve().parents[2]
-SUITE = ROOT / "benchmarks" / "suites" / "bench.yaml"
+SUITE = Path(__file__).parent / "suites" / "bench.yaml"
 QUICK = {  # the quick benchmark: a subset of the full one, fewer epochs
     "settings": ["bound_fou_pix_zer", "scratch_fou_pix_zer"],
     "methods": ["frozen", "fabind", "brokenbind", "oracle"],
@@ -324,7 +322,7 @@ def report(
         sentence = pseudo_vs_real(run, out / "pseudo_vs_real.png")
         lines += ["", f"Real vs pseudo embeddings (the paper's Figure 5), test split: {sentence}.", "",
                   "![real vs pseudo](pseudo_vs_real.png)"]  # fmt: skip
-    recipe = (ROOT / "src" / "brokenbind" / "configs" / "methods" / "brokenbind.yaml").read_text()
+    recipe = (api.PRESETS["method"] / "brokenbind.yaml").read_text()
     lines += [
         "",
         "## The recipe the papers leave open",
@@ -353,11 +351,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one process and one thread each")
     parser.add_argument("--skip_cost", action="store_true", help="the accuracy report only")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m brokenbind.bench", *(argv if argv is not None else sys.argv[1:])])
-    out = args.out or ROOT / "benchmarks" / "results" / ("bench-quick" if args.quick else "bench")
+    command = " ".join(["python -m benchmarks.bench", *(argv if argv is not None else sys.argv[1:])])
+    out = args.out or Path("benchmarks") / "results" / ("bench-quick" if args.quick else "bench")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the runs' workers take one core each
-    quiet_lightning()
+    api.quiet_lightning()
     suite = Suite.load(SUITE)
     if args.quick:
         suite = suite.select(QUICK["settings"], QUICK["methods"])

@@ -35,15 +35,14 @@ of instance and class mAP per (setting, method), win / tie / loss against the ba
 difference over the same seeds and split seeds lies above 0 / contains 0 / lies below 0) and the commits that
 produced the rows.
 
-    python -m brokenbind.suite benchmarks/suites/validation.yaml --out benchmarks/results/validation
-    python -m brokenbind.suite SUITE --methods fabind,brokenbind --settings fou_pix_zer   # a subset
+    python -m benchmarks.suite benchmarks/suites/validation.yaml --out benchmarks/results/validation
+    python -m benchmarks.suite SUITE --methods fabind,brokenbind --settings fou_pix_zer   # a subset
 """
 
 import argparse
 import csv
 import hashlib
 import json
-import logging
 import multiprocessing
 import os
 import re
@@ -52,7 +51,7 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -123,17 +122,10 @@ class Suite:
             missing = set(chosen or []) - set(have)
             if missing:
                 raise ConfigError(f"unknown {kind}s {sorted(missing)}; the suite has {sorted(have)}")
-        return Suite(
+        return replace(
+            self,
             settings={k: v for k, v in self.settings.items() if not settings or k in settings},
             methods={k: v for k, v in self.methods.items() if not methods or k in methods},
-            stage=self.stage,
-            seeds=self.seeds,
-            split_seeds=self.split_seeds,
-            pair_seeds=self.pair_seeds,
-            args=self.args,
-            baseline=self.baseline,
-            pretrain=self.pretrain,
-            root=self.root,
         )
 
     def seed_pairs(self) -> list[tuple[int, int]]:
@@ -349,18 +341,13 @@ def _timed_run(
     import torch
 
     torch.set_num_threads(threads)
-    quiet_lightning()
+    api.quiet_lightning()
     start = time.perf_counter()
     try:
         rows = run_one(configs, overrides, stage)
     except (UserError, DivergenceError, api.Stopped) as error:  # re-raised in the suite's process: say which run
         raise RuntimeError(f"run failed: {type(error).__name__}: {error} ({configs} {overrides})") from None
     return rows, time.perf_counter() - start
-
-
-def quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 1) -> list[dict[str, str]]:
@@ -403,6 +390,11 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
             futures = {pool.submit(_timed_run, *suite.run_args(*run, out), suite.stage, threads): run for run in todo}
             for i, future in enumerate(as_completed(futures), 1):
                 record(i, futures[future], *future.result())
+    return suite_rows(suite, runs_csv)
+
+
+def suite_rows(suite: Suite, runs_csv: Path) -> list[dict[str, str]]:
+    """The rows of ``runs_csv`` that belong to the suite's runs (a subset of settings or methods, other seeds)."""
     wanted = {run_key(r) for r in suite.runs()}
     return [r for r in load_runs(runs_csv) if run_key(r) in wanted]
 
@@ -493,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    quiet_lightning()
+    api.quiet_lightning()
     suite = Suite.load(args.suite)
     suite = suite.select(
         args.settings.split(",") if args.settings else None, args.methods.split(",") if args.methods else None
@@ -505,8 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     suite.pair_seeds = suite.pair_seeds or args.pair_seeds
     out = args.out or Path("benchmarks/results") / args.suite.stem
     if args.summary_only:
-        wanted = {run_key(r) for r in suite.runs()}
-        rows = [r for r in load_runs(out / "runs.csv") if run_key(r) in wanted]
+        rows = suite_rows(suite, out / "runs.csv")
         stale = stale_runs(suite, rows)[1]
         if stale:
             print(f"summary of {out / 'runs.csv'} as it is: of its runs, {describe_stale(stale)}", flush=True)

@@ -3,8 +3,8 @@
 A run directory counts once per stage and flow: its latest row (``results.csv`` replaces a row scored again; a run
 whose best and last checkpoints were both tested, or that was extended, has several rows of one flow).
 
-python -m brokenbind.report logs/                 # every run under logs/
-python -m brokenbind.report logs/ --stage val     # validation rows (the best epoch of each run)
+python -m benchmarks.report logs/                 # every run under logs/
+python -m benchmarks.report logs/ --stage val     # validation rows (the best epoch of each run)
 """
 
 import argparse
