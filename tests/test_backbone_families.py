@@ -19,7 +19,9 @@ from brokenbind.errors import ConfigError
 from brokenbind.methods import FABind
 from brokenbind.module import BindingModule
 
-from .test_manifest import dm_args, make_data, write_csv
+from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
+
+pytestmark = CUT_AUDIO
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_CLIP = {

@@ -23,7 +23,9 @@ from timm import __version__ as timm_version
 
 from brokenbind.cli import cli
 
-from .test_manifest import dm_args, make_data, write_csv
+from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
+
+pytestmark = CUT_AUDIO
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_DATASET = str(ROOT / "experiments" / "two_dataset.yaml")
