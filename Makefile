@@ -43,27 +43,27 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 	  $(BIN)/brokenbind fit --config experiments/$(EXP).yaml --method $$method --seed_everything=$$seed \
 	    --trainer.enable_progress_bar=false --trainer.logger.save_dir=$(TABLE_DIR) $(ARGS) > /dev/null; \
 	done; done
-	$(BIN)/python -m brokenbind.report $(TABLE_DIR)/$(EXP)
+	$(BIN)/python -m benchmarks.report $(TABLE_DIR)/$(EXP)
 
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)
 
 bench: $(BIN)/brokenbind system-deps ## The benchmark (about an hour on 2 cores): every method x setting on test, report + plots + cost, in benchmarks/results/bench
-	$(BIN)/python -m brokenbind.bench $(ARGS)
+	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 settings, 4 methods, 2 runs, fewer cost rounds): benchmarks/results/bench-quick
-	$(BIN)/python -m brokenbind.bench --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench --quick $(ARGS)
 
 lint: $(BIN)/brokenbind ## ruff check and format check
-	$(BIN)/ruff check src datamodules tests
-	$(BIN)/ruff format --check src datamodules tests
+	$(BIN)/ruff check src datamodules benchmarks tests
+	$(BIN)/ruff format --check src datamodules benchmarks tests
 
 format: $(BIN)/brokenbind ## Format the code with ruff
-	$(BIN)/ruff format src datamodules tests
-	$(BIN)/ruff check --fix src datamodules tests
+	$(BIN)/ruff format src datamodules benchmarks tests
+	$(BIN)/ruff check --fix src datamodules benchmarks tests
 
 suite: $(BIN)/brokenbind ## Run a suite of settings x methods x seeds: make suite [SUITE=validation|test] [ARGS="--methods fabind,brokenbind"]
-	$(BIN)/python -m brokenbind.suite benchmarks/suites/$(SUITE).yaml --out benchmarks/results/$(SUITE) $(ARGS)
+	$(BIN)/python -m benchmarks.suite benchmarks/suites/$(SUITE).yaml --out benchmarks/results/$(SUITE) $(ARGS)
 
 tune: $(BIN)/brokenbind ## Optuna search on validation: make tune EXP=digit_views [SPACE=experiments/tune/EXP.yaml] [ARGS="--n_trials 30"]
 	$(BIN)/python -m brokenbind.tune --config experiments/$(EXP).yaml --space $(SPACE) $(ARGS)

@@ -3,6 +3,7 @@ manifest by row or by id; and manifests read by pandas (CSV, JSONL, Parquet)."""
 
 import csv
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_row_count_must_match_without_ids(tmp_path):
     ],
 )
 def test_broken_arrays_are_named(tmp_path, edit, message):
-    assert pytest.importorskip("re").search(message, arrays_error(tmp_path, edit=edit))
+    assert re.search(message, arrays_error(tmp_path, edit=edit))
 
 
 def test_array_and_manifest_column_together_is_an_error(tmp_path):

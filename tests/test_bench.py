@@ -2,12 +2,13 @@
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from brokenbind.bench import QUICK, SUITE, pseudo_vs_real, report, training_curves
+from benchmarks.bench import QUICK, SUITE, example_run, pseudo_vs_real, report, training_curves
+from benchmarks.suite import Suite
 from brokenbind.cli import cli
-from brokenbind.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def test_the_report_tables_paired_verdicts_ratios_and_gap(tmp_path):
         + rows_for("bound_fou_pix_zer", "oracle", [0.30, 0.32, 0.31])
         + rows_for("bound_fou_pix_zer", "centrobind", [0.25, 0.27, 0.27])  # paired difference 0, +0.01, -0.01: tie
     )
-    text = report(suite, rows, tmp_path, "python -m brokenbind.bench", 60.0, quick=False, pictures=False)
+    text = report(suite, rows, tmp_path, "python -m benchmarks.bench", 60.0, quick=False, pictures=False)
     assert "| brokenbind | 26.3 ± 3.8 | 26.3 ± 3.8 | 26.3 |" in text  # both flows, then the mean column
     assert "| fabind | 21.0 ± 2.5 |" in text
     # brokenbind − fabind: +5.33 pp ± t(2)·sd/√3 (differences 5, 6, 5); ratio 0.263/0.21; gap 0.053 / 0.10
@@ -68,3 +69,20 @@ def test_pictures_of_a_real_run(tmp_path, monkeypatch):
     sentence = pseudo_vs_real(run, tmp_path / "fig5.png")
     assert sentence.startswith("mean cosine of a real zer embedding with its own pseudo embedding")
     assert all((tmp_path / name).stat().st_size > 0 for name in ("val_map.png", "loss_terms.png", "fig5.png"))
+
+
+def test_example_run_finds_the_directory_named_after_the_preset_and_otherwise_trains_it_once(tmp_path, monkeypatch):
+    suite = Suite(settings={"s": {"config": "x.yaml"}}, methods={"bb": {"preset": "brokenbind"}})
+    trained = []
+
+    def fit(configs: list[str], overrides: list[str]) -> SimpleNamespace:
+        trained.append(overrides)
+        return SimpleNamespace(run_dir=tmp_path / "trained")
+
+    monkeypatch.setattr("brokenbind.api.fit", fit)
+    monkeypatch.setattr("benchmarks.bench.run_pretraining", lambda *args: None)
+    monkeypatch.setattr(Suite, "run_args", lambda self, *run: ([], list(map(str, run[:4]))))
+    assert example_run(suite, tmp_path, "s", "bb") == tmp_path / "trained" and trained == [["s", "bb", "0", "0"]]
+    made = suite.run_root(tmp_path, "bb", 0, 0) / "s" / "brokenbind" / "version_1"  # run directories: the preset's
+    made.mkdir(parents=True)
+    assert example_run(suite, tmp_path, "s", "bb") == made and len(trained) == 1

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.report import collect, summarise
 from brokenbind.cli import cli
-from brokenbind.report import collect, summarise
 
 from .test_bad_inputs import SPLIT_OF_ROW, Rows, manifest_run
 from .test_manifest import CUT_AUDIO
@@ -86,11 +86,11 @@ def test_a_split_of_one_class_gives_no_class_map(tmp_path, monkeypatch, capsys, 
 
 @pytest.mark.parametrize("cells", [["0.5", ""], ["", ""]])
 def test_report_leaves_missing_class_map_out_of_means(tmp_path, cells):
-    header = "experiment,method,seed,stage,dataset_flow,dataset,flow,emergent,map_instance,map_class\n"
-    for seed, cell in enumerate(cells):  # one run directory per seed: a run counts once per stage and flow
-        (tmp_path / f"version_{seed}").mkdir()
-        (tmp_path / f"version_{seed}" / "results.csv").write_text(
-            header + f"e,m,{seed},test,a→b,b,x->y->z,True,0.25,{cell}\n"
+    header = "experiment,method,seed,stage,dataset,dataset_flow,flow,emergent,map_instance,map_class\n"
+    for seed, cell in enumerate(cells):  # a run directory per seed: the report counts a run once per flow
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "results.csv").write_text(
+            header + f"e,m,{seed},test,b,a→b,x->y->z,True,0.25,{cell}\n"
         )
     report = summarise(collect(tmp_path), "test").splitlines()[2]
     assert report == f"| e | a→b | x->y->z* | m | 0,1 | 0.250 ± 0.000 | {'0.500 ± 0.000' if cells[0] else 'n/a'} |"

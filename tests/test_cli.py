@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from brokenbind.api import method_presets
 from brokenbind.cli import cli as main
-from brokenbind.cli import method_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -127,7 +127,7 @@ def test_unknown_method_preset_is_a_clear_error(capsys):
 
 
 def test_report_aggregates_seeds(tmp_path):
-    from brokenbind.report import collect, summarise
+    from benchmarks.report import collect, summarise
     from brokenbind.results import ResultRow, write_csv
 
     for seed, value in (("0", 0.2), ("1", 0.4)):

@@ -13,9 +13,9 @@ from unittest.mock import Mock
 import pytest
 import torch
 
+from brokenbind.api import expand_presets
 from brokenbind.callbacks import EmergentBinding
 from brokenbind.cli import cli as main
-from brokenbind.cli import expand_presets
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.losses.temperature import LogitScale
 from brokenbind.metrics.retrieval import recall_at_k, retrieval_metrics
@@ -87,7 +87,7 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_an_uninterrupted_run(
     assert f"stopped by SIGTERM at epoch {epoch + (batch == -1)}" in capsys.readouterr().err
     assert last.is_file() and not (RUN / "results.csv").exists()
 
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="lightning.pytorch"):  # whatever level an earlier test left it at
         resumed = main(["fit", *BASE, "--ckpt_path", "last"])
     assert f"Restored all states from the checkpoint at {last}" in caplog.text
     assert Path(resumed.trainer.log_dir) == RUN  # the same run directory, results and best-checkpoint tracking
@@ -131,7 +131,7 @@ def test_slurm_preemption_is_resumed_by_the_requeued_job_and_ignored_by_other_ru
     assert (run / "hpc_ckpt_1.ckpt").is_file()
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the requeued job: the same command
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="lightning.pytorch"):  # whatever level an earlier test left it at
         requeued = main(["fit", *BASE])
     assert f"Restored all states from the checkpoint at {run / 'checkpoints' / 'last.ckpt'}" in caplog.text
     assert Path(requeued.trainer.log_dir) == run
@@ -263,3 +263,14 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
     checkpoint = RUN / "checkpoints" / "last.ckpt"
     assert f"brokenbind: stopped by SIGINT at epoch 0, step 4; checkpoint: {checkpoint}" in done.stderr
     assert torch.load(tmp_path / checkpoint, weights_only=True)["global_step"] == 4
+
+
+def test_the_pinned_lightning_has_the_signal_flag_that_request_stop_sets():
+    from lightning.pytorch import Trainer
+
+    from brokenbind.callbacks.faults import request_stop
+
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert trainer._signal_connector.received_sigterm is False
+    request_stop(trainer)
+    assert trainer._signal_connector.received_sigterm is True

@@ -5,8 +5,8 @@ import csv
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.report import collect, summarise
 from brokenbind.cli import cli
-from brokenbind.report import collect, summarise
 from brokenbind.results import ResultRow, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]

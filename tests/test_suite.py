@@ -10,12 +10,8 @@ import torch
 import yaml
 from scipy import stats
 
-from brokenbind.cli import cli
-from brokenbind.errors import ConfigError
-from brokenbind.provenance import code_hash, commit
-from brokenbind.suite import (
+from benchmarks.suite import (
     Suite,
-    compare,
     load_runs,
     main,
     pretrained_checkpoint,
@@ -23,8 +19,11 @@ from brokenbind.suite import (
     run_pretraining,
     run_suite,
     summarise,
-    t_interval,
 )
+from brokenbind.cli import cli
+from brokenbind.errors import ConfigError
+from brokenbind.provenance import code_hash, commit
+from brokenbind.results import paired_difference, t_interval
 from datamodules.base import PairedDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +51,7 @@ def test_every_suite_file_parses_and_every_setting_config_exists(path, tmp_path)
     suite = Suite.load(path)
     assert suite.settings and suite.methods and suite.runs()
     for setting in suite.settings:
-        args = suite.cli_args(setting, next(iter(suite.methods)), 0, 0, tmp_path)
-        configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
+        configs, args = suite.run_args(setting, next(iter(suite.methods)), 0, 0, tmp_path)
         assert configs and all(Path(c).is_file() for c in configs)
         assert f"--test_after_fit={'false' if suite.stage == 'val' else 'true'}" in args
 
@@ -103,12 +101,12 @@ def test_t_interval_matches_scipy():
     assert math.isnan(t_interval([0.3])[1])
 
 
-def test_compare_uses_the_paired_difference_interval():
+def test_win_tie_loss_is_where_the_paired_difference_interval_lies():
     base = {("0", "0"): (0.20, 0.4), ("1", "0"): (0.30, 0.5), ("0", "1"): (0.25, 0.6)}
     better = {k: (v[0] + 0.05 + 0.001 * i, v[1] - 0.001 * i) for i, (k, v) in enumerate(base.items())}
-    assert compare(better, base, 0) == "W" and compare(base, better, 0) == "L"
+    assert paired_difference(better, base, 0)[2] == "W" and paired_difference(base, better, 0)[2] == "L"
     noisy = {k: (v[0] + d, v[1]) for (k, v), d in zip(base.items(), (0.05, -0.05, 0.01), strict=True)}
-    assert compare(noisy, base, 0) == "T"
+    assert paired_difference(noisy, base, 0)[2] == "T"
 
 
 def test_summary_has_a_line_per_setting_and_method_and_the_win_counts():
@@ -200,7 +198,7 @@ def test_settings_narrow_methods_and_runs_and_x_blocks_only_hold_anchors(tmp_pat
     assert [r for r in suite.runs() if r[0] == "few"] == [("few", "fabind", 0, 0), ("few", "fabind", 1, 1)]
     assert len([r for r in suite.runs() if r[0] == "all"]) == 9
     # a preset comes after the suite's arguments: frozen stays untrained whatever the suite's max_epochs
-    args = suite.cli_args("all", "frozen", 0, 0, tmp_path)
+    args = suite.run_args("all", "frozen", 0, 0, tmp_path)[1]
     method = args.index("--method")
     assert args.index("--trainer.max_epochs=7") < method and args[method + 1] == "frozen"
     spec.write_text(spec.read_text().replace("runs: 2", "runs: 2, method: [bb]"))
@@ -227,7 +225,7 @@ def test_pretraining_runs_once_and_its_checkpoint_reaches_the_settings_that_name
     suite = Suite.load(spec)
     assert suite.pretrained("bound") == ["pool"]
     assert f'"checkpoint": "{tmp_path / "out" / "pretrain" / "pool.ckpt"}"' in " ".join(
-        suite.cli_args("bound", "fabind", 0, 0, tmp_path / "out")
+        suite.run_args("bound", "fabind", 0, 0, tmp_path / "out")[1]
     )
     main([str(spec), "--out", str(tmp_path / "out"), "--jobs", "2"])
     assert (tmp_path / "out" / "pretrain" / "pool.ckpt").is_file()
@@ -241,19 +239,19 @@ def test_pretraining_runs_once_and_its_checkpoint_reaches_the_settings_that_name
     bad = spec.read_text().replace("{pretrain:pool}", "{pretrain:other}")
     spec.write_text(bad)
     with pytest.raises(ConfigError, match=r"setting 'bound' names pretraining runs \['other'\]"):
-        Suite.load(spec).cli_args("bound", "fabind", 0, 0, tmp_path)
+        Suite.load(spec).run_args("bound", "fabind", 0, 0, tmp_path)
 
 
 def scored_without_training(monkeypatch) -> list[list[str]]:
-    """Replace each run by one row of fixed scores; returns the argument lists of the runs made."""
+    """Replace each run by one row of fixed scores; returns (config files, overrides) of the runs made."""
     made = []
 
-    def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
-        made.append(args)
+    def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
+        made.append((configs, overrides))
         scores = {"map_instance": "0.5", "map_class": "0.5", "r1": "0", "r5": "0", "r10": "0", "weights": "epoch 1"}
         return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores}]
 
-    monkeypatch.setattr("brokenbind.suite.run_one", run_one)
+    monkeypatch.setattr("benchmarks.suite.run_one", run_one)
     return made
 
 
@@ -292,11 +290,11 @@ def test_rows_of_another_configuration_or_code_or_without_a_fingerprint_are_run_
     rows = run()
     assert said[0] == (f"suite: 4 runs, 2 to run, 2 current in {runs_csv}; 2 of them stale (2 of another "
                         "configuration), their rows replaced when they finish")  # fmt: skip
-    assert len(made) == 6 and [made[-1][i + 1] for i, a in enumerate(made[-1]) if a == "--config"] == [str(moved)]
+    assert len(made) == 6 and made[-1][0] == [str(moved)]
     assert sorted(run_key(r) for r in rows) == [("a", "fabind", "0", "0"), ("a", "fabind", "1", "0"),
                                                 ("b", "fabind", "0", "0"), ("b", "fabind", "1", "0")]  # fmt: skip
 
-    monkeypatch.setattr("brokenbind.suite.code_hash", lambda: "0123456789ab")  # the code changed
+    monkeypatch.setattr("benchmarks.suite.code_hash", lambda: "0123456789ab")  # the code changed
     assert len(run()) == 4 and len(made) == 10
     assert said[0].endswith("; 4 of them stale (4 of other code), their rows replaced when they finish")
 
@@ -321,13 +319,13 @@ def test_rows_of_another_configuration_or_code_or_without_a_fingerprint_are_run_
 def test_a_pretraining_run_is_trained_again_when_its_config_changes(tmp_path, monkeypatch):
     trained = []
 
-    def fit(args: list[str]) -> SimpleNamespace:
+    def fit(configs: list[str], overrides: list[str]) -> SimpleNamespace:
         best = tmp_path / f"best{len(trained)}.ckpt"
         best.write_text(str(len(trained)))
-        trained.append(args)
-        return SimpleNamespace(trainer=SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_path=str(best))))
+        trained.append(overrides)
+        return SimpleNamespace(best_checkpoint=best)
 
-    monkeypatch.setattr("brokenbind.cli.cli", fit)
+    monkeypatch.setattr("brokenbind.api.fit", fit)
     pool = tmp_path / "pool.yaml"
     pool.write_text(yaml.safe_dump(TWO))
     spec = tmp_path / "suite.yaml"

@@ -1,6 +1,7 @@
 """``brokenbind tune``: a 3-trial Optuna study on a tiny config, on the validation split only."""
 
 import csv
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -126,3 +127,20 @@ def test_shipped_search_spaces_parse():
         spec = tune.load_space(path)
         assert (ROOT / "experiments" / f"{path.stem}.yaml").is_file()
         assert all(key.count(".") >= 1 for key in spec["space"])
+
+
+def test_fixed_arguments_are_checked_before_the_first_trial_and_a_hardware_preset_is_a_config_layer(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    experiment = str(ROOT / "experiments" / "two_dataset.yaml")
+    for bad in (["--trainer.callbacks+=brokenbind.tune.PruneOnValidation"], ["--hardware=tpu"], ["fast"]):
+        with pytest.raises(
+            ConfigError, match=rf"^fixed arguments must read --key=value .* got {re.escape(repr(bad[0]))}"
+        ):
+            tune.main(["--config", experiment, "--space", str(space), "--out", str(tmp_path / "out"), "--", *bad])
+        assert not (tmp_path / "out" / "study.db").exists()  # no study, no trial
+    hardware, fixed = tune.fixed_arguments(["--hardware", "cpu", "--trainer.max_epochs=3"])
+    assert hardware == ["cpu"] and fixed == {"trainer.max_epochs": 3}
+    config = tune.best_config([experiment], "fabind", hardware, fixed, {"model.embed_dim": 32})
+    assert config["trainer"] == {"accelerator": "cpu", "devices": 1, "precision": 32, "max_epochs": 3}
+    assert "hardware" not in config and config["model"]["embed_dim"] == 32

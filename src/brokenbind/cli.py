@@ -1,398 +1,39 @@
-"""``brokenbind``: the Lightning CLI (fit / validate / test / predict) over BindingModule and any PairedDataModule,
-plus ``brokenbind tune`` (``brokenbind.tune``).
-
-Shared defaults come from ``brokenbind/configs/defaults.yaml``; an experiment YAML holds only what differs. Unknown
-keys are errors (jsonargparse). ``--method NAME`` and ``--hardware NAME`` are config layers from ``configs/methods``
-and ``configs/hardware``.
-
-Run directories: ``logs/<experiment>[/<method>]/version_N`` (under SLURM ``.../slurm_<job id>``, so that a requeued
-job finds its own directory and nothing else). It holds TensorBoard logs, ``config.yaml``, ``results.csv`` and
-``checkpoints/``: ``best-epochNNN.ckpt`` (best validation mAP) and ``last.ckpt`` (the true last state: every epoch
-and whenever a signal stops the run). A run started with ``--ckpt_path`` continues the checkpoint's run directory;
-``--ckpt_path last`` picks the newest run of the experiment. A checkpoint carries its resolved configuration, so
-``brokenbind test --ckpt_path X`` needs nothing else, and a checkpoint of another configuration is refused. A run
-directory has one writer at a time: the process that writes locks it (``brokenbind.runlock``).
+"""``brokenbind``: the command line over ``brokenbind.api`` (fit / validate / test / predict), plus ``brokenbind tune``.
 
 Exit codes: 0 finished; 2 bad configuration or data (one paragraph naming the key or file; a run directory created by
 the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number when a signal stopped the run (its
 checkpoint is named).
 """
 
-import os
-import re
-import shutil
-import signal
 import sys
-import warnings
-from pathlib import Path
-from typing import Any
-from unittest.mock import patch
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import yaml
-from jsonargparse import ArgumentError
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.accelerators import AcceleratorRegistry
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from brokenbind.callbacks.faults import FaultTolerance
-from brokenbind.checkpoints import load_checkpoint, stored_config
+from brokenbind.api import BrokenBindCLI, Stopped, run
 from brokenbind.errors import ConfigError, DataError, DivergenceError
-from brokenbind.messages import check_yaml_files, parse_error_message
-from brokenbind.module import BindingModule
-from brokenbind.runlock import RunLock
-from datamodules.base import PairedDataModule
-
-CONFIGS = Path(__file__).parent / "configs"
-DEFAULTS = CONFIGS / "defaults.yaml"
-PRESETS = {"method": CONFIGS / "methods", "hardware": CONFIGS / "hardware"}
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-SIGNAL_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGUSR1": 128 + signal.SIGUSR1, "SIGINT": 128 + signal.SIGINT}
-# Settings that may differ between a checkpoint's run and the run that loads it: the rest of model and data must match.
-CONFIG_KEYS_COMPARED = ("model", "data")
 
 
-class Stopped(Exception):
-    """A signal stopped the run; ``code`` is the exit code and the message says where its checkpoint is."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-def presets(kind: str) -> list[str]:
-    return sorted(p.stem for p in PRESETS[kind].glob("*.yaml"))
-
-
-def method_presets() -> list[str]:
-    return presets("method")
-
-
-def expand_presets(args: list[str]) -> list[str]:
-    """``--method NAME`` stands for ``--config configs/methods/NAME.yaml`` (and ``--hardware NAME`` likewise): a preset
-    is a config layer (it may set the model, the data or the trainer), applied where it appears, so put it after the
-    experiment."""
-    out, rest = [], list(args)
-    while rest:
-        arg = rest.pop(0)
-        kind = next((k for k in PRESETS if arg == f"--{k}" or arg.startswith(f"--{k}=")), None)
-        if kind is None:
-            out.append(arg)
-            continue
-        name = arg.partition("=")[2] if "=" in arg else (rest.pop(0) if rest else "")
-        if name not in presets(kind):
-            raise ConfigError(f"unknown {kind} preset {name!r}; available: {presets(kind)}")
-        out += ["--config", str(PRESETS[kind] / f"{name}.yaml")]
-        if kind == "method":
-            out.append(f"--method={name}")
-    return out
-
-
-def _option(args: list[str], name: str) -> str | None:
-    """The value of ``--name X`` / ``--name=X`` (the last one given), else None."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.partition("=")[2]
-    return value
-
-
-def with_checkpoint_config(args: list[str]) -> list[str]:
-    """Without ``--config``, a run given ``--ckpt_path`` takes the configuration stored in the checkpoint."""
-    ckpt = _option(args, "--ckpt_path")
-    if not args or args[0] not in SUBCOMMANDS or "--config" in args or "-c" in args or ckpt in (None, "last"):
-        if args and args[0] == "predict" and ckpt is None:
-            raise ConfigError("predict needs --ckpt_path: without trained weights it would write untrained embeddings")
-        return args
-    return [args[0], f"--config={yaml.safe_dump(stored_config(ckpt))}", *args[1:]]
-
-
-def slurm_version() -> str | None:
-    """``slurm_<job id>`` for a batch job on SLURM (a requeued job keeps its id), None elsewhere."""
-    if not SLURMEnvironment.detect() or SLURMEnvironment.job_name() in ("bash", "interactive"):
-        return None
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"slurm_{array}_{task}" if array and task else f"slurm_{os.environ['SLURM_JOB_ID']}"
-
-
-def next_version(root: Path) -> str:
-    numbers = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return f"version_{max(numbers, default=-1) + 1}"
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest of ``last.ckpt`` and Lightning's preemption checkpoints ``hpc_ckpt_N.ckpt`` in a run directory."""
-    candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
-    existing = [p for p in candidates if p.is_file()]
-    return max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else None
-
-
-def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested configurations."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        keys = sorted(set(stored) | set(current), key=str)
-        return [d for k in keys for d in config_differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
-    return [] if stored == current else [prefix.rstrip(".")]
-
-
-def check_accelerator(accelerator: Any) -> None:
-    """An accelerator this machine lacks (a GPU on a laptop) or an unknown name stops here, in one paragraph, rather
-    than in Lightning's traceback."""
-    if not isinstance(accelerator, str) or accelerator == "auto":
-        return
-    names = sorted(AcceleratorRegistry.available_accelerators())
-    if accelerator not in (*names, "gpu"):
-        raise ConfigError(f"trainer.accelerator {accelerator!r} is unknown; use one of {['auto', 'gpu', *names]}")
-
-    def available(name: str) -> bool:  # a class method: instantiating some (XLA) fails where they are unavailable
-        return AcceleratorRegistry[name]["accelerator"].is_available()
-
-    if any(available(name) for name in (("cuda", "mps") if accelerator == "gpu" else (accelerator,))):
-        return
-    device = {"gpu": "GPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)", "tpu": "TPU"}.get(accelerator, accelerator)
-    presets = " (--hardware gpu, ddp and multinode set it)" if accelerator == "gpu" else ""
-    here = [name for name in names if available(name)]
-    raise ConfigError(
-        f"trainer.accelerator is {accelerator!r}{presets}, but torch finds no {device} on this machine; accelerators "
-        f"available here: {here}. Run on the CPU with --hardware cpu (or --trainer.accelerator=cpu), or on a machine "
-        "that has one"
-    )
-
-
-def check_save_dir(save_dir: Path) -> None:
-    """Runs go under ``save_dir``: it, or the nearest of its parents that exists, must be a directory."""
-    existing = next(p for p in (save_dir, *save_dir.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(
-            f"trainer.logger.init_args.save_dir is {str(save_dir)!r}, but {existing} is a file, not a directory; "
-            "name a directory for the runs (it is created if missing), e.g. logs"
-        )
-
-
-class BrokenBindCLI(LightningCLI):
-    # (run directory, the topmost directory this start created): read by ``cli`` to remove what a failed start left
-    last_start: tuple[Path | None, Path | None] = (None, None)
-    run_lock: RunLock | None = None  # held by the process that writes into the run directory (global rank 0)
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--experiment", type=str | None, default=None, help="run name (default: config file stem)")
-        parser.add_argument("--method", type=str | None, default=None, help=f"method preset, one of {method_presets()}")
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="fit only: test the best checkpoint when training ends"
-        )
-
-    # -- configuration, run directory, checkpoint ------------------------------------------------------------------
-    def _parse_ckpt_path(self) -> None:
-        """Lightning reads ``--ckpt_path`` first (for hyperparameters); a file it cannot read is named here, in one
-        paragraph, by ``load_checkpoint`` (which says whether it is no checkpoint, or a truncated one)."""
-        try:
-            super()._parse_ckpt_path()
-        except Exception:
-            load_checkpoint(self.config[self.config.subcommand].ckpt_path)
-            raise  # the file reads: the problem is elsewhere
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
-        experiments = [Path(str(c)) for c in config.get("config") or [] if Path(str(c)).parent not in PRESETS.values()]
-        name = config.experiment or (experiments[-1].stem if experiments else "default")
-        config.experiment = name
-        run_name = name if config.method is None else f"{name}/{config.method}"
-        for callback in config.trainer.callbacks or []:
-            if callback.class_path.endswith("EmergentBinding"):  # results rows name the experiment and the preset
-                callback.init_args.experiment, callback.init_args.method = name, config.method
-        self.check_settings(config)
-        logger = config.trainer.logger
-        save_dir = Path(logger.init_args.save_dir if logger and "save_dir" in (logger.init_args or {}) else "logs")
-        check_save_dir(save_dir)
-        self.run_dir, ckpt = self.resolve_run(config, save_dir / run_name)
-        config.ckpt_path = str(ckpt) if ckpt else None
-        if ckpt is not None:
-            self.check_checkpoint(ckpt)
-        config.trainer.default_root_dir = str(self.run_dir)  # where Lightning puts its SLURM preemption checkpoint
-        if logger and getattr(logger, "init_args", None) is not None:
-            logger.init_args.save_dir, logger.init_args.name = str(self.run_dir.parent), ""
-            # version_N as the number N: the same directory, and the progress bar's v_num shows N (of a string
-            # version it shows the last four characters, "on_0")
-            number = re.fullmatch(r"version_(\d+)", self.run_dir.name)
-            logger.init_args.version = int(number[1]) if number else self.run_dir.name
-
-    def check_settings(self, config: Any) -> None:
-        """Settings that parse but cannot give an honest run."""
-        if self.subcommand == "fit" and config.trainer.max_epochs == 0 and config.method != "frozen":
-            raise ConfigError(
-                "trainer.max_epochs=0 trains nothing, and the results would be an untrained model labelled "
-                f"{config.method or 'brokenbind'!r}; for the untrained reference use --method frozen"
-            )
-        optimizer = config.model.optimizer
-        init_args = (getattr(optimizer, "init_args", None) or {}) if not callable(optimizer) else {}
-        lr, weight_decay = init_args.get("lr"), init_args.get("weight_decay")
-        if lr is not None and not lr > 0:
-            raise ConfigError(f"model.optimizer.init_args.lr must be positive, got {lr}")
-        if weight_decay is not None and not weight_decay >= 0:
-            raise ConfigError(f"model.optimizer.init_args.weight_decay must be 0 or positive, got {weight_decay}")
-        check_accelerator(config.trainer.accelerator)
-
-    def resolve_run(self, config: Any, root: Path) -> tuple[Path, Path | None]:
-        """(run directory, checkpoint to start from). A checkpoint inside a run directory continues that directory;
-        ``last`` is the newest run of this experiment that has one; a requeued SLURM job resumes its own directory."""
-        ckpt = config.ckpt_path
-        if ckpt == "last":
-            runs = [p for p in root.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()]
-            if not runs:
-                raise ConfigError(f"--ckpt_path last: no run under {root} has checkpoints/last.ckpt")
-            ckpt = max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime_ns) / "checkpoints"
-            ckpt = ckpt / "last.ckpt"
-        if ckpt is not None:
-            ckpt = Path(ckpt)
-            if not ckpt.is_file():
-                raise ConfigError(f"checkpoint not found: {ckpt}; pass the path of a .ckpt file or 'last'")
-            parent = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-            if (parent / "config.yaml").is_file():  # a run directory: continue it, named as when it was written
-                callbacks = load_checkpoint(ckpt).get("callbacks", {})
-                dirs = [v.get("dirpath") for k, v in callbacks.items() if k.startswith("ModelCheckpoint")]
-                written = dirs[0] if dirs else None
-                if written and Path(written).resolve() == (parent / "checkpoints").resolve():
-                    return Path(written).parent, ckpt  # Lightning warns when a checkpoint's directory is renamed
-                relative = Path(os.path.relpath(parent.resolve()))
-                return (parent if relative.parts[:1] == ("..",) else relative), ckpt
-            return root / next_version(root), ckpt
-        version = slurm_version()
-        if version is not None and self.subcommand == "fit":
-            run_dir = root / version
-            return run_dir, newest_checkpoint(run_dir)  # a requeued job resumes; a new job starts fresh
-        return root / next_version(root), None
-
-    def check_checkpoint(self, ckpt: Path) -> None:
-        """Refuse a checkpoint written under another model or data configuration."""
-        stored = load_checkpoint(ckpt).get("config")
-        if stored is None:
-            return  # written without a stored configuration: nothing to compare
-        current = self.plain_config()
-        differences = [
-            d for key in CONFIG_KEYS_COMPARED for d in config_differences(stored.get(key), current.get(key), f"{key}.")
-        ]
-        if differences:
-            run = "experiment {!r} (method {!r})"
-            raise ConfigError(
-                f"checkpoint {ckpt} was written by {run.format(stored.get('experiment'), stored.get('method'))} with "
-                f"other settings than this run, {run.format(current.get('experiment'), current.get('method'))}: "
-                f"{', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''} differ. Load it with its own "
-                f"configuration: `brokenbind {self.subcommand} --ckpt_path {ckpt}` (no --config)"
-            )
-
-    def plain_config(self) -> dict[str, Any]:
-        """The resolved configuration of this subcommand as plain containers (for checkpoints and comparison)."""
-        parser = self._parser(self.subcommand)
-        config = yaml.safe_load(parser.dump(self.config[self.subcommand], skip_check=True))
-        for key in ("config", "ckpt_path"):
-            config.pop(key, None)
-        return config
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        self.model.run_config = self.plain_config()
-        self.faults = next((c for c in self.trainer.callbacks if isinstance(c, FaultTolerance)), None)
-        if self.trainer.is_global_zero:  # one writer per run directory (brokenbind.runlock), before anything is written
-            BrokenBindCLI.run_lock = RunLock(self.run_dir)
-            BrokenBindCLI.last_start = (self.run_dir, BrokenBindCLI.run_lock.acquire(self.subcommand))
-
-    # -- running ---------------------------------------------------------------------------------------------------
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except SystemExit as stop:  # Lightning's SIGTERMException, or its sys.exit(1) after Ctrl-C
-            faults = self.faults
-            if not isinstance(stop, SIGTERMException) and not (faults and faults.stopped_by):
-                raise
-            reason = faults.stopped_by if faults and faults.stopped_by else "SIGTERM"
-            saved = faults.saved if faults and faults.saved else newest_checkpoint(self.run_dir)
-            where = (
-                f"checkpoint: {saved}; resume with `brokenbind fit --ckpt_path {saved}`" if saved else "no checkpoint"
-            )
-            at = f"epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
-            raise Stopped(f"stopped by {reason} at {at}; {where}", SIGNAL_EXIT.get(reason, 1)) from stop
-
-    def after_fit(self) -> None:
-        if self.trainer.interrupted:
-            return
-        if self.trainer.max_epochs == 0:  # fit ran no validation epoch: score the untrained model on validation too
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-        if not self.config.fit.test_after_fit:
-            return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        rank_zero_info(f"testing {'checkpoint ' + best if best else 'the final weights (no checkpoint was saved)'}")
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-
-
-def cli(args: list[str] | None = None) -> BrokenBindCLI:
-    """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
-    exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
-    BrokenBindCLI.last_start, BrokenBindCLI.run_lock = (None, None), None
-    # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """The errors of a run as one line on stderr and the module docstring's exit codes."""
     try:
-        args = with_checkpoint_config(expand_presets(sys.argv[1:] if args is None else list(args)))
-        check_yaml_files(args)
-        parser_kwargs = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
-        # LightningCLI reads the command line (and the DDP launcher re-runs it): give it the expanded arguments there
-        with patch.object(sys, "argv", [sys.argv[0], *args]):
-            return BrokenBindCLI(
-                BindingModule,
-                PairedDataModule,
-                subclass_mode_data=True,
-                parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
-                save_config_kwargs={"overwrite": True},
-                auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
-            )
+        yield
     except Stopped as stop:
         print(f"brokenbind: {stop}", file=sys.stderr)
         raise SystemExit(stop.code) from stop
     except DivergenceError as error:
         print(f"brokenbind: DivergenceError: {error}", file=sys.stderr)
         raise SystemExit(3) from error
-    except Exception as error:
-        cause = _user_error(error)
-        if cause is None:
-            raise
-        _remove_failed_start()
-        print(f"brokenbind: {type(cause).__name__}: {cause}", file=sys.stderr)
+    except (ConfigError, DataError) as error:
+        print(f"brokenbind: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(2) from error
-    finally:
-        _release_run_lock()
 
 
-def _remove_failed_start() -> None:
-    """A run directory that a failed start created holds no result: remove it, and the directories above it that
-    this start created (``logs/<experiment>``) when nothing else is in them."""
-    _release_run_lock()
-    run_dir, created = BrokenBindCLI.last_start
-    if run_dir is None or created is None or not run_dir.is_dir() or any(run_dir.glob("checkpoints/*.ckpt")):
-        return
-    shutil.rmtree(run_dir)
-    for parent in run_dir.parents:
-        if parent == created.parent or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
-def _release_run_lock() -> None:
-    if BrokenBindCLI.run_lock is not None:
-        BrokenBindCLI.run_lock.release()
-        BrokenBindCLI.run_lock = None
-
-
-def _user_error(error: BaseException | None) -> Exception | None:
-    """The configuration or data error behind ``error``; jsonargparse wraps errors raised while instantiating."""
-    while error is not None and not isinstance(error, ConfigError | DataError | ArgumentError):
-        error = error.__cause__ or error.__context__
-    if isinstance(error, ArgumentError):
-        return ConfigError(parse_error_message(str(error)))
-    return error
+def cli(args: list[str] | None = None) -> BrokenBindCLI:
+    """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
+    exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
+    with exit_codes():
+        return run(sys.argv[1:] if args is None else args)
 
 
 def main() -> None:
@@ -400,7 +41,8 @@ def main() -> None:
     if sys.argv[1:2] == ["tune"]:
         from brokenbind.tune import main as tune
 
-        tune(sys.argv[2:])
+        with exit_codes():
+            tune(sys.argv[2:])
         return
     cli()
 

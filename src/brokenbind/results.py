@@ -9,7 +9,8 @@ screen, and means leave it out.
 import csv
 import math
 import os
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -57,11 +58,17 @@ def write_csv(path: Path, rows: list[ResultRow]) -> None:
                 if identity(row) not in replaced:
                     kept.pop(identity(row), None)  # of two duplicates the later stands, where it was written
                     kept[identity(row)] = row
+    replace_csv(path, columns, [*kept.values(), *new])
+
+
+def replace_csv(path: Path, columns: list[str], rows: list[Mapping[str, object]]) -> None:
+    """Write ``rows`` as the whole of ``path``, through a temporary file: a reader (or an interrupted write) never
+    sees half of it. Cells a row lacks are empty."""
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with partial.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows([*kept.values(), *new])
+        writer.writerows(rows)
     partial.replace(path)
 
 
@@ -104,3 +111,43 @@ def format_table(rows: list[ResultRow]) -> str:
 
 def _percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+# -- statistics over runs and Markdown tables ------------------------------------------------------------------------
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95 % Student-t interval (half-width nan for a single value)."""
+    from scipy.stats import t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def interval_text(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± 95 % half-width`` of ``values`` × ``scale`` (the mean alone for one value, "" for none)."""
+    if not values:
+        return ""
+    mean, half = t_interval(values)
+    text = f"{scale * mean:.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {scale * half:.{digits}f}"
+
+
+def paired_difference(
+    method: Mapping[object, Sequence[float]], baseline: Mapping[object, Sequence[float]], metric: int
+) -> tuple[float, float, str]:
+    """Mean and 95 % half-width of the paired difference of ``metric`` over the runs both have (the same keys: seeds
+    and split seeds), and W / T / L: the interval lies above / around / below 0 ("-" with fewer than two common
+    runs)."""
+    keys = sorted(method.keys() & baseline.keys())
+    if len(keys) < 2:
+        return math.nan, math.nan, "-"
+    mean, half = t_interval([method[k][metric] - baseline[k][metric] for k in keys])
+    if half == 0.0 or math.isnan(half):
+        return mean, half, "T" if mean == 0 else ("W" if mean > 0 else "L")
+    return mean, half, "W" if mean - half > 0 else ("L" if mean + half < 0 else "T")
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(line)} |" for line in body)]

@@ -36,7 +36,6 @@ experiment, the method preset and the best values; ``brokenbind fit --config bes
 
 import argparse
 import csv
-import logging
 import math
 import statistics
 import time
@@ -46,10 +45,9 @@ from typing import Any
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from brokenbind import api
 from brokenbind.errors import ConfigError
-from brokenbind.results import metric
 
-METHODS = Path(__file__).parent / "configs" / "methods"
 _ACTIVE: dict[str, Any] = {}  # the trial the running fit reports to (set by the objective, read by the callback)
 
 
@@ -130,31 +128,31 @@ class PruneOnValidation(Callback):
             trainer.should_stop = True
 
 
-def run_trial(base: list[str], values: dict[str, Any], seed: int, out: Path, number: int) -> tuple[float, float]:
+def run_trial(
+    configs: list[str], base: list[str], values: dict[str, Any], seed: int, out: Path, number: int
+) -> tuple[float, float]:
     """One fit on the validation split; (instance, class) mAP of the epoch that checkpoint selection picks."""
-    from brokenbind.cli import cli
-
-    args = [
-        *base,
-        *as_args(values),
-        f"--seed_everything={seed}",
-        "--test_after_fit=false",
-        "--trainer.limit_test_batches=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={out / 'trials'}",
-        f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
-        "--trainer.callbacks+=brokenbind.tune.PruneOnValidation",
-    ]
-    result = cli(["fit", *args])
-    with (Path(result.trainer.log_dir) / "results.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    if any(r["stage"] == "test" for r in rows):
+    result = api.fit(
+        configs,
+        [
+            *base,
+            *as_args(values),
+            f"--seed_everything={seed}",
+            "--test_after_fit=false",
+            "--trainer.limit_test_batches=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={out / 'trials'}",
+            f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
+            "--trainer.callbacks+=brokenbind.tune.PruneOnValidation",
+        ],
+    )
+    if result.stage("test"):
         raise RuntimeError("a tuning run scored the test split")
-    rows = [r for r in rows if r["stage"] == "val"]
+    rows = result.stage("val")
     return (
-        statistics.fmean(float(r["map_instance"]) for r in rows),
-        statistics.fmean(metric(r["map_class"]) for r in rows),  # NaN when class mAP is missing
+        statistics.fmean(r.map_instance for r in rows),
+        statistics.fmean(r.map_class for r in rows),  # NaN when class mAP is missing
     )
 
 
@@ -178,20 +176,38 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def best_config(configs: list[str], method: str | None, extra: list[str], values: dict[str, Any]) -> dict:
-    """The experiment's config files, the method preset, the fixed ``--key=value`` arguments and the best values,
-    merged in the order the command line applies them."""
-    config: dict = {}
-    for path in configs:
-        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    if method:
-        config = merge(config, yaml.safe_load((METHODS / f"{method}.yaml").read_text()) or {})
-    fixed = {}
-    for arg in extra:
+def fixed_arguments(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The fixed arguments as (hardware presets, ``{dotted key: value}``): what ``best.yaml`` will hold. Checked
+    before the study starts, so that an argument it cannot hold fails before the first trial, not after the last."""
+    hardware, values, rest = [], {}, list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--hardware" and rest:
+            arg = f"--hardware={rest.pop(0)}"
         key, sep, value = arg.removeprefix("--").partition("=")
-        if not sep or "+" in key:
-            raise ConfigError(f"fixed arguments must read --key=value, got {arg!r}")
-        fixed[key] = yaml.safe_load(value)
+        if key == "hardware" and value in api.presets("hardware"):
+            hardware.append(value)  # a config layer, as on the command line
+        elif not arg.startswith("--") or not sep or "+" in key or key in ("hardware", "method", "config"):
+            raise ConfigError(
+                f"fixed arguments must read --key=value with a config key, or --hardware NAME (one of "
+                f"{api.presets('hardware')}), got {arg!r}: best.yaml holds them. Give the method with --method and "
+                "experiment files with --config; to add a callback, put it in the experiment file"
+            )
+        else:
+            values[key] = yaml.safe_load(value)
+    return hardware, values
+
+
+def best_config(
+    configs: list[str], method: str | None, hardware: list[str], fixed: dict[str, Any], values: dict[str, Any]
+) -> dict:
+    """The experiment's config files, the method preset, the fixed arguments (``fixed_arguments``) and the best
+    values, merged in the order the command line applies them."""
+    config: dict = {}
+    layers = [Path(c) for c in configs]
+    layers += [api.PRESETS["method"] / f"{method}.yaml"] if method else []
+    for path in layers + [api.PRESETS["hardware"] / f"{name}.yaml" for name in hardware]:
+        config = merge(config, yaml.safe_load(path.read_text()) or {})
     return merge(merge(config, nested(fixed)), nested(values))
 
 
@@ -287,8 +303,7 @@ def main(args: list[str]) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    api.quiet_lightning()
     spec = load_space(args.space)
     method = args.method or spec.get("method")
     objective = args.objective or spec.get("objective", "instance")
@@ -302,8 +317,8 @@ def main(args: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     fixed = [*spec.get("args", []), *extra]
-    base = [arg for c in args.config for arg in ("--config", c)]
-    base += [*(["--method", method] if method else []), *fixed, f"--experiment={experiment}"]
+    hardware, fixed_values = fixed_arguments(fixed)  # before the study: a bad argument stops the first trial
+    base = [*([f"--method={method}"] if method else []), *fixed, f"--experiment={experiment}"]
 
     def objective_fn(trial) -> float:
         values = suggest(trial, spec["space"])
@@ -312,7 +327,7 @@ def main(args: list[str]) -> None:
         try:
             for i, seed in enumerate(seeds):
                 _ACTIVE["report"] = i == 0  # the first seed's epochs are the intermediate values
-                results.append(run_trial(base, values, seed, out, trial.number))
+                results.append(run_trial(args.config, base, values, seed, out, trial.number))
                 if _ACTIVE["pruned"]:
                     raise optuna.TrialPruned()
         finally:
@@ -341,7 +356,7 @@ def main(args: list[str]) -> None:
     if not any(t.value is not None for t in study.trials):
         raise SystemExit(f"no trial completed; see {out / 'trials.csv'}")
     best = study.best_trial
-    config = best_config(args.config, method, fixed, best.params)
+    config = best_config(args.config, method, hardware, fixed_values, best.params)
     header = (
         f"# brokenbind tune: best of {len(study.trials)} trials on the validation split: trial {best.number}, "
         f"objective {objective}{f' (class weight {class_weight})' if objective == 'mix' else ''} = "

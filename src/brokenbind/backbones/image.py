@@ -7,7 +7,6 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -110,7 +109,7 @@ class TimmImage(Backbone):
         image_size: resize (bilinear, antialiased) to image_size × image_size first; None keeps the input size.
 
     Normalisation is timm's ``pretrained_cfg`` mean/std for ``model``. For tf_efficientnet_lite0 that is 0.5/0.5, i.e.
-    2x − 1, which differs from the TF recipe (255x − 127)/128 that offline-data.md measured by (1 − x)/128 at most
+    2x − 1, which differs from the TensorFlow EfficientNet-Lite recipe (255x − 127)/128 by (1 − x)/128, at most
     1/128: the same preprocessing for practical purposes, and timm's own number for the model.
     """
 
@@ -134,6 +133,8 @@ class TimmImage(Backbone):
             raise ConfigError("channels='mean_weights' applies to single-channel images only")
         if weights == WHEEL_WEIGHTS and model != WHEEL_MODEL:
             raise ConfigError(f"weights {WHEEL_WEIGHTS!r} are EfficientNet-Lite0 weights; use model {WHEEL_MODEL!r}")
+        import timm  # imported when a spec names this backbone: a run without images never pays for it
+
         if not timm.is_model(model):
             close = difflib.get_close_matches(model, timm.list_models(), n=3)
             raise ConfigError(
@@ -192,6 +193,8 @@ class TimmImage(Backbone):
     def fingerprint(self) -> str | None:
         if self.weights_sha256 is None:
             return None  # random init: depends on timm's initialisers, not worth caching
+        import timm
+
         stats = f"mean={self.mean.flatten().tolist()},std={self.std.flatten().tolist()}"
         return (
             f"timm=={timm.__version__}:{self.model_name}|sha256={self.weights_sha256}|in_chans={self.in_chans}"

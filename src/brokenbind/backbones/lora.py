@@ -17,7 +17,7 @@ def apply_lora(
     the linear-probing stage sees the pretrained features. The adapters start frozen; ``BindingModule`` unfreezes
     them when the LoRA stage begins (``lora_start_epoch``).
     """
-    from peft import LoraConfig, inject_adapter_in_model  # optional dependency: only LoRA runs need it
+    from peft import LoraConfig, inject_adapter_in_model  # a required dependency, imported when a spec asks for LoRA
 
     if not target_modules:
         raise ConfigError("lora needs target_modules: the names (or a regex) of the backbone layers to adapt")

@@ -79,7 +79,7 @@ class FaultTolerance(Callback):
         if trainer.strategy.reduce_boolean_decision(self._sigusr1_received, all=False):
             self._previous_sigusr1(signal.SIGUSR1, None)
             self.stopped_by = "SIGUSR1"
-            trainer._signal_connector.received_sigterm = True  # Lightning's stop path: SIGTERMException at batch end
+            request_stop(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigusr1()
@@ -97,3 +97,14 @@ class FaultTolerance(Callback):
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume needs the optimiser
         self.saved = path
+
+
+def request_stop(trainer: Trainer) -> None:
+    """Take Lightning's own stop path for a signal: ``SIGTERMException`` at the end of the batch, with its checkpoint
+    and teardown. Lightning has no public way in: this sets its private ``_SignalConnector.received_sigterm`` (2.6),
+    and refuses when a Lightning version lacks it, where setting it would silently stop nothing
+    (``tests/test_faults.py`` checks the pinned version)."""
+    connector = trainer._signal_connector
+    if not hasattr(connector, "received_sigterm"):
+        raise RuntimeError("this Lightning version has no _SignalConnector.received_sigterm: SIGUSR1 cannot stop a run")
+    connector.received_sigterm = True

@@ -93,7 +93,7 @@ class TensorBoardFigures(Callback):
 def curves(
     series: dict[str, list[tuple[int, float]]], x_label: str, y_label: str, mox_epoch: int | None = None
 ) -> Figure:
-    """One line per series; the epoch where MOX switched on marked when given (also drawn by ``brokenbind.bench``)."""
+    """One line per series; the epoch where MOX switched on marked when given (also drawn by ``benchmarks.bench``)."""
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
     for name, points in sorted(series.items()):

@@ -45,6 +45,7 @@ def symmetric_info_nce(
 def push_away(query: Tensor, others: Tensor, scale: Tensor | float) -> Tensor:
     """Eq. 10's push-away term: (1/B) Σ_i log Σ_k exp(scale·⟨q_i, o_k⟩) against every row of another dataset.
 
-    A separate partition term per (dataset, modality), not one softmax over the union of negatives (method.md §2.6).
+    A separate partition term per (dataset, modality), not one softmax over the union of negatives (arXiv 2602.06451
+    Eq. 10).
     """
     return torch.logsumexp(scale * query.float() @ others.float().T, dim=1).mean()

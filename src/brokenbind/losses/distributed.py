@@ -2,7 +2,7 @@
 
 Each rank scores its *local rows* against *gathered columns* (every rank's rows, autograd-aware gather) with labels
 offset by ``rank × local batch``, and averages over its local rows. DDP averages gradients over ranks, so the result
-is the gradient of the global mean (pitfalls.md §1.1: open_clip's local_loss=True with gather_with_grad=True). A
+is the gradient of the global mean (open_clip's local_loss=True with gather_with_grad=True). A
 gather without autograd would drop the gradient through remote columns, and a local loss over such columns points in
 a wrong direction.
 

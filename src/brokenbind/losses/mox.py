@@ -1,7 +1,7 @@
 """Modality extrapolation (MOX, BrokenBind Eqs. 5-9): pseudo embeddings of a modality a dataset lacks.
 
-Row convention (method.md §2.4): F is B×d, one row per sample. For a dataset D1 lacking c and a dataset D2 holding
-the pivot b and c:
+Row convention (ours: arXiv 2602.06451 §3.2 does not fix one): F is B×d, one row per sample. For a dataset D1
+lacking c and a dataset D2 holding the pivot b and c:
     X-data (Eq. 8):  F~c1 = F_b1 (F_b2)^+ F_c2   any B1, B2: each D1 pivot row written in D2's pivot rows
     X-mod  (Eq. 7):  F~c1 = F_c2 (F_b2)^+ F_b1   needs B1 == B2: it pairs rows of two unpaired batches
     R_Fro  (Eq. 9):  ||X-mod − X-data||²_F       squared, unnormalised, as written

@@ -10,7 +10,7 @@ cost instance mAP on every setting and most on three-dataset chains, and bought 
 ``mox_subspace="orthogonal"`` (L_MOX only where the pseudo target differs from the query's own pivot: as extrapolated,
 the pseudo target is closer to its row's pivot than to the real target, so the full term repeats L_CLIP); everything
 else as in the paper, including MOX after half the run (``consistency_fraction=0.5``).
-Choices the paper leaves open (method.md §2.4-2.6, §2.9) are made here:
+Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
 - L_CLIP(m, dataset) averages its terms (1/3B each in the two-dataset case): InfoNCE against each other modality of

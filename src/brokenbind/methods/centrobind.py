@@ -1,12 +1,12 @@
 """CentroBind (arXiv 2410.02086): align every modality to a per-sample centroid of all the sample's modalities.
 
-The paper's loss equation is not available (method.md §3, [NOT FOUND]); what is known: the anchor of sample i is the
-centroid of the embeddings of the modalities it has, recomputed every batch, and each modality is aligned to it with
-symmetric InfoNCE, replacing FABind's fixed anchor. Open choices are switches:
+The paper's loss equation is not available (neither abstract of arXiv 2410.02086 states it); what is known: the anchor
+of sample i is the centroid of the embeddings of the modalities it has, recomputed every batch, and each modality is
+aligned to it with symmetric InfoNCE, replacing FABind's fixed anchor. Open choices are switches:
 - ``renormalize`` (default True): L2-normalise the centroid so that the anchor lives on the sphere like every
   embedding (the mean of unit vectors is shorter than 1, which would shrink its logits).
 - ``detach_anchor`` (default True): stop the gradient through the anchor, so each modality moves towards the centroid
-  instead of the centroid also moving towards it. The method.md §6 prototype measured the stop-gradient variant higher
+  instead of the centroid also moving towards it. A prototype on mfeat measured the stop-gradient variant higher
   (0.172 vs 0.118 instance mAP).
 - The modality being aligned is part of its own anchor (the centroid is of all modalities the sample has).
 Each dataset's anchors use the modalities that dataset observes, so datasets with different modality sets work.

@@ -13,6 +13,10 @@ def _check_pair(scores: Tensor, relevant: Tensor) -> None:
         )
     if relevant.dtype != torch.bool:
         raise ValueError(f"relevant must be a bool tensor, got {relevant.dtype}")
+    _check_finite(scores)
+
+
+def _check_finite(scores: Tensor) -> None:
     if not torch.isfinite(scores).all():  # a NaN compares false with everything: it would rank as a hit
         raise ValueError("scores contain NaN or Inf: the embeddings are broken, there is nothing meaningful to rank")
 
@@ -88,8 +92,7 @@ def single_relevant_metrics(scores: Tensor, target: Tensor, ks: Sequence[int]) -
     pessimistic rank is that count minus one: one comparison pass over the row, no sort. Equal to
     ``average_precision`` and ``recall_at_k`` on the same input (tested).
     """
-    if not torch.isfinite(scores).all():
-        raise ValueError("scores contain NaN or Inf: the embeddings are broken, there is nothing meaningful to rank")
+    _check_finite(scores)
     has = target >= 0
     relevant_score = scores.gather(1, target.clamp(min=0)[:, None])
     count = (scores >= relevant_score).sum(dim=1).to(torch.float64)

@@ -18,7 +18,10 @@ methods interleaved round by round, and reported as ratios with their range over
 5. ``large``: a two-dataset manifest experiment whose features are one memory-mapped ``.npy`` per dataset and
    modality, against the same features as one ``.npy`` file per row: setup + statistics + one epoch, time and peak
    memory, each in its own process.
-6. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test).
+6. ``validation``: one validation epoch (embedding both evaluation datasets and scoring every flow) against one
+   training epoch.
+7. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test),
+   run from the working directory's ``experiments/``.
 
 ``--quick`` (``make bench-quick``) uses fewer rounds and a 2,000 × 2,000 retrieval. The Markdown report goes to
 ``--out`` (default ``benchmarks/results/cost.md``) with the command and versions that produced it.
@@ -53,7 +56,7 @@ from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.module import BindingModule, silence_known_warnings
 from datamodules import DigitsDataModule, MfeatDataModule
 
-ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENT = Path("experiments/two_dataset.yaml")  # of the checkout the cost report runs in
 METHODS: dict[str, Callable[[], torch.nn.Module]] = {
     "brokenbind": lambda: BrokenBind(consistency_epochs=0),
     "brokenbind_paper": lambda: BrokenBind(consistency_epochs=0, **PAPER_RECIPE),
@@ -267,7 +270,7 @@ def bench_retrieval(n: int, sample: int, repeats: int) -> list[str]:
             command = [
                 sys.executable,
                 "-m",
-                "brokenbind.cost",
+                "benchmarks.cost",
                 "--measure",
                 impl,
                 "--n",
@@ -299,7 +302,7 @@ def bench_retrieval(n: int, sample: int, repeats: int) -> list[str]:
     return lines
 
 
-# -- 4. large data: one array per dataset and modality vs one file per row ---------------------------------------
+# -- 5. large data: one array per dataset and modality vs one file per row ---------------------------------------
 LARGE_DATASETS = {"a": ("x", "y"), "b": ("y", "z")}  # z is a's hidden target: present in its val/test rows
 
 
@@ -355,7 +358,7 @@ def bench_large(rows: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         write_large(Path(tmp), rows)
         for layout in ("arrays", "files"):
-            command = [sys.executable, "-m", "brokenbind.cost", "--measure", f"large:{layout}", "--root", tmp]
+            command = [sys.executable, "-m", "benchmarks.cost", "--measure", f"large:{layout}", "--root", tmp]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             name = "one memory-mapped array per dataset and modality" if layout == "arrays" else "one .npy file per row"
@@ -365,23 +368,21 @@ def bench_large(rows: int) -> list[str]:
     return lines
 
 
-# -- 5. a whole run ------------------------------------------------------------------------------------------------
+# -- 7. a whole run ------------------------------------------------------------------------------------------------
 def bench_run() -> list[str]:
     """Wall time and the run's own peak memory (the child reports its ru_maxrss: RUSAGE_CHILDREN would be the largest
     of every child so far, e.g. the torchmetrics measurement)."""
     script = (
         "import resource, sys\n"
-        "from brokenbind.cli import main\n"
-        "sys.argv = ['brokenbind', *sys.argv[1:]]\n"
-        "try:\n    main()\n"
+        "from brokenbind import api\n"
+        "try:\n    api.fit(sys.argv[1], sys.argv[2:])\n"
         "finally:\n    print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
     with tempfile.TemporaryDirectory() as cwd:
-        config = str(ROOT / "experiments" / "two_dataset.yaml")
-        command = [sys.executable, "-c", script, "fit", "--config", config, "--trainer.enable_progress_bar=false"]
+        config = str(EXPERIMENT.resolve())
+        command = [sys.executable, "-c", script, config, "--trainer.enable_progress_bar=false"]
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - start
     peak = int(done.stderr.rsplit("peak_kb", 1)[1].split()[0]) / 1024
     run = "`brokenbind fit --config experiments/two_dataset.yaml` (50 epochs + test)"
@@ -390,6 +391,7 @@ def bench_run() -> list[str]:
     return [line]
 
 
+# -- 6. validation against training; 4. the feature cache -------------------------------------------------------
 class EpochTimer(Callback):
     """Seconds of each training epoch and of each validation epoch (listed after the scoring callback, so the
     validation time includes the retrieval metrics)."""
@@ -476,7 +478,7 @@ def bench_cache() -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, a 2,000 × 2,000 retrieval")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cost.md"))
+    parser.add_argument("--out", default=str(Path("benchmarks") / "results" / "cost.md"))
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one retrieval measurement in this process
     parser.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=int, default=500, help=argparse.SUPPRESS)
@@ -493,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     header = [
         "# Cost benchmarks",
         "",
-        f"`{' '.join(['python -m brokenbind.cost', *(argv if argv is not None else sys.argv[1:])])}` on "
+        f"`{' '.join(['python -m benchmarks.cost', *(argv if argv is not None else sys.argv[1:])])}` on "
         f"{platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{time.strftime('%Y-%m-%d')}. Ratios are measured within one process, methods interleaved; absolute times "

@@ -1,6 +1,6 @@
 """The benchmark (``make bench``, ``make bench-quick``): where BrokenBind wins, ties and loses, and what it costs.
 
-1. Runs ``benchmarks/suites/bench.yaml`` (``brokenbind.suite``: every method on the test split of each setting, seed i
+1. Runs ``benchmarks/suites/bench.yaml`` (``benchmarks.suite``: every method on the test split of each setting, seed i
    with split seed i, two runs at a time; an interrupted benchmark resumes from ``runs.csv``, and runs whose rows came
    from another configuration or code run again). ``--quick`` runs two settings (bound and scratch fou-pix-zer), four
    methods, two runs of 20 epochs: the same code path in minutes, into ``benchmarks/results/bench-quick``, which git
@@ -12,9 +12,9 @@
 3. Draws PNGs: mAP per method with interval bars per setting; validation mAP over epochs with the MOX switch and each
    loss term over steps (from a brokenbind run's checkpoint); real vs pseudo embeddings of the hidden modality
    (the paper's Figure 5; pseudo = X-data of the run's own encoders on a training batch of the other dataset).
-4. Runs the cost report (``brokenbind.cost``) into ``cost.md``.
+4. Runs the cost report (``benchmarks.cost``) into ``cost.md``.
 
-    python -m brokenbind.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost]
+    python -m benchmarks.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost]
 """
 
 import argparse
@@ -31,24 +31,21 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from benchmarks.suite import (
+    Suite,
+    per_run,
+    provenance,
+    run_pretraining,
+    run_suite,
+)
+from brokenbind import api
 from brokenbind.callbacks.figures import curves
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
 from brokenbind.provenance import commit
-from brokenbind.suite import (
-    Suite,
-    paired_difference,
-    per_run,
-    provenance,
-    quiet_lightning,
-    run_one,
-    run_pretraining,
-    run_suite,
-    t_interval,
-)
+from brokenbind.results import interval_text, markdown_table, paired_difference, t_interval
 
-ROOT = Path(__file__).resolve().parents[2]
-SUITE = ROOT / "benchmarks" / "suites" / "bench.yaml"
+SUITE = Path(__file__).parent / "suites" / "bench.yaml"
 QUICK = {  # the quick benchmark: a subset of the full one, fewer epochs
     "settings": ["bound_fou_pix_zer", "scratch_fou_pix_zer"],
     "methods": ["frozen", "fabind", "brokenbind", "oracle"],
@@ -65,14 +62,6 @@ REGIMES = {
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
-def cell(values: list[float]) -> str:
-    """mean ± 95 % half-width, in % with one decimal (the paper's unit)."""
-    if not values:
-        return ""
-    mean, half = t_interval(values)
-    return f"{100 * mean:.1f}" if math.isnan(half) else f"{100 * mean:.1f} ± {100 * half:.1f}"
-
-
 def settings_of(df: pd.DataFrame, regime: str) -> list[str]:
     return [s for s in dict.fromkeys(df["setting"]) if s.split("_")[0] == regime]
 
@@ -93,7 +82,7 @@ def method_table(df: pd.DataFrame, settings: list[str], methods: list[str], metr
         flows = df[df.setting == s][["dataset", "flow"]].drop_duplicates().itertuples(index=False)
         columns += [(s, d, f) for d, f in flows] if by_flow else [(s, None, None)]
     header = [f"{short(s)}: {flow_label(d, f)}" if d else short(s) for s, d, f in columns]
-    lines = [f"| method | {' | '.join(header)} | mean |", "|---" * (len(columns) + 2) + "|"]
+    body = []
     for m in methods:
         cells, means = [], []
         for s, d, f in columns:
@@ -101,22 +90,18 @@ def method_table(df: pd.DataFrame, settings: list[str], methods: list[str], metr
             if d:
                 rows = rows[(rows.dataset == d) & (rows.flow == f)]
             values = rows.groupby(["seed", "split_seed"])[metric].mean().tolist()
-            cells.append(cell(values))
+            cells.append(interval_text(values, scale=100, digits=1))  # %, one decimal: the paper's unit
             means += [statistics.fmean(values)] if values else []
         if any(cells):
             mean = f"{100 * statistics.fmean(means):.1f}" if len(means) == len(columns) else ""
-            lines.append(f"| {m} | {' | '.join(cells)} | {mean} |")
-    return lines
+            body.append([m, *cells, mean])
+    return markdown_table(["method", *header, "mean"], body)
 
 
 def comparison_table(rows: list[dict], settings: list[str]) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
     """brokenbind against fabind, centrobind and the oracle, setting by setting; also the W/T/L tally."""
     runs = per_run(rows)
-    lines = [
-        "| setting | runs | brokenbind − fabind, instance | brokenbind − fabind, class | brokenbind / fabind "
-        "(instance) | fabind→oracle gap closed (instance) | vs centrobind (inst / class) | vs oracle (inst / class) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    body = []
     tally: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for s in settings:
         bb = runs.get((s, "brokenbind"))
@@ -144,11 +129,12 @@ def comparison_table(rows: list[dict], settings: list[str]) -> tuple[list[str], 
             gap = f"{100 * (inst['brokenbind'] - inst['fabind']) / (inst['oracle'] - inst['fabind']):.0f} %"
         if len(diffs) < 2:
             diffs = ["", ""]
-        lines.append(
-            f"| {s} | {len(bb)} | {diffs[0]} | {diffs[1]} | {ratio} | {gap} | {' / '.join(verdicts['centrobind'])} | "
-            f"{' / '.join(verdicts['oracle'])} |"
-        )
-    return lines, tally
+        body.append([s, str(len(bb)), *diffs, ratio, gap, " / ".join(verdicts["centrobind"]),
+                     " / ".join(verdicts["oracle"])])  # fmt: skip
+    header = ["setting", "runs", "brokenbind − fabind, instance", "brokenbind − fabind, class",
+              "brokenbind / fabind (instance)", "fabind→oracle gap closed (instance)", "vs centrobind (inst / class)",
+              "vs oracle (inst / class)"]  # fmt: skip
+    return markdown_table(header, body), tally
 
 
 # -- pictures --------------------------------------------------------------------------------------------------------
@@ -180,12 +166,13 @@ def example_run(suite: Suite, out: Path, setting: str, method: str = "brokenbind
     """The run directory of a method's first run on a setting (seed 0, split seed 0). Run directories are not
     committed (only ``runs.csv``), so a report made from a fresh clone retrains that one run: the same seeds and
     split, hence the same run."""
-    found = (suite.run_root(out, method, 0, 0) / setting / method).glob("version_*")
+    preset = suite.methods[method].get("preset")  # the run directory is named after the preset, as any run's
+    root = suite.run_root(out, method, 0, 0) / setting
+    found = (root / preset if preset else root).glob("version_*")
     if newest := max(found, key=lambda p: int(p.name.removeprefix("version_")), default=None):
         return newest  # a stale run ran again in the next version
     run_pretraining(suite, out, [setting])
-    run_one(suite.cli_args(setting, method, 0, 0, out), suite.stage)
-    return example_run(suite, out, setting, method)
+    return api.fit(*suite.run_args(setting, method, 0, 0, out)).run_dir
 
 
 def training_curves(run: Path, out: Path) -> list[str]:
@@ -201,10 +188,8 @@ def pseudo_vs_real(run: Path, path: Path) -> str:
     """The paper's Figure 5: the run's real embeddings of a flow's hidden target on the evaluation dataset's test split
     against its MOX pseudo embeddings (X-data, Eq. 8, from one training batch of the dataset that observes the target),
     in the first two principal components of both; returns a sentence with the cosines."""
-    from brokenbind.cli import cli
-
     best = sorted((run / "checkpoints").glob("best-*.ckpt"))[-1]
-    cli(["predict", "--ckpt_path", str(best), "--trainer.enable_progress_bar=false"])
+    api.predict(best, ["--trainer.enable_progress_bar=false"])
     config = load_checkpoint(best)["config"]
     data, method = config["data"]["init_args"], config["model"]["method"]["init_args"]
     flow = data["flows"][0]
@@ -215,7 +200,7 @@ def pseudo_vs_real(run: Path, path: Path) -> str:
     def load(dataset: str, split: str, m: str) -> torch.Tensor:
         return torch.from_numpy(np.load(embeddings / dataset / split / f"{m}.npy"))
 
-    batch = data.get("batch_size", 64)
+    batch = data["batch_size"]  # the stored configuration is resolved: every argument is there
     other_pivot, other_target = load(source, "train", pivot)[:batch], load(source, "train", target)[:batch]
     real = load(flow["dataset"], "test", target)
     pseudo = x_data(load(flow["dataset"], "test", pivot), pivot_pinv(other_pivot, method["pinv_ridge"]), other_target)
@@ -337,7 +322,7 @@ def report(
         sentence = pseudo_vs_real(run, out / "pseudo_vs_real.png")
         lines += ["", f"Real vs pseudo embeddings (the paper's Figure 5), test split: {sentence}.", "",
                   "![real vs pseudo](pseudo_vs_real.png)"]  # fmt: skip
-    recipe = (ROOT / "src" / "brokenbind" / "configs" / "methods" / "brokenbind.yaml").read_text()
+    recipe = (api.PRESETS["method"] / "brokenbind.yaml").read_text()
     lines += [
         "",
         "## The recipe the papers leave open",
@@ -366,11 +351,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one process and one thread each")
     parser.add_argument("--skip_cost", action="store_true", help="the accuracy report only")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m brokenbind.bench", *(argv if argv is not None else sys.argv[1:])])
-    out = args.out or ROOT / "benchmarks" / "results" / ("bench-quick" if args.quick else "bench")
+    command = " ".join(["python -m benchmarks.bench", *(argv if argv is not None else sys.argv[1:])])
+    out = args.out or Path("benchmarks") / "results" / ("bench-quick" if args.quick else "bench")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the runs' workers take one core each
-    quiet_lightning()
+    api.quiet_lightning()
     suite = Suite.load(SUITE)
     if args.quick:
         suite = suite.select(QUICK["settings"], QUICK["methods"])

@@ -24,7 +24,7 @@ A suite is a YAML file (``benchmarks/suites/*.yaml``)::
       fabind: {preset: fabind}
       brokenbind_none: {preset: brokenbind, args: ["--model.method.init_args.push_away=none"]}
 
-Each run is one in-process ``brokenbind.cli.cli(["fit", ...])`` call; its ``results.csv`` rows of the suite's stage
+Each run is one in-process ``brokenbind.api.fit(configs, overrides)`` call; the rows it returns of the suite's stage
 (val: the epoch that checkpoint selection picks; test: that checkpoint on the test split) are written to
 ``<out>/runs.csv`` with the setting, method, split seed and what produced them: ``config_hash`` (``Suite.fingerprint``:
 the run's arguments with its config files' contents, its pretraining runs, seeds and stage), ``code_hash`` and
@@ -35,16 +35,14 @@ of instance and class mAP per (setting, method), win / tie / loss against the ba
 difference over the same seeds and split seeds lies above 0 / contains 0 / lies below 0) and the commits that
 produced the rows.
 
-    python -m brokenbind.suite benchmarks/suites/validation.yaml --out benchmarks/results/validation
-    python -m brokenbind.suite SUITE --methods fabind,brokenbind --settings fou_pix_zer   # a subset
+    python -m benchmarks.suite benchmarks/suites/validation.yaml --out benchmarks/results/validation
+    python -m benchmarks.suite SUITE --methods fabind,brokenbind --settings fou_pix_zer   # a subset
 """
 
 import argparse
 import csv
 import hashlib
 import json
-import logging
-import math
 import multiprocessing
 import os
 import re
@@ -53,13 +51,15 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
-from brokenbind.errors import ConfigError
+from brokenbind import api
+from brokenbind.errors import ConfigError, DivergenceError, UserError
 from brokenbind.provenance import code_hash, commit
+from brokenbind.results import csv_cells, interval_text, markdown_table, paired_difference, replace_csv
 
 RUN_KEY = ["setting", "method", "seed", "split_seed"]  # one run of a suite
 SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "r10", "weights"]  # from results.csv
@@ -122,17 +122,10 @@ class Suite:
             missing = set(chosen or []) - set(have)
             if missing:
                 raise ConfigError(f"unknown {kind}s {sorted(missing)}; the suite has {sorted(have)}")
-        return Suite(
+        return replace(
+            self,
             settings={k: v for k, v in self.settings.items() if not settings or k in settings},
             methods={k: v for k, v in self.methods.items() if not methods or k in methods},
-            stage=self.stage,
-            seeds=self.seeds,
-            split_seeds=self.split_seeds,
-            pair_seeds=self.pair_seeds,
-            args=self.args,
-            baseline=self.baseline,
-            pretrain=self.pretrain,
-            root=self.root,
         )
 
     def seed_pairs(self) -> list[tuple[int, int]]:
@@ -155,8 +148,8 @@ class Suite:
         path = Path(name)
         return str(path if path.exists() or path.is_absolute() else self.root / path)
 
-    def config_args(self, name: str, spec: dict, save_dir: Path) -> list[str]:
-        """``--config`` arguments of a setting or pretraining run: its files, then its inline experiment."""
+    def configs(self, name: str, spec: dict, save_dir: Path) -> list[str]:
+        """The config files of a setting or pretraining run: its files, then its inline experiment."""
         configs = [
             self._path(c) for c in ([spec["config"]] if isinstance(spec.get("config"), str) else spec.get("config", []))
         ]
@@ -170,7 +163,7 @@ class Suite:
             configs.append(str(inline))
         if not configs:
             raise ConfigError(f"{name!r} names no config and no inline experiment")
-        return [arg for c in configs for arg in ("--config", c)]
+        return configs
 
     def pretrained(self, setting: str) -> list[str]:
         """The pretraining runs a setting names (``{pretrain:NAME}`` anywhere in its spec)."""
@@ -204,11 +197,10 @@ class Suite:
         """What a pretraining run's checkpoint depends on: its spec (config files by content) and the code."""
         return f"{digest(self._with_contents(self.pretrain[name]))} {code_hash()}"
 
-    def pretrain_args(self, name: str, save_dir: Path) -> list[str]:
+    def pretrain_run(self, name: str, save_dir: Path) -> tuple[list[str], list[str]]:
+        """(config files, overrides) of a pretraining run."""
         spec = self.pretrain[name]
-        return [
-            "fit",
-            *self.config_args(f"pretrain_{name}", spec, save_dir),
+        return self.configs(f"pretrain_{name}", spec, save_dir), [
             *spec.get("args", []),
             f"--experiment={name}",
             "--seed_everything=0",
@@ -223,8 +215,11 @@ class Suite:
         """Where one run's directories go (``<setting>/<method>/version_0`` below it)."""
         return save_dir / "runs" / method / f"seed{seed}_split{split_seed}"
 
-    def cli_args(self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path) -> list[str]:
-        """The ``brokenbind fit`` arguments of one run; the experiment is named after the setting."""
+    def run_args(
+        self, setting: str, method: str, seed: int, split_seed: int, save_dir: Path
+    ) -> tuple[list[str], list[str]]:
+        """(config files, overrides) of one run for ``brokenbind.api.fit``; the experiment is named after the
+        setting."""
         s, m = self.settings[setting], self.methods[method]
         for name in self.pretrained(setting):  # the checkpoint path goes where the setting names it
             s = yaml.safe_load(
@@ -232,7 +227,7 @@ class Suite:
             )
         # the method's preset after the suite's and the setting's arguments: what a preset fixes (frozen's
         # max_epochs 0, oracle's data) wins over suite-wide settings; the method's own args come last
-        args = ["fit", *self.config_args(setting, s, save_dir), *self.args, *flat(s.get("args", []))]
+        args = [*self.args, *flat(s.get("args", []))]
         if m.get("preset"):
             args += ["--method", m["preset"]]
         args += [
@@ -246,7 +241,7 @@ class Suite:
             f"--trainer.logger.init_args.save_dir={self.run_root(save_dir, method, seed, split_seed)}",
             f"--test_after_fit={'true' if self.stage == 'test' else 'false'}",
         ]
-        return args
+        return self.configs(setting, s, save_dir), args
 
 
 def digest(what: object) -> str:
@@ -266,35 +261,25 @@ def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> 
     """Train each pretraining run these settings name, once: its best checkpoint is kept as
     ``out/pretrain/<name>.ckpt`` and reused by every later run and every resumed suite while
     ``<name>.fingerprint`` (``Suite.pretrain_fingerprint``) is current; a changed spec or code trains it again."""
-    from brokenbind.cli import cli
-
     for name in dict.fromkeys(n for setting in settings for n in suite.pretrained(setting)):
         target, fingerprint = pretrained_checkpoint(out, name), suite.pretrain_fingerprint(name)
         stamp = target.with_suffix(".fingerprint")
         if target.exists() and stamp.is_file() and stamp.read_text() == fingerprint:
             continue
         start = time.perf_counter()
-        result = cli(suite.pretrain_args(name, out))
-        best = result.trainer.checkpoint_callback.best_model_path
-        if not best:
+        best = api.fit(*suite.pretrain_run(name, out)).best_checkpoint
+        if best is None:
             raise RuntimeError(f"pretraining run {name!r} saved no checkpoint")
         shutil.copyfile(best, target)
         stamp.write_text(fingerprint)
         log(f"pretrained {name}: {target} ({time.perf_counter() - start:.0f} s)")
 
 
-def run_one(args: list[str], stage: str) -> list[dict[str, str]]:
-    """One in-process ``brokenbind fit``; the rows of ``stage`` that it appended to its run's ``results.csv``."""
-    from brokenbind.cli import cli
-
-    result = cli(args)
-    results = Path(result.trainer.log_dir) / "results.csv"
-    if not results.exists():
-        raise RuntimeError(f"run wrote no results.csv: {' '.join(args)}")
-    with results.open() as f:
-        rows = [r for r in csv.DictReader(f) if r["stage"] == stage]
+def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
+    """One in-process fit; its rows of ``stage`` as ``runs.csv`` cells (as its ``results.csv`` has them)."""
+    rows = [{k: str(v) for k, v in csv_cells(row).items()} for row in api.fit(configs, overrides).stage(stage)]
     if not rows:
-        raise RuntimeError(f"run wrote no {stage} rows: {' '.join(args)}")
+        raise RuntimeError(f"run scored no {stage} rows: {configs} {overrides}")
     return rows
 
 
@@ -312,12 +297,7 @@ def run_key(run: dict[str, str] | tuple) -> tuple[str, ...]:
 
 
 def write_runs(path: Path, rows: list[dict[str, str]]) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # replaced whole: an interrupted write loses nothing
-    with partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
+    replace_csv(path, RUN_FIELDS, rows)
 
 
 def stale_runs(suite: Suite, rows: list[dict[str, str]]) -> tuple[list[tuple[str, str, int, int]], Counter]:
@@ -354,25 +334,20 @@ def provenance(rows: list[dict[str, str]]) -> str:
     return "Runs by the code that produced them: " + ", ".join(f"{c}: {n}" for c, n in counts.most_common()) + "."
 
 
-def _timed_run(args: list[str], stage: str, threads: int) -> tuple[list[dict[str, str]], float]:
+def _timed_run(
+    configs: list[str], overrides: list[str], stage: str, threads: int
+) -> tuple[list[dict[str, str]], float]:
     """One run in a worker process (``--jobs``): its own torch thread count, quiet Lightning."""
     import torch
 
-    import brokenbind.cli  # noqa: F401  (importing Lightning resets its loggers' levels: quiet them after)
-
     torch.set_num_threads(threads)
-    quiet_lightning()
+    api.quiet_lightning()
     start = time.perf_counter()
     try:
-        rows = run_one(args, stage)
-    except SystemExit as stop:  # the CLI said why on stderr; a worker must raise an Exception to report back
-        raise RuntimeError(f"run exited with code {stop.code}: brokenbind {' '.join(args)}") from None
+        rows = run_one(configs, overrides, stage)
+    except (UserError, DivergenceError, api.Stopped) as error:  # re-raised in the suite's process: say which run
+        raise RuntimeError(f"run failed: {type(error).__name__}: {error} ({configs} {overrides})") from None
     return rows, time.perf_counter() - start
-
-
-def quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 1) -> list[dict[str, str]]:
@@ -405,31 +380,26 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
     if jobs <= 1:
         for i, run in enumerate(todo, 1):
             start = time.perf_counter()
-            rows = run_one(suite.cli_args(*run, out), suite.stage)
+            rows = run_one(*suite.run_args(*run, out), suite.stage)
             record(i, run, rows, time.perf_counter() - start)
     else:
         # spawn: a fresh interpreter per worker (no forked Lightning/torch state). No max_tasks_per_child: Python 3.11's
         # executor stops when its workers retire with work still queued.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = {pool.submit(_timed_run, suite.cli_args(*run, out), suite.stage, threads): run for run in todo}
+            futures = {pool.submit(_timed_run, *suite.run_args(*run, out), suite.stage, threads): run for run in todo}
             for i, future in enumerate(as_completed(futures), 1):
                 record(i, futures[future], *future.result())
+    return suite_rows(suite, runs_csv)
+
+
+def suite_rows(suite: Suite, runs_csv: Path) -> list[dict[str, str]]:
+    """The rows of ``runs_csv`` that belong to the suite's runs (a subset of settings or methods, other seeds)."""
     wanted = {run_key(r) for r in suite.runs()}
     return [r for r in load_runs(runs_csv) if run_key(r) in wanted]
 
 
 # -- statistics ------------------------------------------------------------------------------------------------------
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95 % Student-t interval (half-width nan for a single value)."""
-    from scipy.stats import t
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str, str], tuple[float, float]]]:
     """(setting, method) -> (seed, split_seed) -> (instance, class) mAP, averaged over the run's flows."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -444,28 +414,6 @@ def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str,
     return out
 
 
-def paired_difference(method: dict, baseline: dict, metric: int) -> tuple[float, float, str]:
-    """Mean and 95 % half-width of the paired difference over the runs both have (same seeds and split seeds), and
-    W / T / L: the interval lies above / around / below 0 ("-" with fewer than two common runs)."""
-    keys = sorted(method.keys() & baseline.keys())
-    if len(keys) < 2:
-        return math.nan, math.nan, "-"
-    mean, half = t_interval([method[k][metric] - baseline[k][metric] for k in keys])
-    if half == 0.0 or math.isnan(half):
-        return mean, half, "T" if mean == 0 else ("W" if mean > 0 else "L")
-    return mean, half, "W" if mean - half > 0 else ("L" if mean + half < 0 else "T")
-
-
-def compare(method: dict, baseline: dict, metric: int) -> str:
-    """W / T / L of ``paired_difference``."""
-    return paired_difference(method, baseline, metric)[2]
-
-
-def _fmt(values: list[float]) -> str:
-    mean, half = t_interval(values)
-    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
-
-
 def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> str:
     """Markdown: a line per (setting, method) with mean ± 95 % half-width, W/T/L against the baseline, and a
     last block with each method's mean over settings and its win / tie / loss counts."""
@@ -473,10 +421,7 @@ def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> st
     stage = rows[0]["stage"] if rows else "?"
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [
-        f"| setting | method | runs | {stage} instance mAP | {stage} class mAP | vs {baseline} (inst / class) |",
-        "|---|---|---|---|---|---|",
-    ]
+    body: list[list[str]] = []
     tally: dict[str, list[str]] = defaultdict(list)
     means: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for setting in settings:
@@ -489,25 +434,26 @@ def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> st
             versus = ""
             if baseline and method != baseline and (setting, baseline) in runs:
                 base = runs[setting, baseline]
-                versus = f"{compare(got, base, 0)} / {compare(got, base, 1)}"
+                versus = f"{paired_difference(got, base, 0)[2]} / {paired_difference(got, base, 1)[2]}"
                 tally[method].append(versus)
-            lines.append(f"| {setting} | {method} | {len(got)} | {_fmt(inst)} | {_fmt(klass)} | {versus} |")
-    lines += [
-        "",
-        f"| method | settings | mean {stage} instance mAP | mean {stage} class mAP | W/T/L instance | W/T/L class |",
-        "|---|---|---|---|---|---|",
-    ]
+            body.append([setting, method, str(len(got)), interval_text(inst), interval_text(klass), versus])
+    header = ["setting", "method", "runs", f"{stage} instance mAP", f"{stage} class mAP",
+              f"vs {baseline} (inst / class)"]  # fmt: skip
+    lines = [*markdown_table(header, body), ""]
+    body = []
     for method in methods:
         inst = statistics.fmean(v[0] for v in means[method])
         klass = statistics.fmean(v[1] for v in means[method])
         counts = ["/".join(str(sum(v.split(" / ")[i] == c for v in tally[method])) for c in "WTL") for i in (0, 1)]
         if method == baseline or not tally[method]:
             counts = ["-", "-"]
-        lines.append(f"| {method} | {len(means[method])} | {inst:.3f} | {klass:.3f} | {counts[0]} | {counts[1]} |")
-    return "\n".join(lines) + "\n"
+        body.append([method, str(len(means[method])), f"{inst:.3f}", f"{klass:.3f}", *counts])
+    header = ["method", "settings", f"mean {stage} instance mAP", f"mean {stage} class mAP", "W/T/L instance",
+              "W/T/L class"]  # fmt: skip
+    return "\n".join([*lines, *markdown_table(header, body)]) + "\n"
 
 
-def pivot(rows: list[dict[str, str]], interval: bool = True) -> str:
+def pivot(rows: list[dict[str, str]]) -> str:
     """Markdown: a row per setting, a column per method, cells ``instance / class`` (mean ± 95 % half-width)."""
     runs = per_run(rows)
     settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -517,15 +463,10 @@ def pivot(rows: list[dict[str, str]], interval: bool = True) -> str:
         got = runs.get((setting, method))
         if not got:
             return "not run"
-        parts = []
-        for metric in (0, 1):
-            mean, half = t_interval([v[metric] for v in got.values()])
-            parts.append(f"{mean:.3f}" if not interval or math.isnan(half) else f"{mean:.3f} ± {half:.3f}")
-        return " / ".join(parts)
+        return " / ".join(interval_text([v[metric] for v in got.values()]) for metric in (0, 1))
 
-    lines = [f"| setting | {' | '.join(methods)} |", "|---" * (1 + len(methods)) + "|"]
-    lines += [f"| {s} | {' | '.join(cell(s, m) for m in methods)} |" for s in settings]
-    return "\n".join(lines) + "\n"
+    body = [[s, *(cell(s, m) for m in methods)] for s in settings]
+    return "\n".join(markdown_table(["setting", *methods], body)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -544,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    quiet_lightning()
+    api.quiet_lightning()
     suite = Suite.load(args.suite)
     suite = suite.select(
         args.settings.split(",") if args.settings else None, args.methods.split(",") if args.methods else None
@@ -556,8 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     suite.pair_seeds = suite.pair_seeds or args.pair_seeds
     out = args.out or Path("benchmarks/results") / args.suite.stem
     if args.summary_only:
-        wanted = {run_key(r) for r in suite.runs()}
-        rows = [r for r in load_runs(out / "runs.csv") if run_key(r) in wanted]
+        rows = suite_rows(suite, out / "runs.csv")
         stale = stale_runs(suite, rows)[1]
         if stale:
             print(f"summary of {out / 'runs.csv'} as it is: of its runs, {describe_stale(stale)}", flush=True)

@@ -3,8 +3,8 @@
 A run directory counts once per stage and flow: its latest row (``results.csv`` replaces a row scored again; a run
 whose best and last checkpoints were both tested, or that was extended, has several rows of one flow).
 
-python -m brokenbind.report logs/                 # every run under logs/
-python -m brokenbind.report logs/ --stage val     # validation rows (the best epoch of each run)
+python -m benchmarks.report logs/                 # every run under logs/
+python -m benchmarks.report logs/ --stage val     # validation rows (the best epoch of each run)
 """
 
 import argparse
@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from brokenbind.results import metric
+from brokenbind.results import markdown_table, metric
 
 
 def collect(root: Path) -> list[dict[str, str]]:
@@ -52,19 +52,18 @@ def summarise(rows: list[dict[str, str]], stage: str) -> str:
     for row in rows:
         key = (row["experiment"], row["dataset_flow"], row["flow"] + ("*" if row["emergent"] == "True" else ""))
         groups[(*key, row["method"])].append(row)
-    lines = [
-        f"| experiment | dataset flow | modality flow | method | seeds | {stage} instance mAP | {stage} class mAP |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    body = []
     for (experiment, dataset_flow, flow, method), group in groups.items():
         seeds = ",".join(sorted({r["seed"] for r in group}))
         instance = _stat([metric(r["map_instance"]) for r in group])
         klass = _stat([metric(r["map_class"]) for r in group])
-        lines.append(f"| {experiment} | {dataset_flow} | {flow} | {method} | {seeds} | {instance} | {klass} |")
+        body.append([experiment, dataset_flow, flow, method, seeds, instance, klass])
+    header = ["experiment", "dataset flow", "modality flow", "method", "seeds", f"{stage} instance mAP",
+              f"{stage} class mAP"]  # fmt: skip
     note = "\n\n(* emergent: query and target never observed together; std over runs"
     if left_out:
         note += f"; one row per run directory and flow, the latest: {left_out} earlier rows of the same runs left out"
-    return "\n".join(lines) + note + ")"
+    return "\n".join(markdown_table(header, body)) + note + ")"
 
 
 def main() -> None:

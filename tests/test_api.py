@@ -1,0 +1,65 @@
+"""``brokenbind.api`` from Python: a run's result rows, checkpoints and configuration come back as objects."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brokenbind import api
+from brokenbind.errors import ConfigError
+from brokenbind.results import ResultRow, identity
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO = ROOT / "experiments" / "two_dataset.yaml"
+SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_fit_returns_the_rows_it_scored_its_checkpoints_and_configuration_and_test_rescores_the_best(tmp_path):
+    result = api.fit(TWO, [*SHORT, "--method=fabind", "--seed_everything=3"])
+    assert result.run_dir == Path("logs/two_dataset/fabind/version_0")
+    assert all(isinstance(row, ResultRow) for row in result.rows)
+    assert [(r.stage, r.experiment, r.method, r.seed, r.dataset, r.flow) for r in result.rows] == [
+        ("val", "two_dataset", "fabind", "3", "evaluation", "fou->pix->zer"),
+        ("test", "two_dataset", "fabind", "3", "evaluation", "fou->pix->zer"),
+    ]
+    assert result.best_checkpoint is not None and result.best_checkpoint.parent == result.run_dir / "checkpoints"
+    assert result.stage("test")[0].weights == result.best_checkpoint.name
+    assert result.last_checkpoint == result.run_dir / "checkpoints" / "last.ckpt"
+    assert result.config["method"] == "fabind" and result.config["trainer"]["max_epochs"] == 2
+    # the returned rows are the rows results.csv holds
+    with (result.run_dir / "results.csv").open() as f:
+        written = list(csv.DictReader(f))
+    assert [identity(r) for r in written] == [identity(vars(r)) for r in result.rows]
+    assert [float(r["map_instance"]) for r in written] == [r.map_instance for r in result.rows]
+    # testing the best checkpoint again: its test row, in the same run directory (replacing, not adding, the row)
+    again = api.test(result.best_checkpoint, ["--trainer.enable_progress_bar=false"])
+    assert again.run_dir == result.run_dir and [identity(vars(r)) for r in again.rows] == [
+        identity(vars(r)) for r in result.stage("test")
+    ]
+    with (result.run_dir / "results.csv").open() as f:
+        assert [float(r["map_instance"]) for r in csv.DictReader(f)] == [
+            result.rows[0].map_instance,
+            again.rows[0].map_instance,
+        ]
+
+
+def test_a_dict_config_and_a_list_of_layers_run_like_files():
+    inline = {**yaml.safe_load(TWO.read_text()), "experiment": "inline"}
+    result = api.fit([inline, {"trainer": {"max_epochs": 1}}], ["--trainer.limit_train_batches=2",
+                                                                 "--test_after_fit=false"])  # fmt: skip
+    assert result.run_dir == Path("logs/inline/version_0") and result.config["trainer"]["max_epochs"] == 1
+    assert [(r.stage, r.experiment) for r in result.rows] == [("val", "inline")]
+
+
+def test_a_configuration_error_raises_and_leaves_no_run_directory(tmp_path):
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs=0 trains nothing"):
+        api.fit(TWO, ["--trainer.max_epochs=0"])
+    with pytest.raises(ConfigError, match=r"^model.method: brokenbind.methods.BrokenBind takes no option 'bogus'"):
+        api.fit(TWO, ["--model.method.init_args.bogus=1"])
+    assert not (tmp_path / "logs").exists()
