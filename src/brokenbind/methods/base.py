@@ -1,12 +1,13 @@
 """What a binding method is: embeddings in, named loss terms out."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import combinations
 
 import torch
 from torch import Tensor, nn
 
+from brokenbind.errors import ConfigError
 from brokenbind.losses.distributed import Batch
 from brokenbind.losses.temperature import LogitScale
 
@@ -64,6 +65,24 @@ class BindingMethod(nn.Module, ABC):
     @abstractmethod
     def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
         """Loss terms from this rank's rows (``batch.local``) against the whole batch (``batch.full``)."""
+
+
+def next_level(dataset: str, have: Iterable[str], holders: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, str]]:
+    """One level of the shortest chains of datasets (BrokenBind Appendix B): each modality that ``dataset`` lacks (is
+    not in ``have``) and another dataset of ``holders`` observes with one modality of ``have``, mapped to (that
+    dataset, the shared pivot); the first such dataset wins. Empty when nothing more is reachable."""
+    have, level = set(have), {}
+    for source, modalities in holders.items():
+        shared, targets = sorted(have & set(modalities)), sorted(set(modalities) - have)
+        if source == dataset or not shared or not targets:
+            continue
+        if len(shared) > 1:
+            raise ConfigError(
+                f"datasets {dataset!r} and {source!r} share several modalities {shared}: the pivot is ambiguous"
+            )
+        for target in targets:
+            level.setdefault(target, (source, shared[0]))
+    return level
 
 
 def modality_pairs(embeddings: Embeddings) -> list[tuple[str, str, str]]:

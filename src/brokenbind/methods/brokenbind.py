@@ -44,7 +44,7 @@ from brokenbind.losses.mox import (
     x_data,
     x_mod,
 )
-from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs
+from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs, next_level
 
 # Where the default recipe departs from the paper: these arguments give BrokenBind exactly as written (the preset
 # configs/methods/brokenbind_paper.yaml spells out every argument).
@@ -270,22 +270,7 @@ class BrokenBind(BindingMethod):
         have = dict(full[dataset])
         origin = {m: m for m in have}
         out: dict[str, Pseudo] = {}
-        while True:
-            level = {}
-            for source, smods in full.items():
-                if source == dataset:
-                    continue
-                shared, targets = sorted(have.keys() & smods.keys()), sorted(smods.keys() - have.keys())
-                if not shared or not targets:
-                    continue
-                if len(shared) > 1:
-                    raise ConfigError(
-                        f"datasets {dataset!r} and {source!r} share several modalities {shared}: the pivot is ambiguous"
-                    )
-                for target in targets:
-                    level.setdefault(target, (source, shared[0]))
-            if not level:
-                return out
+        while level := next_level(dataset, have, full):
             pinvs = {}
             if self.transition == "linear":  # one pseudo-inverse per (source, pivot), shared by its targets
                 pinvs = {link: pivot_pinv(full[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
@@ -304,3 +289,4 @@ class BrokenBind(BindingMethod):
                 origin[target] = origin[pivot]
                 out[target] = Pseudo(data, mod, origin[target], source)
             have.update({t: out[t].data for t in level})
+        return out

@@ -33,7 +33,7 @@ from brokenbind.errors import ConfigError
 from brokenbind.losses.clip import symmetric_info_nce
 from brokenbind.losses.distributed import Batch
 from brokenbind.losses.mox import kernel_transition
-from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs
+from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs, next_level
 
 
 class CMCR(BindingMethod):
@@ -135,22 +135,10 @@ class CMCR(BindingMethod):
         retrieved level by level along the shortest chains of datasets linked by a shared modality."""
         have = {m: f.detach() for m, f in full[dataset].items()}
         out: dict[str, Tensor] = {}
-        while True:
-            level: dict[str, tuple[str, str]] = {}
-            for source, smods in self.memory.items():
-                shared, targets = sorted(have.keys() & smods.keys()), sorted(smods.keys() - have.keys())
-                if source == dataset or not shared or not targets:
-                    continue
-                if len(shared) > 1:
-                    raise ConfigError(
-                        f"datasets {dataset!r} and {source!r} share several modalities {shared}: the pivot is ambiguous"
-                    )
-                for target in targets:
-                    level.setdefault(target, (source, shared[0]))
-            if not level:
-                return out
+        while level := next_level(dataset, have, self.memory):
             for target, (source, pivot) in level.items():
                 memory = self.memory[source]
                 retrieved = kernel_transition(have[pivot], memory[pivot], memory[target], self.temperature)
                 out[target] = F.normalize(retrieved, dim=1)
             have.update(out)
+        return out

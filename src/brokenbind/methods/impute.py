@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from brokenbind.errors import ConfigError
-from brokenbind.methods.base import Encoder, Features
+from brokenbind.methods.base import Encoder, Features, next_level
 from brokenbind.methods.fabind import FABind
 
 DEFAULT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -110,20 +110,7 @@ def plan(datasets: dict[str, list[str]]) -> list[tuple[str, str, str]]:
     steps = []
     for ds, mods in datasets.items():
         have = set(mods)
-        while True:
-            level: dict[str, str] = {}
-            for source, smods in datasets.items():
-                shared, targets = sorted(have & set(smods)), sorted(set(smods) - have)
-                if source == ds or not shared or not targets:
-                    continue
-                if len(shared) > 1:
-                    raise ConfigError(
-                        f"datasets {ds!r} and {source!r} share several modalities {shared}: the pivot is ambiguous"
-                    )
-                for target in targets:
-                    level.setdefault(target, shared[0])
-            if not level:
-                break
-            steps += [(ds, pivot, target) for target, pivot in level.items()]
+        while level := next_level(ds, have, datasets):
+            steps += [(ds, pivot, target) for target, (_, pivot) in level.items()]
             have |= set(level)
     return steps
