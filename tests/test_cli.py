@@ -24,7 +24,7 @@ def run_in_tmp(tmp_path, monkeypatch):
 # digits' audio backbone trains), transitive needs rows observing both pivot and target (a chain has none)
 REFUSED = {
     ("impute", "digits_real"): "ConfigError: method 'impute' fits on backbone features before training",
-    ("pivot_ceiling", "digits_real"): "ConfigError: method 'impute' fits on backbone features before training",
+    ("pivot_ceiling", "digits_real"): "ConfigError: method 'pivot_ceiling' fits on backbone features before training",
     ("transitive", "three_dataset"): "ConfigError: method 'transitive' retrieves through anchor rows",
 }
 
