@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from brokenbind.api import method_presets
+from brokenbind.api import method_presets, with_checkpoint_config
 from brokenbind.cli import cli as main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +138,15 @@ def test_report_aggregates_seeds(tmp_path):
         write_csv(run / "results.csv", [row])
     table = summarise(collect(tmp_path), "test")
     assert "| exp | s→e | a->b->c* | fabind | 0,1 | 0.300 ± 0.141 | 0.500 ± 0.000 |" in table
+
+
+def test_a_checkpoint_alone_rebuilds_its_datasets_in_their_order(tmp_path):
+    """The order of the datasets decides which classes each one gets (mfeat's class_shift blocks) and so every split:
+    a run rebuilt from a checkpoint alone must keep it (a sorted dump once re-split the data of a standalone
+    `brokenbind test --ckpt_path`, which then scored other test rows than the fit's own test)."""
+    ckpt = tmp_path / "run.ckpt"
+    datasets = {"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}}
+    torch.save({"config": {"data": {"init_args": {"datasets": datasets}}}}, ckpt)
+    args = with_checkpoint_config(["test", f"--ckpt_path={ckpt}"])
+    config = yaml.safe_load(args[1].removeprefix("--config="))
+    assert list(config["data"]["init_args"]["datasets"]) == ["support", "evaluation"]

@@ -110,7 +110,7 @@ def with_checkpoint_config(args: list[str]) -> list[str]:
         if args and args[0] == "predict" and ckpt is None:
             raise ConfigError("predict needs --ckpt_path: without trained weights it would write untrained embeddings")
         return args
-    return [args[0], f"--config={yaml.safe_dump(stored_config(ckpt))}", *args[1:]]
+    return [args[0], f"--config={yaml.safe_dump(stored_config(ckpt), sort_keys=False)}", *args[1:]]
 
 
 def slurm_version() -> str | None:
