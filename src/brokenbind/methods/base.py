@@ -67,6 +67,13 @@ class BindingMethod(nn.Module, ABC):
         """Loss terms from this rank's rows (``batch.local``) against the whole batch (``batch.full``)."""
 
 
+def check_non_negative(**values: float) -> None:
+    """Refuse a negative (or NaN) weight, ridge or noise level, naming it."""
+    for name, value in values.items():
+        if not value >= 0:  # also rejects NaN
+            raise ConfigError(f"{name} must be non-negative, got {value}")
+
+
 def next_level(dataset: str, have: Iterable[str], holders: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, str]]:
     """One level of the shortest chains of datasets (BrokenBind Appendix B): each modality that ``dataset`` lacks (is
     not in ``have``) and another dataset of ``holders`` observes with one modality of ``have``, mapped to (that

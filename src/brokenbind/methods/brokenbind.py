@@ -44,7 +44,14 @@ from brokenbind.losses.mox import (
     x_data,
     x_mod,
 )
-from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs, next_level
+from brokenbind.methods.base import (
+    BindingMethod,
+    Embeddings,
+    SharedNoise,
+    check_non_negative,
+    modality_pairs,
+    next_level,
+)
 
 # Where the default recipe departs from the paper: these arguments give BrokenBind exactly as written (the preset
 # configs/methods/brokenbind_paper.yaml spells out every argument).
@@ -126,10 +133,8 @@ class BrokenBind(BindingMethod):
     ):
         super().__init__(logit_scale, learn_logit_scale, modality_scales)
         weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
-        for name, value in {**{f"{k}_weight": v for k, v in weights.items()}, "pinv_ridge": pinv_ridge,
-                            "push_away_weight": push_away_weight, "pseudo_noise": pseudo_noise}.items():  # fmt: skip
-            if not value >= 0:  # also rejects NaN
-                raise ConfigError(f"{name} must be non-negative, got {value}")
+        check_non_negative(**{f"{k}_weight": v for k, v in weights.items()}, pinv_ridge=pinv_ridge,
+                           push_away_weight=push_away_weight, pseudo_noise=pseudo_noise)  # fmt: skip
         if consistency_epochs is not None and (isinstance(consistency_epochs, bool) or consistency_epochs < 0):
             raise ConfigError(f"consistency_epochs must be a non-negative number of epochs, got {consistency_epochs}")
         if not 0.0 <= consistency_fraction <= 1.0:

@@ -33,7 +33,14 @@ from brokenbind.errors import ConfigError
 from brokenbind.losses.clip import symmetric_info_nce
 from brokenbind.losses.distributed import Batch
 from brokenbind.losses.mox import kernel_transition
-from brokenbind.methods.base import BindingMethod, Embeddings, SharedNoise, modality_pairs, next_level
+from brokenbind.methods.base import (
+    BindingMethod,
+    Embeddings,
+    SharedNoise,
+    check_non_negative,
+    modality_pairs,
+    next_level,
+)
 
 
 class CMCR(BindingMethod):
@@ -65,13 +72,7 @@ class CMCR(BindingMethod):
             raise ConfigError(f"memory_size must be a positive number of rows, got {memory_size}")
         if not retrieval_temperature > 0:
             raise ConfigError(f"retrieval_temperature must be positive, got {retrieval_temperature}")
-        for name, value in {
-            "noise_std": noise_std,
-            "pseudo_weight": pseudo_weight,
-            "intra_weight": intra_weight,
-        }.items():
-            if not value >= 0:
-                raise ConfigError(f"{name} must be non-negative, got {value}")
+        check_non_negative(noise_std=noise_std, pseudo_weight=pseudo_weight, intra_weight=intra_weight)
         self.memory_size, self.temperature, self.noise_std = memory_size, retrieval_temperature, noise_std
         self.pseudo_weight, self.intra_weight = pseudo_weight, intra_weight
         self.noise = SharedNoise() if noise_std else None
