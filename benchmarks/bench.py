@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "report.md").write_text(report(suite, rows, out, command, time.perf_counter() - start, args.quick))
     print(f"report: {out / 'report.md'}", flush=True)
     if not args.skip_cost:
-        from brokenbind import cost
+        from benchmarks import cost
 
         torch.set_num_threads(threads)
         cost.main([*(["--quick"] if args.quick else []), "--out", str(out / "cost.md")])

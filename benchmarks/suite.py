@@ -57,13 +57,16 @@ from pathlib import Path
 import yaml
 
 from brokenbind import api
+from brokenbind.callbacks import PivotDiagnosis
 from brokenbind.errors import ConfigError, DivergenceError, UserError
 from brokenbind.provenance import code_hash, commit
 from brokenbind.results import csv_cells, interval_text, markdown_table, paired_difference, replace_csv
 
 RUN_KEY = ["setting", "method", "seed", "split_seed"]  # one run of a suite
 SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "r10", "weights"]  # from results.csv
-RUN_FIELDS = [*RUN_KEY, *SCORES, "seconds", "config_hash", "code_hash", "commit"]
+# the pivot diagnosis at the last validation epoch (callbacks/diagnosis.py), per flow whose target is extrapolated
+DIAGNOSIS = ["cos_pseudo_pivot", "cos_pseudo_target", "mAP_pivot_target", "mAP_pseudo_target"]
+RUN_FIELDS = [*RUN_KEY, *SCORES, *DIAGNOSIS, "seconds", "config_hash", "code_hash", "commit"]
 
 
 @dataclass
@@ -276,8 +279,16 @@ def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> 
 
 
 def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
-    """One in-process fit; its rows of ``stage`` as ``runs.csv`` cells (as its ``results.csv`` has them)."""
-    rows = [{k: str(v) for k, v in csv_cells(row).items()} for row in api.fit(configs, overrides).stage(stage)]
+    """One in-process fit; its rows of ``stage`` as ``runs.csv`` cells (as its ``results.csv`` has them), with the
+    pivot diagnosis of the row's flow at the last validation epoch (empty where nothing was extrapolated)."""
+    result = api.fit(configs, overrides)
+    history = next((c.history for c in result.trainer.callbacks if isinstance(c, PivotDiagnosis)), {})
+    rows = []
+    for row in result.stage(stage):
+        query, _, target = row.flow.split("->")
+        last = {name: history.get(f"{row.dataset}/{query}->{target}/{name}") for name in DIAGNOSIS}
+        diagnosis = {name: f"{points[-1][1]:.4f}" if points else "" for name, points in last.items()}
+        rows.append({k: str(v) for k, v in csv_cells(row).items()} | diagnosis)
     if not rows:
         raise RuntimeError(f"run scored no {stage} rows: {configs} {overrides}")
     return rows
@@ -367,7 +378,7 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
     def record(i: int, run: tuple[str, str, int, int], rows: list[dict[str, str]], seconds: float) -> None:
         setting, method, seed, split_seed = run
         produced = {"config_hash": suite.fingerprint(*run), "code_hash": code_hash(), "commit": commit()}
-        new = [{**dict(zip(RUN_KEY, run_key(run), strict=True)), **{k: r[k] for k in SCORES},
+        new = [{**dict(zip(RUN_KEY, run_key(run), strict=True)), **{k: r[k] for k in SCORES + DIAGNOSIS},
                 "seconds": f"{seconds:.1f}", **produced} for r in rows]  # fmt: skip
         write_runs(runs_csv, [r for r in load_runs(runs_csv) if run_key(r) != run_key(run)] + new)
         inst = statistics.fmean(float(r["map_instance"]) for r in rows)

@@ -11,6 +11,7 @@ import yaml
 from scipy import stats
 
 from benchmarks.suite import (
+    DIAGNOSIS,
     Suite,
     load_runs,
     main,
@@ -140,6 +141,8 @@ def test_tiny_suite_end_to_end_chooses_on_validation_without_ever_testing(tmp_pa
     assert sorted((r["method"], r["split_seed"]) for r in rows) == [("bb", "0"), ("bb", "1"), ("fabind", "0"),
                                                                       ("fabind", "1")]  # fmt: skip
     assert {r["stage"] for r in rows} == {"val"} and all(0 < float(r["map_instance"]) <= 1 for r in rows)
+    # the pivot diagnosis at the last epoch, per flow (both flows of TWO extrapolate their target)
+    assert all(-1 <= float(r[name]) <= 1 for r in rows for name in DIAGNOSIS)
     # different split seeds put different instances in the splits, so the scores differ
     assert len({r["map_instance"] for r in rows if r["method"] == "fabind"}) == 2
     assert "| two | bb | 2 |" in (out / "summary.md").read_text()
@@ -249,7 +252,8 @@ def scored_without_training(monkeypatch) -> list[list[str]]:
     def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
         made.append((configs, overrides))
         scores = {"map_instance": "0.5", "map_class": "0.5", "r1": "0", "r5": "0", "r10": "0", "weights": "epoch 1"}
-        return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores}]
+        diagnosis = dict.fromkeys(DIAGNOSIS, "0.5")
+        return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores, **diagnosis}]
 
     monkeypatch.setattr("benchmarks.suite.run_one", run_one)
     return made
