@@ -60,7 +60,7 @@ from brokenbind import api
 from brokenbind.callbacks import PivotDiagnosis
 from brokenbind.errors import ConfigError, DivergenceError, UserError
 from brokenbind.provenance import code_hash, commit
-from brokenbind.results import csv_cells, interval_text, markdown_table, paired_difference, replace_csv
+from brokenbind.results import csv_cells, interval_text, markdown_table, metric, paired_difference, replace_csv
 
 RUN_KEY = ["setting", "method", "seed", "split_seed"]  # one run of a suite
 SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "r10", "weights"]  # from results.csv
@@ -381,8 +381,8 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
         new = [{**dict(zip(RUN_KEY, run_key(run), strict=True)), **{k: r[k] for k in SCORES + DIAGNOSIS},
                 "seconds": f"{seconds:.1f}", **produced} for r in rows]  # fmt: skip
         write_runs(runs_csv, [r for r in load_runs(runs_csv) if run_key(r) != run_key(run)] + new)
-        inst = statistics.fmean(float(r["map_instance"]) for r in rows)
-        klass = statistics.fmean(float(r["map_class"]) for r in rows)
+        inst = statistics.fmean(metric(r["map_instance"]) for r in rows)
+        klass = statistics.fmean(metric(r["map_class"]) for r in rows)
         log(
             f"[{i}/{len(todo)}] {setting} {method} seed {seed} split {split_seed}: {inst:.3f} / {klass:.3f} "
             f"({seconds:.0f} s)"
@@ -419,8 +419,8 @@ def per_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[tuple[str,
     out: dict[tuple[str, str], dict] = defaultdict(dict)
     for (setting, method, seed, split_seed), group in groups.items():
         out[setting, method][seed, split_seed] = (
-            statistics.fmean(float(r["map_instance"]) for r in group),
-            statistics.fmean(float(r["map_class"]) for r in group),
+            statistics.fmean(metric(r["map_instance"]) for r in group),
+            statistics.fmean(metric(r["map_class"]) for r in group),
         )
     return out
 
@@ -474,7 +474,7 @@ def pivot(rows: list[dict[str, str]]) -> str:
         got = runs.get((setting, method))
         if not got:
             return "not run"
-        return " / ".join(interval_text([v[metric] for v in got.values()]) for metric in (0, 1))
+        return " / ".join(interval_text([v[i] for v in got.values()]) for i in (0, 1))
 
     body = [[s, *(cell(s, m) for m in methods)] for s in settings]
     return "\n".join(markdown_table(["setting", *methods], body)) + "\n"

@@ -6,19 +6,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.bench import QUICK, SUITE, example_run, pseudo_vs_real, report, training_curves
-from benchmarks.suite import Suite
+from benchmarks.bench import QUICK, SUITE, diagnosis_curves, example_run, pseudo_vs_real, report, training_curves
+from benchmarks.suite import DIAGNOSIS, Suite
 from brokenbind.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rows_for(setting: str, method: str, instance: list[float]) -> list[dict[str, str]]:
-    """Two flows per run; the run's instance mAP is the mean of the two (here both equal)."""
+def rows_for(
+    setting: str, method: str, instance: list[float], cosines: tuple[str, str] = ("", "")
+) -> list[dict[str, str]]:
+    """Two flows per run; the run's instance mAP is the mean of the two (here both equal); ``cosines``: the pivot
+    diagnosis' cos(pseudo, pivot) and cos(pseudo, target) of every row (empty: not diagnosed)."""
+    diagnosis = dict(zip(DIAGNOSIS, [*cosines, "", ""], strict=True))
     return [
         {"setting": setting, "method": method, "seed": str(i), "split_seed": str(i), "stage": "test", "dataset": ds,
          "flow": flow, "map_instance": str(value), "map_class": "0.5", "weights": "best.ckpt", "seconds": "10",
-         "config_hash": "0123456789ab", "code_hash": "ba9876543210", "commit": "abc1234" if i else ""}
+         "config_hash": "0123456789ab", "code_hash": "ba9876543210", "commit": "abc1234" if i else "", **diagnosis}
         for i, value in enumerate(instance)
         for ds, flow in (("evaluation", "fou->pix->zer"), ("support", "zer->pix->fou"))
     ]  # fmt: skip
@@ -27,20 +31,28 @@ def rows_for(setting: str, method: str, instance: list[float]) -> list[dict[str,
 def test_the_report_tables_paired_verdicts_ratios_and_gap(tmp_path):
     suite = Suite.load(SUITE)
     rows = (
-        rows_for("bound_fou_pix_zer", "fabind", [0.20, 0.22, 0.21])
-        + rows_for("bound_fou_pix_zer", "brokenbind", [0.25, 0.28, 0.26])  # +0.05 to +0.06: a win
+        rows_for("bound_fou_pix_zer", "fabind", [0.20, 0.22, 0.21], ("0.8", "0.6"))
+        + rows_for("bound_fou_pix_zer", "brokenbind", [0.25, 0.28, 0.26], ("0.75", "0.73"))  # +0.05 to +0.06: a win
         + rows_for("bound_fou_pix_zer", "oracle", [0.30, 0.32, 0.31])
         + rows_for("bound_fou_pix_zer", "centrobind", [0.25, 0.27, 0.27])  # paired difference 0, +0.01, -0.01: tie
+        + rows_for("bound_fou_pix_zer", "pivot_ceiling", [0.28, 0.30, 0.29])
     )
     text = report(suite, rows, tmp_path, "python -m benchmarks.bench", 60.0, quick=False, pictures=False)
     assert "| brokenbind | 26.3 ± 3.8 | 26.3 ± 3.8 | 26.3 |" in text  # both flows, then the mean column
     assert "| fabind | 21.0 ± 2.5 |" in text
-    # brokenbind − fabind: +5.33 pp ± t(2)·sd/√3 (differences 5, 6, 5); ratio 0.263/0.21; gap 0.053 / 0.10
-    assert "| bound_fou_pix_zer | 3 | +5.3 ± 1.4 pp (W) | +0.0 ± 0.0 pp (T) | 1.25 | 53 % | T / T | L / T |" in text
-    assert "- brokenbind vs fabind, W/T/L over 1 settings: instance 1/0/0, class 0/1/0" in text
+    # brokenbind minus each method, in the suite's method order: fabind +5.33 pp ± t(2)·sd/√3 (differences 5, 6, 5)
+    assert "| bound_fou_pix_zer | 3 | +5.3 ± 1.4 (W) | +0.0 ± 2.5 (T) | -4.7 ± 1.4 (L) | -2.7 ± 1.4 (L) |" in text
+    assert "| bound_fou_pix_zer | 3 | +0.0 ± 0.0 (T) | +0.0 ± 0.0 (T) | +0.0 ± 0.0 (T) | +0.0 ± 0.0 (T) |" in text
+    assert "- brokenbind vs fabind, instance W/T/L over 1 settings: 1/0/0" in text
+    assert "- brokenbind vs oracle, class W/T/L over 1 settings: 0/1/0" in text
+    # ratio 0.263/0.21; gap closed 0.053 / 0.10 and by the ceiling 0.08 / 0.10; no class gap (all 0.5)
+    assert "| bound_fou_pix_zer | 1.25 | 53 % |  | 80 % |  |" in text
+    assert "- median share of the gap closed by brokenbind, bound instance mAP, over 1 settings: 53 %" in text
+    # the pivot diagnosis: methods with diagnosed rows only
+    assert "| fabind | 0.80 / 0.60 |\n| brokenbind | 0.75 / 0.73 |\n\n" in text
     assert (tmp_path / "map_bound.png").stat().st_size > 0 and "scratch" not in text.split("## brokenbind against")[0]
-    # which code produced the rows, counted in runs: seed 0's rows came from outside a git checkout
-    assert "Runs by the code that produced them: commit abc1234: 8, code ba9876543210 (no git): 4." in text
+    # which code produced the rows, counted in runs (5 methods × 3): seed 0's rows came from outside a git checkout
+    assert "Runs by the code that produced them: commit abc1234: 10, code ba9876543210 (no git): 5." in text
 
 
 def test_quick_benchmark_is_a_subset_of_the_full_one():
@@ -68,7 +80,9 @@ def test_pictures_of_a_real_run(tmp_path, monkeypatch):
     assert training_curves(run, tmp_path) == ["val_map.png", "loss_terms.png"]
     sentence = pseudo_vs_real(run, tmp_path / "fig5.png")
     assert sentence.startswith("mean cosine of a real zer embedding with its own pseudo embedding")
-    assert all((tmp_path / name).stat().st_size > 0 for name in ("val_map.png", "loss_terms.png", "fig5.png"))
+    diagnosis_curves({"brokenbind": run, "again": run}, tmp_path / "diagnosis.png")  # from the checkpoint's history
+    pictures = ("val_map.png", "loss_terms.png", "fig5.png", "diagnosis.png")
+    assert all((tmp_path / name).stat().st_size > 0 for name in pictures)
 
 
 def test_example_run_finds_the_directory_named_after_the_preset_and_otherwise_trains_it_once(tmp_path, monkeypatch):

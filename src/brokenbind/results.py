@@ -137,9 +137,9 @@ def paired_difference(
     method: Mapping[object, Sequence[float]], baseline: Mapping[object, Sequence[float]], metric: int
 ) -> tuple[float, float, str]:
     """Mean and 95 % half-width of the paired difference of ``metric`` over the runs both have (the same keys: seeds
-    and split seeds), and W / T / L: the interval lies above / around / below 0 ("-" with fewer than two common
-    runs)."""
-    keys = sorted(method.keys() & baseline.keys())
+    and split seeds; a run missing the metric, NaN, is left out), and W / T / L: the interval lies above / around /
+    below 0 ("-" with fewer than two common runs)."""
+    keys = sorted(k for k in method.keys() & baseline.keys() if not math.isnan(method[k][metric] - baseline[k][metric]))
     if len(keys) < 2:
         return math.nan, math.nan, "-"
     mean, half = t_interval([method[k][metric] - baseline[k][metric] for k in keys])
