@@ -40,8 +40,10 @@ produced the rows.
 """
 
 import argparse
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -281,7 +283,8 @@ def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> 
 def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
     """One in-process fit; its rows of ``stage`` as ``runs.csv`` cells (as its ``results.csv`` has them), with the
     pivot diagnosis of the row's flow at the last validation epoch (empty where nothing was extrapolated)."""
-    result = api.fit(configs, overrides)
+    with contextlib.redirect_stdout(io.StringIO()):  # its tables: the suite logs one line a run, results.csv has them
+        result = api.fit(configs, overrides)
     history = next((c.history for c in result.trainer.callbacks if isinstance(c, PivotDiagnosis)), {})
     rows = []
     for row in result.stage(stage):
