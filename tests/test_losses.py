@@ -1,4 +1,5 @@
-"""Loss functions and binding methods against independent loop references written from docs/method.md.
+"""Loss functions and binding methods against independent loop references written from the papers: BrokenBind
+(arXiv 2602.06451), CyCLIP (arXiv 2205.14459).
 
 Every reference below is plain Python over floats (math.exp / math.log on float64 values of the inputs); none of them
 calls the code under test. Inputs are seeded random L2-normalised fp32 embeddings.
@@ -100,7 +101,8 @@ def _np_pinv(t: torch.Tensor) -> list[list[float]]:
 
 
 def _ref_brokenbind(emb: dict[str, dict[str, torch.Tensor]], s: dict[str, float]) -> dict[str, float]:
-    """L_CLIP (Eq. 10), L_Sym (Eqs. 11-12), MOX contrast (Eqs. 4, 8) and R_Fro (Eqs. 7, 9) of method.md §2.3-2.7."""
+    """L_CLIP (Eq. 10), L_Sym (Eqs. 11-12), MOX contrast (Eqs. 4, 8) and R_Fro (Eqs. 7, 9) of BrokenBind
+    (arXiv 2602.06451, Sec. 3)."""
     a1, b1 = _rows(emb["d1"]["a"]), _rows(emb["d1"]["b"])
     b2, c2 = _rows(emb["d2"]["b"]), _rows(emb["d2"]["c"])
     clip = (
@@ -213,7 +215,8 @@ def test_cyclic_terms_take_no_scale(fn) -> None:
 
 
 def test_cyclic_terms_equal_official_cyclip_mean_times_n_form() -> None:
-    """Official CyCLIP: mean over N² of squared scaled-logit differences, ÷ scale², × N (method.md §4.2)."""
+    """Official CyCLIP: mean over N² of squared scaled-logit differences, ÷ scale², × N (CyCLIP, arXiv 2205.14459,
+    Sec. 3, and its released code)."""
     gen = torch.Generator().manual_seed(7)
     n, scale = 8, 1 / 0.07
     image, text = _unit(gen, n, 16).double(), _unit(gen, n, 16).double()

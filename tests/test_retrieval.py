@@ -173,6 +173,16 @@ def test_labels_must_come_in_pairs() -> None:
         retrieval_metrics(query, gallery, query_ids, gallery_ids, query_labels=query_labels)
 
 
+@pytest.mark.parametrize("gallery_ids", [[5, 6], [5, 5]], ids=["unique ids", "repeated ids"])
+def test_broken_embeddings_and_bad_cutoffs_are_refused_on_both_paths(gallery_ids: list[int]) -> None:
+    """Unique gallery ids take the counting path, repeated ones the sorting path; each checks its input once."""
+    gallery, ids = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor(gallery_ids)
+    with pytest.raises(ValueError, match="scores contain NaN or Inf"):
+        retrieval_metrics(torch.tensor([[math.nan, 1.0]]), gallery, torch.tensor([5]), ids)
+    with pytest.raises(ValueError, match=r"every k must be >= 1, got \[1, 0\]"):
+        retrieval_metrics(torch.tensor([[1.0, 0.0]]), gallery, torch.tensor([5]), ids, ks=(1, 0))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_single_relevant_fast_path_equals_the_sorting_path_and_sklearn(seed: int) -> None:
     """Unique gallery ids take the counting path; it must equal the general (sorting) path and scikit-learn, with

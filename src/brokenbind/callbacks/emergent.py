@@ -218,7 +218,7 @@ class EmergentBinding(Callback):
         return ResultRow(
             experiment=self.experiment or (trainer.logger.name if trainer.logger else ""),
             method=self.method or pl_module.method.name,
-            seed=os.environ.get("PL_GLOBAL_SEED", ""),
+            seed=_seed(pl_module),
             stage=stage,
             weights=Path(trainer.ckpt_path).name
             if stage == "test" and trainer.ckpt_path
@@ -290,6 +290,15 @@ def anchor_holder(pl_module: LightningModule, flow) -> str:
             "no such rows; use another method for them"
         )
     return holders[0]
+
+
+def _seed(pl_module: LightningModule) -> str:
+    """The run's seed as results.csv records it: the resolved ``seed_everything`` of a CLI or API run (an environment
+    variable could be a previous in-process run's), else Lightning's ``PL_GLOBAL_SEED``; "unseeded" when neither set
+    one."""
+    config = getattr(pl_module, "run_config", None)
+    seed = config.get("seed_everything") if config else os.environ.get("PL_GLOBAL_SEED")
+    return "unseeded" if seed is None or seed is False else str(seed)
 
 
 def _mean_map(rows: list[ResultRow]) -> float:

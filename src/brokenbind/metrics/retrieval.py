@@ -33,6 +33,11 @@ def average_precision(scores: Tensor, relevant: Tensor) -> Tensor:
         item are NaN; callers skip them (e.g. with ``torch.nanmean``).
     """
     _check_pair(scores, relevant)
+    return _average_precision(scores, relevant)
+
+
+def _average_precision(scores: Tensor, relevant: Tensor) -> Tensor:
+    """``average_precision`` on inputs already checked (``retrieval_metrics`` checks each chunk once)."""
     n = scores.shape[1]
     sorted_scores, order = scores.sort(dim=1, descending=True)
     rel = relevant.gather(1, order).to(torch.float64)
@@ -69,6 +74,11 @@ def recall_at_k(scores: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[int
     _check_pair(scores, relevant)
     if any(k < 1 for k in ks):
         raise ValueError(f"every k must be >= 1, got {list(ks)}")
+    return _recall_at_k(scores, relevant, ks)
+
+
+def _recall_at_k(scores: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """``recall_at_k`` on inputs already checked."""
     best = scores.masked_fill(~relevant, float("-inf")).amax(dim=1, keepdim=True)
     rank = ((scores >= best) & ~relevant).sum(dim=1)
     has_relevant = relevant.any(dim=1)
@@ -93,6 +103,11 @@ def single_relevant_metrics(scores: Tensor, target: Tensor, ks: Sequence[int]) -
     ``average_precision`` and ``recall_at_k`` on the same input (tested).
     """
     _check_finite(scores)
+    return _single_relevant_metrics(scores, target, ks)
+
+
+def _single_relevant_metrics(scores: Tensor, target: Tensor, ks: Sequence[int]) -> tuple[Tensor, dict[int, Tensor]]:
+    """``single_relevant_metrics`` on inputs already checked."""
     has = target >= 0
     relevant_score = scores.gather(1, target.clamp(min=0)[:, None])
     count = (scores >= relevant_score).sum(dim=1).to(torch.float64)
@@ -163,6 +178,8 @@ def retrieval_metrics(
         raise ValueError("need at least one query")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1, got {list(ks)}")
 
     device = query.device
     gallery_t = gallery.float().T
@@ -181,16 +198,17 @@ def retrieval_metrics(
     for start in range(0, query.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         scores = query[rows].float() @ gallery_t
+        _check_finite(scores)  # once per chunk; the cores below skip their public wrappers' checks
         if match is not None:
-            chunk_ap, chunk_hits = single_relevant_metrics(scores, match[rows], ks)
+            chunk_ap, chunk_hits = _single_relevant_metrics(scores, match[rows], ks)
         else:
             relevant = query_ids[rows, None] == gallery_ids[None, :]
-            chunk_ap, chunk_hits = average_precision(scores, relevant), recall_at_k(scores, relevant, ks)
+            chunk_ap, chunk_hits = _average_precision(scores, relevant), _recall_at_k(scores, relevant, ks)
         ap.append(chunk_ap)
         for k, hit in chunk_hits.items():
             hits[k].append(hit)
         if with_labels and class_problem is None:
-            ap_class.append(average_precision(scores, query_labels[rows, None] == gallery_labels[None, :]))
+            ap_class.append(_average_precision(scores, query_labels[rows, None] == gallery_labels[None, :]))
 
     # Pool every query before averaging: a mean of chunk means would weight chunks, not queries.
     def pooled_mean(parts: list[Tensor]) -> float:
