@@ -173,6 +173,27 @@ def test_labels_must_come_in_pairs() -> None:
         retrieval_metrics(query, gallery, query_ids, gallery_ids, query_labels=query_labels)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_class_average_precision_equals_the_sorting_path_and_sklearn_with_ties_and_negative_scores(seed: int) -> None:
+    """Class relevance takes a values-only sort and binary searches; it must equal the general path and scikit-learn
+    row by row, with tied (quantised) and negative scores, and NaN for a query whose class the gallery lacks."""
+    from brokenbind.metrics.retrieval import class_average_precision
+
+    g = torch.Generator().manual_seed(seed)
+    classes = 1 + seed
+    scores = (torch.randn(37, 53, generator=g) * 3).round() / 3
+    query_labels = torch.randint(0, classes + 1, (37,), generator=g)
+    query_labels[0] = classes + 1  # in no gallery row
+    gallery_labels = torch.randint(0, classes + 1, (53,), generator=g)
+    ap = class_average_precision(scores, query_labels, gallery_labels)
+    general = average_precision(scores, query_labels[:, None] == gallery_labels[None, :])
+    assert torch.equal(ap.isnan(), general.isnan()) and ap[0].isnan()
+    assert torch.allclose(ap[~ap.isnan()], general[~general.isnan()], rtol=0, atol=1e-12)
+    for i in (~ap.isnan()).nonzero().squeeze(1).tolist():
+        relevant = (query_labels[i] == gallery_labels).numpy()
+        assert ap[i].item() == pytest.approx(average_precision_score(relevant, scores[i].numpy()), abs=1e-12)
+
+
 @pytest.mark.parametrize("gallery_ids", [[5, 6], [5, 5]], ids=["unique ids", "repeated ids"])
 def test_broken_embeddings_and_bad_cutoffs_are_refused_on_both_paths(gallery_ids: list[int]) -> None:
     """Unique gallery ids take the counting path, repeated ones the sorting path; each checks its input once."""
