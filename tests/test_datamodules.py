@@ -4,6 +4,7 @@ import torch
 
 from brokenbind.errors import ConfigError
 from datamodules.mfeat import NUM_CLASSES, load_mfeat
+from datamodules.splits import cut_stratum
 
 from .conftest import TWO_DATASETS, make_mfeat
 
@@ -25,6 +26,23 @@ def test_splits_are_disjoint_and_cover_every_instance(mfeat):
 def test_split_sizes_follow_fractions(mfeat):
     sizes = {name: {s: len(d) for s, d in splits.items()} for name, splits in mfeat.splits.items()}
     assert sizes == {n: {"train": 600, "val": 200, "test": 200} for n in ("support", "evaluation")}
+
+
+def test_strata_laid_out_together_are_cut_at_the_layout_boundaries():
+    """Five classes of 3 at 0.6 / 0.2 / 0.2: one class alone rounds to 2 / 0 / 1 (val empty); laid out one after
+    another (the manifest's assignment) the classes take turns and the splits hold exactly 9 / 3 / 3."""
+    alone = [len(part) for part in cut_stratum(np.arange(3), (0.6, 0.2, 0.2))]
+    assert alone == [2, 0, 1]
+    laid_out = [[len(part) for part in cut_stratum(np.arange(3), (0.6, 0.2, 0.2), start=3 * k)] for k in range(5)]
+    assert laid_out == [[2, 0, 1], [2, 1, 0], [1, 1, 1], [2, 1, 0], [2, 0, 1]]
+    assert np.sum(laid_out, axis=0).tolist() == [9, 3, 3]
+
+
+def test_split_fractions_must_sum_to_one_as_for_manifests():
+    with pytest.raises(ConfigError, match=r"^split_fractions \[3, 1, 1\] sum to 5; give train/val/test fractions"):
+        make_mfeat(split_fractions=(3, 1, 1))
+    with pytest.raises(ConfigError, match="split_fractions must be three positive"):
+        make_mfeat(split_fractions=(0.5, 0.5))
 
 
 def test_class_prior_shift():
