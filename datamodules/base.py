@@ -19,8 +19,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 SPLITS = ("train", "val", "test")
 

@@ -44,8 +44,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError, DataError
+from brokenbind.modality import ModalityInfo
 from datamodules.arrays import ArrayFeatures, array_sources, feature_stats, join_array
 from datamodules.base import SPLITS, PairedDataModule
 from datamodules.loaders import FILE_KINDS, KINDS, FeatureArray, load_image, load_npy, load_text, load_wav, wav_seconds

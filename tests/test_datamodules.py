@@ -1,7 +1,15 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import brokenbind
+import datamodules
 from brokenbind.errors import ConfigError
 from datamodules.mfeat import NUM_CLASSES, load_mfeat
 from datamodules.splits import cut_stratum
@@ -159,3 +167,20 @@ def test_dataset_flow_is_the_shortest_chain_to_the_target():
     ]
     assert make_mfeat().chain("evaluation", "zer") == ["support", "evaluation"]
     assert make_mfeat(oracle=True).chain("evaluation", "zer") == ["support", "evaluation"]
+
+
+def test_importing_datamodules_imports_no_backbone_family():
+    """Datamodules need only ``brokenbind.modality``: importing them imports no backbone, so no timm, open_clip or
+    peft, and no transformers beyond what lightning itself imports (torchmetrics imports it when it is installed)."""
+    code = """import json, sys
+import lightning.pytorch
+before = set(sys.modules)
+import datamodules
+absent = ("timm", "open_clip", "peft", "brokenbind.backbones")
+added = sorted(m for m in set(sys.modules) - before if m.startswith((*absent, "transformers")))
+print(json.dumps({"added": added, "loaded": sorted(m for m in absent if m in sys.modules)}))
+"""
+    path = os.pathsep.join(str(Path(p.__file__).parents[1]) for p in (brokenbind, datamodules))
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path}, capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    assert json.loads(done.stdout) == {"added": [], "loaded": []}
