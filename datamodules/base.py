@@ -25,6 +25,19 @@ from brokenbind.modality import ModalityInfo
 SPLITS = ("train", "val", "test")
 
 
+def run_seed() -> int:
+    """The run's seed, as Lightning's ``seed_everything`` records it for this process and the processes it starts
+    (``brokenbind fit`` calls it with the config's ``seed_everything``, 0 unless set)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    if seed is None:
+        raise ConfigError(
+            "the training order is a function of the run's seed, and no seed is set: call "
+            "lightning.seed_everything(seed) before training or asking for training batches (brokenbind fit sets it "
+            "from seed_everything in the config; seed_everything: false leaves it unset)"
+        )
+    return int(seed)
+
+
 @dataclass
 class DatasetSpec:
     """One dataset: the modalities it observes during training."""
@@ -287,10 +300,10 @@ class PairedDataModule(LightningDataModule, ABC):
         return None
 
     def train_dataloader(self) -> CombinedLoader:
-        """One resumable loader per dataset. Orders depend on the training seed and the epoch only (each dataset its
-        own); loaders draw worker seeds from their own generator, so loading never consumes the global RNG and a
-        resumed run's RNG stream matches an uninterrupted one's."""
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        """One resumable loader per dataset. Orders depend on the run's seed (``run_seed``) and the epoch only (each
+        dataset its own); loaders draw worker seeds from their own generator, so loading never consumes the global RNG
+        and a resumed run's RNG stream matches an uninterrupted one's."""
+        seed = run_seed()
         loaders = {
             name: ResumableLoader(
                 splits["train"],

@@ -83,7 +83,7 @@ def test_split_depends_only_on_split_seed():
     assert not np.array_equal(a.assignment()["support"]["train"], c.assignment()["support"]["train"])
 
 
-def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat):
+def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat, seeded):
     loader = mfeat.train_dataloader()
     batches = list(iter(loader))
     assert len(batches) == 600 // 32  # min_size with drop_last: the remainder is dropped
@@ -94,7 +94,20 @@ def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat):
         assert batch["support"]["x"]["zer"].dtype == torch.float32
 
 
-def test_max_size_cycle_is_an_explicit_policy():
+def test_training_order_is_a_function_of_the_run_seed(mfeat, monkeypatch):
+    def first_batch(seed: str) -> torch.Tensor:
+        monkeypatch.setenv("PL_GLOBAL_SEED", seed)  # what seed_everything records
+        batch, _, _ = next(iter(mfeat.train_dataloader()))
+        return batch["support"]["index"]
+
+    assert torch.equal(first_batch("3"), first_batch("3"))
+    assert not torch.equal(first_batch("3"), first_batch("4"))
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    with pytest.raises(ConfigError, match=r"^the training order is a function of the run's seed, and no seed is set"):
+        mfeat.train_dataloader()
+
+
+def test_max_size_cycle_is_an_explicit_policy(seeded):
     dm = make_mfeat(sampling="max_size_cycle")
     dm.setup()
     assert dm.train_dataloader()._mode == "max_size_cycle"
