@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from brokenbind.errors import ConfigError
 from brokenbind.modality import ModalityInfo
+from brokenbind.world import world
 
 SPLITS = ("train", "val", "test")
 
@@ -86,7 +86,7 @@ class EpochShuffle(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, seed: int):
-        rank, size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        rank, size = world()
         super().__init__(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0  # indices to skip at the next iteration only (a mid-epoch resume)
 
