@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 import brokenbind
 import datamodules
 from brokenbind.errors import ConfigError
+from brokenbind.pairing import PairedData
 from datamodules.mfeat import NUM_CLASSES, load_mfeat
 from datamodules.splits import cut_stratum
 
@@ -197,3 +199,14 @@ print(json.dumps({"added": added, "loaded": sorted(m for m in absent if m in sys
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path}, capture_output=True,
                           text=True, timeout=300, check=True)  # fmt: skip
     assert json.loads(done.stdout) == {"added": [], "loaded": []}
+
+
+def test_datamodules_are_what_the_callbacks_read(mfeat):
+    """Every attribute the callbacks read from a datamodule (as ``dm``) is a member of ``PairedData``, and the
+    datamodules have them all."""
+    members = {name for name in vars(PairedData) if not name.startswith("_")}
+    callbacks = Path(brokenbind.__file__).parent / "callbacks"
+    read = {name for path in callbacks.glob("*.py") for name in re.findall(r"\bdm\.(\w+)", path.read_text())}
+    assert read == members
+    assert isinstance(mfeat, PairedData)
+    assert not isinstance(object(), PairedData)
