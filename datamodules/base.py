@@ -13,16 +13,29 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
+from brokenbind.world import world
 
 SPLITS = ("train", "val", "test")
+
+
+def run_seed() -> int:
+    """The run's seed, as Lightning's ``seed_everything`` records it for this process and the processes it starts
+    (``brokenbind fit`` calls it with the config's ``seed_everything``, 0 unless set)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    if seed is None:
+        raise ConfigError(
+            "the training order is a function of the run's seed, and no seed is set: call "
+            "lightning.seed_everything(seed) before training or asking for training batches (brokenbind fit sets it "
+            "from seed_everything in the config; seed_everything: false leaves it unset)"
+        )
+    return int(seed)
 
 
 @dataclass
@@ -73,7 +86,7 @@ class EpochShuffle(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, seed: int):
-        rank, size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        rank, size = world()
         super().__init__(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0  # indices to skip at the next iteration only (a mid-epoch resume)
 
@@ -287,10 +300,10 @@ class PairedDataModule(LightningDataModule, ABC):
         return None
 
     def train_dataloader(self) -> CombinedLoader:
-        """One resumable loader per dataset. Orders depend on the training seed and the epoch only (each dataset its
-        own); loaders draw worker seeds from their own generator, so loading never consumes the global RNG and a
-        resumed run's RNG stream matches an uninterrupted one's."""
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        """One resumable loader per dataset. Orders depend on the run's seed (``run_seed``) and the epoch only (each
+        dataset its own); loaders draw worker seeds from their own generator, so loading never consumes the global RNG
+        and a resumed run's RNG stream matches an uninterrupted one's."""
+        seed = run_seed()
         loaders = {
             name: ResumableLoader(
                 splits["train"],

@@ -34,7 +34,8 @@ from PIL import Image
 
 from brokenbind.errors import ConfigError, DataError
 from datamodules.loaders import read_wav
-from datamodules.manifest import DatasetTable, ManifestDataModule
+from datamodules.manifest import ManifestDataModule
+from datamodules.manifest_rows import DatasetTable
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MODALITIES = {"image": "image", "audio": "audio", "text": "text"}

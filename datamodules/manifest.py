@@ -34,297 +34,54 @@ line L of the file), and one width per features modality across datasets. Images
 (``.npy``) are read in ``setup`` because backbones fitted to data need the training inputs.
 """
 
-import csv
 import hashlib
 import json
-import math
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from brokenbind.backbones import ModalityInfo
 from brokenbind.errors import ConfigError, DataError
+from brokenbind.modality import ModalityInfo
+from datamodules.arrays import ArrayFeatures, array_sources, feature_stats, join_array
 from datamodules.base import SPLITS, PairedDataModule
-from datamodules.loaders import (
-    FILE_KINDS,
-    KINDS,
-    FeatureArray,
-    load_image,
-    load_npy,
-    load_text,
-    load_wav,
-    wav_seconds,
+from datamodules.loaders import FILE_KINDS, KINDS, FeatureArray, load_image, load_npy, load_text, load_wav, wav_seconds
+from datamodules.manifest_rows import (
+    MANIFEST_SUFFIXES,
+    RESERVED_COLUMNS,
+    DatasetTable,
+    Manifest,
+    check_ids,
+    read_manifest,
+)
+from datamodules.splits import (
+    LABEL_RULE,
+    UNLABELLED,
+    assign_splits,
+    check_split_fractions,
+    label_mapping,
+    row_labels,
+    row_splits,
 )
 
-RESERVED_COLUMNS = ("label", "split", "id")
-UNLABELLED = -1
-MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
-
-
-@dataclass
-class Manifest:
-    """A manifest read by pandas: its columns (in file order) and its rows, every cell a str ("" when empty), and the
-    line of the file each row starts on (None where lines mean nothing: Parquet, shards)."""
-
-    path: Path
-    frame: pd.DataFrame
-    lines: list[int] | None = None
-    _lists: dict[str, list[str]] = field(default_factory=dict, repr=False)  # columns as lists: fast cell access
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.frame.columns)
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def column(self, name: str) -> list[str]:
-        if name not in self.frame.columns:
-            return [""] * len(self.frame)
-        if name not in self._lists:
-            self._lists[name] = self.frame[name].tolist()
-        return self._lists[name]
-
-    def cell(self, row: int, column: str) -> str:
-        return self.column(column)[row] if column in self.frame.columns else ""
-
-    def row_name(self, row: int) -> str:
-        """``data row 6 (line 7)``: the 1-based row below the header (blank rows not counted) and its line in an
-        editor."""
-        return _row_name(row, self.lines)
-
-    def where(self, row: int) -> str:
-        """Where a row lives, for error messages: manifest, data row and line, id when the manifest has one."""
-        where = f"manifest {self.path} {self.row_name(row)}"
-        if "id" in self.frame.columns:
-            where += f", id {self.cell(row, 'id').strip()!r}"
-        return where
-
-
-def _row_name(row: int, lines: list[int] | None) -> str:
-    return f"data row {row + 1}" + (f" (line {lines[row]})" if lines is not None else "")
-
-
-def _cell(value: object, path: Path, row: int, column: str, lines: list[int] | None) -> str:
-    """One JSONL or Parquet value as the str a CSV would hold: missing values are "", booleans lower case."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value)).lower()
-    if isinstance(value, str | int | float | np.integer | np.floating):
-        return str(value)
-    raise DataError(
-        f"manifest {path} {_row_name(row, lines)}: column {column!r} holds a {type(value).__name__}; expected a string "
-        "or number"
-    )
-
-
-def _as_strings(frame: pd.DataFrame, path: Path, lines: list[int] | None) -> pd.DataFrame:
-    frame = frame.astype(object)
-    for column in frame.columns:
-        frame[column] = [_cell(v, path, row, column, lines) for row, v in enumerate(frame[column].tolist())]
-    return frame
-
-
-def _record_lines(path: Path, suffix: str) -> list[int] | None:
-    """The line each record pandas reads starts on, as pandas skips blank lines: the data records of a CSV (after its
-    header; a quoted cell may span lines), every non-blank line of JSON lines; None for Parquet."""
-    if suffix == ".parquet":
-        return None
-    if suffix != ".csv":
-        with path.open(encoding="utf-8") as f:
-            return [number for number, line in enumerate(f, 1) if line.strip()]
-    starts, end = [], 0
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for record in reader:
-                if len(record) > 1 or (record and record[0].strip()):
-                    starts.append(end + 1)
-                end = reader.line_num
-    except (csv.Error, UnicodeDecodeError):  # pandas read it: rows are then named without their lines
-        return None
-    return starts[1:]
-
-
-def _read_frame(path: Path, suffix: str) -> tuple[pd.DataFrame, list[int] | None]:
-    """The file as a frame of str cells, columns named by its header (CSV) or keys (JSONL, Parquet), and the line each
-    row starts on (``_record_lines``; None when Python's csv reader and pandas disagree on the records)."""
-    if suffix == ".csv":
-        try:  # header=None: the header row is read as data, so duplicate names are seen rather than renamed
-            raw = pd.read_csv(path, header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
-        except pd.errors.EmptyDataError as error:
-            raise DataError(f"manifest {path} is empty: expected a header row naming the columns") from error
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise DataError(f"manifest {path}: cannot parse it as CSV: {str(error).strip()}") from error
-        columns = [str(c).strip() for c in raw.iloc[0]]
-        frame = raw.iloc[1:].set_axis(columns, axis=1)
-        lines = _record_lines(path, suffix)
-    else:
-        try:
-            if suffix == ".parquet":
-                frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
-            else:
-                frame = pd.read_json(path, lines=True, dtype=False, dtype_backend="numpy_nullable")
-        except ValueError as error:
-            kind = "Parquet" if suffix == ".parquet" else "JSON lines (one JSON object per line)"
-            raise DataError(f"manifest {path}: cannot parse it as {kind}: {error}") from error
-        lines = _record_lines(path, suffix)
-        lines = lines if lines is None or len(lines) == len(frame) else None
-        frame = _as_strings(frame.rename(columns=lambda c: str(c).strip()), path, lines)
-        columns = list(frame.columns)
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicated or "" in columns:
-        raise DataError(f"manifest {path}: header has duplicate or empty column names {duplicated or ['']}")
-    if not len(frame):
-        return frame, None
-    lines = lines if lines is not None and len(lines) == len(frame) else None
-    kept = ~np.asarray((frame.apply(lambda col: col.str.strip()) == "").all(axis=1), dtype=bool)  # not a blank row
-    return frame[kept].reset_index(drop=True), None if lines is None else np.asarray(lines)[kept].tolist()
-
-
-def read_manifest(path: str | Path) -> Manifest:
-    """A CSV (``.csv``), JSON-lines (``.jsonl``, ``.ndjson``) or Parquet (``.parquet``) manifest, read by pandas."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in MANIFEST_SUFFIXES:
-        raise ConfigError(f"manifest {path}: unknown format {suffix!r}; use one of {list(MANIFEST_SUFFIXES)}")
-    return Manifest(path, *_read_frame(path, suffix))
-
-
-LABEL_RULE = (
-    "labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell marks an "
-    "unlabelled row"
-)
-
-
-def _label_kind(value: str) -> str:
-    """``id`` (an integer), ``number`` (any other number: 3.0, NaN, inf, 1e3) or ``name``."""
-    for kind, parse in (("id", int), ("number", float)):
-        try:
-            parse(value)
-            return kind
-        except ValueError:
-            pass
-    return "name"
-
-
-def label_mapping(manifests: list[Manifest]) -> dict[str, int] | None:
-    """One label numbering for all ``manifests``: None when every label is an integer class id (kept as is), else the
-    sorted distinct class names numbered from 0. Labels must be all ids or all names: a number that is not an integer
-    (``3.0``, ``NaN``: what a spreadsheet or pandas writes for a missing value) or a mix of ids and names is a
-    ``DataError`` naming the value, the manifest and the row, instead of new classes and a silent renumbering."""
-    first: dict[str, tuple[str, Manifest, int]] = {}  # kind -> value, manifest and row of its first label
-    for manifest in manifests:
-        if "label" not in manifest.columns:
-            continue
-        for row, value in enumerate(manifest.column("label")):
-            value = value.strip()
-            if value and _label_kind(value) not in first:
-                first[_label_kind(value)] = (value, manifest, row)
-    first = {kind: (value, manifest.where(row)) for kind, (value, manifest, row) in first.items()}
-    if "number" in first:
-        value, where = first["number"]
-        raise DataError(f"label {value!r} in {where} is a number but not an integer class id: {LABEL_RULE}")
-    if "id" in first and "name" in first:
-        (name, name_at), (id_, id_at) = first["name"], first["id"]
-        raise DataError(
-            f"label {name!r} in {name_at} is a class name, but label {id_!r} in {id_at} is an integer class id: "
-            f"{LABEL_RULE}"
-        )
-    if "name" not in first:
-        return None
-    names = sorted({v.strip() for m in manifests if "label" in m.columns for v in m.column("label") if v.strip()})
-    return {v: i for i, v in enumerate(names)}
-
-
-def assign_splits(labels: np.ndarray, fractions: tuple[float, ...], seed: int, name: str) -> np.ndarray:
-    """Train/val/test per row from the seed only, stratified by label (unlabelled rows form their own stratum).
-
-    The rows are laid out class after class (each class shuffled) and the split boundaries are rounded on that
-    global layout, so each class gets its share to within one row and the split sizes match the fractions exactly
-    (a per-class rounding would leave a split empty when every class is small).
-    """
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    cumulative = np.cumsum(np.asarray(fractions, dtype=np.float64))
-    cumulative /= cumulative[-1]
-    out = np.empty(len(labels), dtype=object)
-    start = 0
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        end = start + len(members)
-        cuts = np.round(cumulative * end).astype(int) - np.round(cumulative * start).astype(int)
-        for split, part in zip(SPLITS, np.split(members, cuts[:-1]), strict=True):
-            out[part] = split
-        start = end
-    return out
-
-
-@dataclass
-class DatasetTable:
-    """One dataset's manifest, resolved: labels, split per row, global ids, file paths per file-kind column."""
-
-    name: str
-    manifest: Manifest
-    labels: np.ndarray
-    splits: np.ndarray
-    offset: int
-    paths: dict[str, list[Path | None]] = field(default_factory=dict)
-    # modality -> (its array, the array row of every manifest row; -1: the row's id is not in the array)
-    arrays: dict[str, tuple[FeatureArray, np.ndarray]] = field(default_factory=dict)
-
-    def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.splits == split)
-
-    def context(self, row: int, column: str | None = None) -> str:
-        """Where a cell lives, for error messages: manifest, 1-based row, id when the manifest has one."""
-        return self.manifest.where(row) + (f", column {column!r}" if column else "")
-
-
-class ArrayFeatures:
-    """The features of one split read from a memory-mapped array: item ``i`` is array row ``array_rows[i]``."""
-
-    def __init__(self, array: FeatureArray, array_rows: np.ndarray, table: "DatasetTable", rows: np.ndarray, m: str):
-        self.array, self.array_rows, self.table, self.rows, self.modality = array, array_rows, table, rows, m
-
-    def __len__(self) -> int:
-        return len(self.array_rows)
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.array.rows(
-            self.array_rows[i : i + 1], lambda: self.table.context(int(self.rows[i]), self.modality)
-        )[0]
-
-    def chunks(self, size: int = 65536) -> Iterator[Tensor]:
-        """All rows, ``size`` at a time (array order within a chunk, for sequential reads)."""
-        for start in range(0, len(self.array_rows), size):
-            part = np.sort(self.array_rows[start : start + size])
-            yield self.array.rows(part, f"dataset {self.table.name!r}, modality {self.modality!r}")
-
-
-def feature_stats(parts: list[Tensor | ArrayFeatures]) -> tuple[Tensor, Tensor]:
-    """Per-feature mean and standard deviation (unbiased, as ``Tensor.std``) over every row of ``parts``, in float64,
-    chunk by chunk: an array's rows are never all in memory."""
-    total, total_sq, count = None, None, 0
-    for part in parts:
-        for chunk in part.chunks() if isinstance(part, ArrayFeatures) else [part]:
-            x = chunk.flatten(1).double()
-            total = x.sum(0) if total is None else total + x.sum(0)
-            total_sq = x.square().sum(0) if total_sq is None else total_sq + x.square().sum(0)
-            count += len(x)
-    mean = total / count
-    var = (total_sq - count * mean.square()) / max(count - 1, 1)
-    return mean, var.clamp_min(0).sqrt()
+__all__ = [  # the names this module defined before it was split by concern, importable from here as before
+    "LABEL_RULE",
+    "MANIFEST_SUFFIXES",
+    "RESERVED_COLUMNS",
+    "UNLABELLED",
+    "ArrayFeatures",
+    "DatasetTable",
+    "Manifest",
+    "ManifestDataModule",
+    "ManifestDataset",
+    "assign_splits",
+    "feature_stats",
+    "label_mapping",
+    "read_manifest",
+]
 
 
 class ManifestDataset(Dataset):
@@ -415,13 +172,7 @@ class ManifestDataModule(PairedDataModule):
                 raise ConfigError(f"modality {column!r}: unknown kind {kind!r}; use one of {list(KINDS)}")
             if column in RESERVED_COLUMNS:
                 raise ConfigError(f"modality {column!r}: the column names {list(RESERVED_COLUMNS)} are reserved")
-        if len(split_fractions) != 3 or min(split_fractions) <= 0:
-            raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
-        if abs(sum(split_fractions) - 1) > 1e-3:
-            raise ConfigError(
-                f"split_fractions {list(split_fractions)} sum to {sum(split_fractions):g}; give train/val/test "
-                "fractions that sum to 1, e.g. [0.6, 0.2, 0.2]"
-            )
+        split_fractions = check_split_fractions(split_fractions)
         if image_size < 1 or sample_rate < 1 or audio_seconds <= 0:
             raise ConfigError("image_size, sample_rate and audio_seconds must be positive")
         if image_channels not in (None, 1, 3):
@@ -431,10 +182,10 @@ class ManifestDataModule(PairedDataModule):
         self.modalities = dict(modalities)
         self.available_modalities = tuple(modalities)
         self.root = root
-        self.split_fractions, self.split_seed = tuple(split_fractions), split_seed
+        self.split_fractions, self.split_seed = split_fractions, split_seed
         self.image_size, self.image_channels = image_size, image_channels
         self.sample_rate, self.audio_seconds = sample_rate, audio_seconds
-        self.arrays = self._array_sources(arrays or {})
+        self.arrays = array_sources(arrays or {}, self.modalities)
         super().__init__(**kwargs)
         missing, extra = set(self.datasets) - set(self.manifests), set(self.manifests) - set(self.datasets)
         if missing or extra:
@@ -459,27 +210,6 @@ class ManifestDataModule(PairedDataModule):
         for name, path in manifests.items():
             if Path(path).suffix.lower() not in MANIFEST_SUFFIXES:
                 raise ConfigError(f"manifest of {name!r}: {path} must end in one of {list(MANIFEST_SUFFIXES)}")
-
-    def _array_sources(self, arrays: dict) -> dict[str, dict[str, tuple[Path, Path | None]]]:
-        """``arrays`` as dataset → modality → (array path, ids path or None), checked for shape (not for files)."""
-        sources: dict[str, dict[str, tuple[Path, Path | None]]] = {}
-        for name, by_modality in arrays.items():
-            for m, spec in (by_modality or {}).items():
-                where = f"data.init_args.arrays.{name}.{m}"
-                if self.modalities.get(m) != "features":
-                    raise ConfigError(f"{where}: arrays hold features modalities; {m!r} is {self.modalities.get(m)!r}")
-                if isinstance(spec, str):
-                    spec = {"path": spec}
-                if not isinstance(spec, dict) or "path" not in spec or set(spec) - {"path", "ids"}:
-                    raise ConfigError(f"{where}: give a .npy path, or {{path: emb.npy, ids: emb_ids.txt}}")
-                if Path(spec["path"]).suffix.lower() != ".npy":
-                    raise ConfigError(f"{where}: {spec['path']} must be a .npy array (numpy.save)")
-                ids = spec.get("ids")
-                sources.setdefault(name, {})[m] = (
-                    Path(spec["path"]).expanduser(),
-                    Path(ids).expanduser() if ids else None,
-                )
-        return sources
 
     # -- manifests -------------------------------------------------------------------------------------------------
     def needed_modalities(self, dataset: str) -> list[str]:
@@ -540,25 +270,10 @@ class ManifestDataModule(PairedDataModule):
                     f"dataset {name!r}: manifest {path} has no column {m!r} (a {self.modalities[m]} modality the "
                     f"dataset needs); its columns: {manifest.columns}"
                 )
-        if "id" in manifest.columns:
-            seen: dict[str, int] = {}
-            for row, value in enumerate(manifest.column("id")):
-                value = value.strip()
-                if not value:
-                    raise DataError(f"dataset {name!r}: manifest {path} {manifest.row_name(row)} has an empty id")
-                if value in seen:
-                    raise DataError(
-                        f"dataset {name!r}: manifest {path} has duplicate id {value!r} in "
-                        f"{manifest.row_name(seen[value])} and {manifest.row_name(row)}"
-                    )
-                seen[value] = row
-        labels = np.full(len(manifest), UNLABELLED, dtype=np.int64)
-        if "label" in manifest.columns:
-            for row, value in enumerate(manifest.column("label")):
-                value = value.strip()
-                if value:
-                    labels[row] = mapping[value] if mapping is not None else int(value)
-        table = DatasetTable(name, manifest, labels, self._splits(name, manifest, labels), offset)
+        check_ids(name, manifest)
+        labels = row_labels(manifest, mapping)
+        splits = row_splits(name, manifest, labels, self.split_fractions, self.split_seed)
+        table = DatasetTable(name, manifest, labels, splits, offset)
         for split in SPLITS:
             rows = table.rows(split)
             if not len(rows) and (split == "train" or name in self.eval_datasets):
@@ -600,62 +315,19 @@ class ManifestDataModule(PairedDataModule):
 
     def _array_rows(self, table: DatasetTable, m: str, path: Path, ids: Path | None) -> tuple[FeatureArray, np.ndarray]:
         """Open ``m``'s array and map every manifest row to its array row; every row a split needs must have one."""
-        name, manifest = table.name, table.manifest
-        where = f"data.init_args.arrays.{name}.{m}"
-        if not path.is_file():
-            raise DataError(
-                f"{where}: array not found: {path} (a relative path starts at the working directory, {Path.cwd()})"
-            )
-        array = FeatureArray(path, where)
-        if ids is None:
-            if array.shape[0] != len(manifest):
-                raise DataError(
-                    f"{where}: array {path} has {array.shape[0]} rows, manifest {manifest.path} has {len(manifest)}: "
-                    "without an ids file, array row i is manifest row i; give {path: ..., ids: <file of the array "
-                    "rows' ids, one per line>} to join by id"
-                )
-            positions = np.arange(len(manifest))
-        else:
-            if "id" not in manifest.columns:
-                raise ConfigError(
-                    f"{where}: ids join the array to the manifest by id, but {manifest.path} has no id column"
-                )
-            if not ids.is_file():
-                raise DataError(
-                    f"{where}: ids file not found: {ids} (a relative path starts at the working directory, "
-                    f"{Path.cwd()})"
-                )
-            names = pd.read_csv(ids, header=None, dtype=str, na_filter=False, skip_blank_lines=True)[0].str.strip()
-            if len(names) != array.shape[0]:
-                raise DataError(f"{where}: {ids} names {len(names)} ids for the {array.shape[0]} rows of {path}")
-            duplicated = names[names.duplicated()]
-            if len(duplicated):
-                raise DataError(f"{where}: {ids} names id {duplicated.iloc[0]!r} twice")
-            positions = pd.Index(names).get_indexer([v.strip() for v in manifest.column("id")])
+        array, positions = join_array(table, m, path, ids)
         for split in SPLITS:
-            if m not in self.split_modalities(name, split):
+            if m not in self.split_modalities(table.name, split):
                 continue
             rows = table.rows(split)
             absent = rows[positions[rows] < 0]
             if len(absent):
                 raise DataError(
-                    f"dataset {name!r}: {table.context(int(absent[0]))}: no row in array {path} (its id is not in "
-                    f"{ids}), but every {split} row must carry {self.split_modalities(name, split)}"
-                    f"{self._oracle_hint(name, split, m)}"
+                    f"dataset {table.name!r}: {table.context(int(absent[0]))}: no row in array {path} (its id is not "
+                    f"in {ids}), but every {split} row must carry {self.split_modalities(table.name, split)}"
+                    f"{self._oracle_hint(table.name, split, m)}"
                 )
         return array, positions
-
-    def _splits(self, name: str, manifest: Manifest, labels: np.ndarray) -> np.ndarray:
-        if "split" not in manifest.columns:
-            return assign_splits(labels, self.split_fractions, self.split_seed, name)
-        splits = np.array([v.strip().lower() for v in manifest.column("split")], dtype=object)
-        for row, value in enumerate(splits):
-            if value not in SPLITS:
-                raise DataError(
-                    f"dataset {name!r}: manifest {manifest.path} {manifest.row_name(row)}: unknown split value "
-                    f"{manifest.cell(row, 'split')!r}; expected one of {list(SPLITS)}"
-                )
-        return splits
 
     def resolved_image_channels(self, modality: str) -> int | None:
         """``image_channels``, or else the channel count of the modality's first training file (config order)."""

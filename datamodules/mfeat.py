@@ -15,6 +15,7 @@ import torch
 
 from brokenbind.errors import ConfigError, DataError
 from datamodules.base import SPLITS, PairedDataModule, TensorDictDataset
+from datamodules.splits import check_split_fractions, cut_stratum
 
 VIEWS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 NUM_CLASSES, PER_CLASS = 10, 200
@@ -50,11 +51,6 @@ def load_mfeat() -> tuple[dict[str, np.ndarray], np.ndarray]:
     return views, labels
 
 
-def _cumulative_counts(total: int, fractions: np.ndarray) -> np.ndarray:
-    """Boundaries that divide ``total`` items by ``fractions`` with rounding that always sums to ``total``."""
-    return np.round(np.cumsum(fractions) / fractions.sum() * total).astype(int)
-
-
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int, among: np.ndarray | None = None) -> np.ndarray:
     """A ``fraction`` of each class's instances (of ``among``, default all), sorted ids, a function of the arguments."""
     rng = np.random.default_rng(seed)
@@ -87,9 +83,10 @@ def assign_instances(
     for c in classes:
         members = rng.permutation(ids[labels[ids] == c])
         shares = np.array([(1 - class_shift) / len(names) + class_shift * (c in b) for b in blocks])
-        for name, part in zip(names, np.split(members, _cumulative_counts(len(members), shares)[:-1]), strict=True):
-            pieces = np.split(part, _cumulative_counts(len(part), np.array(split_fractions))[:-1])
-            for split, piece in zip(SPLITS, pieces, strict=True):
+        for name, part in zip(names, cut_stratum(members, shares), strict=True):
+            # each class of each dataset is rounded on its own (a layout of one stratum): the splits every run and
+            # benchmark of mfeat has used
+            for split, piece in zip(SPLITS, cut_stratum(part, split_fractions), strict=True):
                 out[name][split].append(piece)
     assigned = {n: {s: np.sort(np.concatenate(p)) for s, p in splits.items()} for n, splits in out.items()}
     if train_fraction < 1.0:
@@ -132,8 +129,6 @@ class MfeatDataModule(PairedDataModule):
         """``kwargs`` are ``PairedDataModule``'s (datasets, pivot, flows, batch sizes, sampling, ...)."""
         if not 0.0 <= class_shift <= 1.0:
             raise ConfigError(f"class_shift must lie in [0, 1], got {class_shift}")
-        if len(split_fractions) != 3 or min(split_fractions) <= 0:
-            raise ConfigError(f"split_fractions must be three positive train/val/test fractions, got {split_fractions}")
         if not 0.0 < train_fraction <= 1.0:
             raise ConfigError(f"train_fraction must lie in (0, 1], got {train_fraction}")
         if not 0.0 <= pool_fraction < 1.0 or (use_pool and pool_fraction == 0.0):
@@ -141,7 +136,8 @@ class MfeatDataModule(PairedDataModule):
                 f"pool_fraction must lie in [0, 1) and be positive with use_pool, got {pool_fraction} "
                 f"(use_pool={use_pool})"
             )
-        self.class_shift, self.split_fractions, self.split_seed = class_shift, tuple(split_fractions), split_seed
+        self.class_shift, self.split_seed = class_shift, split_seed
+        self.split_fractions = check_split_fractions(split_fractions)
         self.train_fraction, self.pool_fraction, self.pool_seed, self.use_pool = (
             train_fraction,
             pool_fraction,

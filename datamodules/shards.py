@@ -29,7 +29,8 @@ import pandas as pd
 from brokenbind.errors import ConfigError, DataError
 from datamodules.base import SPLITS
 from datamodules.loaders import Member
-from datamodules.manifest import DatasetTable, Manifest, ManifestDataModule
+from datamodules.manifest import ManifestDataModule
+from datamodules.manifest_rows import DatasetTable, Manifest
 
 BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 

@@ -12,6 +12,12 @@ def make_mfeat(**overrides) -> MfeatDataModule:
 
 
 @pytest.fixture
+def seeded(monkeypatch) -> None:
+    """The run's seed, as Lightning's seed_everything records it (PL_GLOBAL_SEED): training loaders need one."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+
+
+@pytest.fixture
 def mfeat() -> MfeatDataModule:
     dm = make_mfeat()
     dm.setup()

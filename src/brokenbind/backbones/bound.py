@@ -18,9 +18,11 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor
 
-from brokenbind.backbones.base import Backbone, ModalityInfo, sha256_file
+from brokenbind.backbones import HEADS, build_backbone
+from brokenbind.backbones.base import Backbone, sha256_file
 from brokenbind.checkpoints import load_checkpoint
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 
 def source_modality_info(data: dict, checkpoint: str) -> dict[str, ModalityInfo]:
@@ -45,8 +47,6 @@ class BoundEncoder(Backbone):
 
     def __init__(self, info: ModalityInfo, checkpoint: str, modality: str | None = None):
         super().__init__()
-        from brokenbind.backbones import HEADS, build_backbone  # the registry imports this module
-
         state = load_checkpoint(checkpoint)
         config = state.get("config")
         if config is None:

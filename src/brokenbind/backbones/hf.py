@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from brokenbind.backbones.base import Backbone, ModalityInfo, sha256_file
+from brokenbind.backbones.base import Backbone, sha256_file
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 POOLINGS = ("cls", "mean", "pooler")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from brokenbind.backbones.base import Backbone, ModalityInfo, sha256_file
+from brokenbind.backbones.base import Backbone, sha256_file
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 WHEEL_WEIGHTS = "efficientnet_lite0_wheel"
 WHEEL_MODEL = "tf_efficientnet_lite0"

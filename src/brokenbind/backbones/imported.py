@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.base import Backbone
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 
 def import_class(class_path: str) -> type:

@@ -3,8 +3,9 @@
 import torch
 from torch import Tensor
 
-from brokenbind.backbones.base import Backbone, ModalityInfo
+from brokenbind.backbones.base import Backbone
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 # What to name in model.backbones per modality kind (the default, standardize, is for feature vectors only).
 CHOICES = {

@@ -7,9 +7,9 @@ not normalised (the module does that).
 
 from pathlib import Path
 
-from brokenbind.backbones.base import ModalityInfo
 from brokenbind.backbones.hf import HFModel
 from brokenbind.errors import ConfigError
+from brokenbind.modality import ModalityInfo
 
 # sha256 of all-MiniLM-L6-v2's model.safetensors: equal to the Hugging Face etag of the file.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

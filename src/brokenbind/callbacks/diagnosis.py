@@ -29,6 +29,7 @@ from brokenbind.callbacks.figures import curves
 from brokenbind.losses.mox import recentre
 from brokenbind.methods.brokenbind import BrokenBind
 from brokenbind.metrics.retrieval import retrieval_metrics
+from brokenbind.pairing import PairedData
 
 
 class PivotDiagnosis(Callback):
@@ -47,7 +48,7 @@ class PivotDiagnosis(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        dm = trainer.datamodule
+        dm: PairedData = trainer.datamodule
         for flow in dm.flows:
             query, pivot, target = flow.modalities
             if target in dm.datasets[flow.dataset].modalities:
@@ -69,7 +70,7 @@ def diagnose(
     pl_module: LightningModule, dataset: str, query: str, pivot: str, target: str, seed: int = 0
 ) -> dict[str, float]:
     """The diagnosis numbers of one flow on the validation split of ``dataset`` (module docstring)."""
-    dm = pl_module.trainer.datamodule
+    dm: PairedData = pl_module.trainer.datamodule
     training = pl_module.training
     pl_module.eval()
 

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from brokenbind.pairing import PairedData
+
 
 class EmbeddingWriter(Callback):
     """Writes ``<output_dir>/<dataset>/<split>/<modality>.npy`` (float32, one row per instance, L2-normalised) and
@@ -32,7 +34,8 @@ class EmbeddingWriter(Callback):
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         root = Path(self.output_dir or Path(trainer.log_dir or ".") / "embeddings")
-        for idx, (dataset, split) in enumerate(trainer.datamodule.predict_splits):
+        dm: PairedData = trainer.datamodule
+        for idx, (dataset, split) in enumerate(dm.predict_splits):
             batches = self._outputs[idx]
             if not batches:
                 continue
@@ -41,9 +44,9 @@ class EmbeddingWriter(Callback):
             for m in batches[0]["embeddings"]:
                 rows = torch.cat([b["embeddings"][m] for b in batches]).float().cpu().numpy()
                 np.save(out / f"{m}.npy", rows.astype(np.float32))
-            ids = trainer.datamodule.instance_ids(torch.cat([b["index"] for b in batches]))
+            ids = dm.instance_ids(torch.cat([b["index"] for b in batches]))
             label = torch.cat([b["label"] for b in batches])
-            names = trainer.datamodule.class_names(label)
+            names = dm.class_names(label)
             with (out / "index.csv").open("w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["row", "id", "label", "class"])

@@ -16,6 +16,7 @@ from torch import Tensor
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
 from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
+from brokenbind.pairing import PairedData
 from brokenbind.results import ResultRow, format_table, write_csv
 
 
@@ -74,7 +75,8 @@ class EmergentBinding(Callback):
         if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
             self.rows.pop("val", None)
         if type(pl_module.method).represent is not BindingMethod.represent:  # refuse unscoreable flows before training
-            for flow in trainer.datamodule.flows:
+            dm: PairedData = trainer.datamodule
+            for flow in dm.flows:
                 anchor_holder(pl_module, flow)
 
     # the best validation epoch so far and which modalities ever spread out travel in checkpoints, so a resumed run
@@ -115,7 +117,7 @@ class EmergentBinding(Callback):
 
     # -- score -----------------------------------------------------------------------------------------------------
     def _score(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
+        dm: PairedData = trainer.datamodule
         rows = []
         for idx, dataset in enumerate(dm.eval_datasets):
             data = self._gather(pl_module, self._outputs[idx])
@@ -204,7 +206,8 @@ class EmergentBinding(Callback):
         if problem is None or (dataset, stage) in self._class_map_warned:
             return
         self._class_map_warned.add((dataset, stage))
-        flows = [f.flow for f in trainer.datamodule.flows if f.dataset == dataset]
+        dm: PairedData = trainer.datamodule
+        flows = [f.flow for f in dm.flows if f.dataset == dataset]
         rank_zero_warn(
             f"class mAP of {flows} on dataset {dataset!r} ({stage} split) is not reported (n/a in the table, an "
             f"empty map_class cell in results.csv): {problem}"
@@ -213,7 +216,7 @@ class EmergentBinding(Callback):
     def _row(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, flow, metrics: dict[str, float]
     ) -> ResultRow:
-        dm = trainer.datamodule
+        dm: PairedData = trainer.datamodule
         query, _, target = flow.modalities
         return ResultRow(
             experiment=self.experiment or (trainer.logger.name if trainer.logger else ""),
@@ -281,7 +284,8 @@ class EmergentBinding(Callback):
 def anchor_holder(pl_module: LightningModule, flow) -> str:
     """The first training dataset observing a flow's pivot and target: the anchor rows of transitive retrieval."""
     _, pivot, target = flow.modalities
-    datasets = pl_module.trainer.datamodule.datasets
+    dm: PairedData = pl_module.trainer.datamodule
+    datasets = dm.datasets
     holders = [ds for ds, spec in datasets.items() if {pivot, target} <= set(spec.modalities)]
     if not holders:
         raise ConfigError(

@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state in batch jobs
 from matplotlib.ticker import MaxNLocator
 
+from brokenbind.pairing import PairedData
+
 
 class TensorBoardFigures(Callback):
     """See the module docstring. ``projector_rows`` caps the rows per (dataset, modality) sent to the projector."""
@@ -65,7 +67,7 @@ class TensorBoardFigures(Callback):
 
     def project(self, trainer: Trainer, pl_module: LightningModule, writer: Any) -> None:
         """The validation embeddings of every evaluated dataset, all modalities in one projector tensor."""
-        dm = trainer.datamodule
+        dm: PairedData = trainer.datamodule
         rows, labels = [], []
         training = pl_module.training
         pl_module.eval()
