@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import brokenbind.methods.brokenbind as brokenbind_method
@@ -485,6 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     silence_known_warnings()
+    seed_everything(0, verbose=False)  # training loaders order by the run's seed (datamodules.base.run_seed)
     if args.measure and args.measure.startswith("large:"):
         print(json.dumps(measure_large(args.measure.removeprefix("large:"), Path(args.root))))
         return

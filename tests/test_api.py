@@ -57,10 +57,11 @@ def test_a_dict_config_and_a_list_of_layers_run_like_files():
     assert [(r.stage, r.experiment) for r in result.rows] == [("val", "inline")]
 
 
-def test_rows_record_the_runs_own_seed_not_one_left_by_an_earlier_run_in_the_process(monkeypatch):
+def test_rows_record_the_runs_own_seed_and_an_unseeded_run_is_refused(monkeypatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # as an earlier seeded fit in this process leaves it
     short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--test_after_fit=false"]
-    assert [r.seed for r in api.fit(TWO, [*short, "--seed_everything=false"]).rows] == ["unseeded"]
+    with pytest.raises(ConfigError, match="seed_everything: false leaves the run unseeded"):
+        api.fit(TWO, [*short, "--seed_everything=false"])
     assert [r.seed for r in api.fit(TWO, [*short, "--seed_everything=4"]).rows] == ["4"]
 
 

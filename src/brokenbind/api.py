@@ -238,6 +238,12 @@ class BrokenBindCLI(LightningCLI):
         if weight_decay is not None and not weight_decay >= 0:
             raise ConfigError(f"model.optimizer.init_args.weight_decay must be 0 or positive, got {weight_decay}")
         check_accelerator(config.trainer.accelerator)
+        if config.seed_everything is False:
+            raise ConfigError(
+                "seed_everything: false leaves the run unseeded, but the training order is a function of the run's "
+                "seed (a resume replays it mid-epoch): set an integer, or true for a random seed that config.yaml "
+                "records"
+            )
 
     def resolve_run(self, config: Any, root: Path) -> tuple[Path, Path | None]:
         """(run directory, checkpoint to start from). A checkpoint inside a run directory continues that directory;
@@ -337,6 +343,7 @@ def run(args: Sequence[str]) -> BrokenBindCLI:
     (jsonargparse's parse errors become a ``ConfigError`` in one paragraph); a signal raises ``Stopped``; a diverged
     run ``DivergenceError``."""
     BrokenBindCLI.last_start, BrokenBindCLI.run_lock = (None, None), None
+    os.environ.pop("PL_GLOBAL_SEED", None)  # an earlier run in this process set it; this run seeds itself
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change

@@ -1,0 +1,74 @@
+"""The layers point one way: read from the source (every import, function-level ones included), not by running it."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"brokenbind": ROOT / "src" / "brokenbind", "datamodules": ROOT / "datamodules",
+            "benchmarks": ROOT / "benchmarks"}  # fmt: skip
+LOW = ("brokenbind.losses", "brokenbind.metrics", "brokenbind.errors", "brokenbind.world")  # the bottom layer
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (``from a import b`` counts ``a`` and, if a module, ``a.b``)."""
+    files = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = (package, *path.relative_to(folder).with_suffix("").parts)
+            files[".".join(parts).removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in files.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        graph[name] = {m for m in imported if m in files and m != name}
+    return graph
+
+
+GRAPH = import_graph()
+
+
+def test_the_graph_is_read():
+    assert "brokenbind.losses.mox" in GRAPH["brokenbind.methods.brokenbind"]
+    assert "brokenbind.api" in GRAPH["brokenbind.cli"]
+
+
+def test_no_import_cycle():
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for dependency in sorted(GRAPH[module]):
+            assert dependency not in path, "import cycle: " + " -> ".join([*path[path.index(dependency) :], dependency])
+            if dependency not in done:
+                visit(dependency, [*path, dependency])
+        done.add(module)
+
+    for module in sorted(GRAPH):
+        visit(module, [module])
+
+
+def test_nothing_imports_the_cli_and_the_core_imports_no_tooling():
+    assert [m for m, deps in GRAPH.items() if "brokenbind.cli" in deps] == []
+    assert [
+        m for m, deps in GRAPH.items() if m.startswith("brokenbind") and any(d.startswith("benchmarks") for d in deps)
+    ] == []
+
+
+def test_losses_and_metrics_import_nothing_above_them():
+    above = {m: sorted(d for d in deps if not d.startswith(LOW)) for m, deps in GRAPH.items()
+             if m.startswith(("brokenbind.losses", "brokenbind.metrics"))}  # fmt: skip
+    assert {m: deps for m, deps in above.items() if deps} == {}
+
+
+def test_datamodules_import_no_loss_method_module_backbone_or_callback():
+    forbidden = ("brokenbind.losses", "brokenbind.methods", "brokenbind.module", "brokenbind.backbones",
+                 "brokenbind.callbacks", "brokenbind.api", "brokenbind.tune")  # fmt: skip
+    found = {
+        m: sorted(d for d in deps if d.startswith(forbidden))
+        for m, deps in GRAPH.items()
+        if m.startswith("datamodules")
+    }
+    assert {m: deps for m, deps in found.items() if deps} == {}
