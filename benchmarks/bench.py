@@ -14,7 +14,7 @@
    (the paper's Figure 5; pseudo = X-data of the run's own encoders on a training batch of the other dataset).
 4. Runs the cost report (``benchmarks.cost``) into ``cost.md``.
 
-    python -m benchmarks.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost]
+    python -m benchmarks.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost] [--report_only]
 """
 
 import argparse
@@ -37,6 +37,7 @@ from benchmarks.suite import (
     provenance,
     run_pretraining,
     run_suite,
+    suite_rows,
 )
 from brokenbind import api
 from brokenbind.callbacks.figures import curves
@@ -175,15 +176,17 @@ def bars(df: pd.DataFrame, settings: list[str], methods: list[str], path: Path) 
     figure.savefig(path, dpi=80)
 
 
-def example_run(suite: Suite, out: Path, setting: str, method: str = "brokenbind") -> Path:
+def example_run(suite: Suite, out: Path, setting: str, method: str = "brokenbind", train: bool = True) -> Path | None:
     """The run directory of a method's first run on a setting (seed 0, split seed 0). Run directories are not
-    committed (only ``runs.csv``), so a report made from a fresh clone retrains that one run: the same seeds and
-    split, hence the same run."""
+    committed (only ``runs.csv``), so a report made from a fresh clone retrains that one run (the same seeds and
+    split, hence the same run), or, without ``train``, returns None."""
     preset = suite.methods[method].get("preset")  # the run directory is named after the preset, as any run's
     root = suite.run_root(out, method, 0, 0) / setting
     found = (root / preset if preset else root).glob("version_*")
     if newest := max(found, key=lambda p: int(p.name.removeprefix("version_")), default=None):
         return newest  # a stale run ran again in the next version
+    if not train:
+        return None
     run_pretraining(suite, out, [setting])
     return api.fit(*suite.run_args(setting, method, 0, 0, out)).run_dir
 
@@ -289,7 +292,14 @@ def versions() -> str:
 
 
 def report(
-    suite: Suite, rows: list[dict], out: Path, command: str, seconds: float, quick: bool, pictures: bool = True
+    suite: Suite,
+    rows: list[dict],
+    out: Path,
+    command: str,
+    seconds: float,
+    quick: bool,
+    pictures: bool = True,
+    train_examples: bool = True,
 ) -> str:
     df = pd.DataFrame(rows)
     for column in ("map_instance", "map_class"):
@@ -388,17 +398,22 @@ def report(
         ]
     lines += ["", "## Pictures of one brokenbind run", ""]
     example = next((s for s in HEADLINE if s in set(df.setting)), None)
-    if pictures and example:
-        run = example_run(suite, out, example)
+    compared = ("brokenbind", "brokenbind_paper", "fabind")
+    runs = {m: example_run(suite, out, example, m, train_examples) for m in compared if m in suite.methods} if (
+        pictures and example
+    ) else {}  # fmt: skip
+    if None in runs.values():
+        lines += ["Not drawn: the example runs' directories (seed 0; not committed) are not here, and `--report_only` "
+                  "trains nothing; `make bench` draws them."]  # fmt: skip
+    elif runs:
+        run = runs["brokenbind"]
         lines += [f"`{example}`, seed 0: validation mAP per flow (MOX switched on at the dashed line) and the loss "
                   "terms.", ""]  # fmt: skip
         lines += [f"![{name}]({name})" for name in training_curves(run, out)]
         sentence = pseudo_vs_real(run, out / "pseudo_vs_real.png")
         lines += ["", f"Real vs pseudo embeddings (the paper's Figure 5), test split: {sentence}.", "",
                   "![real vs pseudo](pseudo_vs_real.png)"]  # fmt: skip
-        compared = {m: example_run(suite, out, example, m) for m in ("brokenbind", "brokenbind_paper", "fabind")
-                    if m in suite.methods}  # fmt: skip
-        diagnosis_curves(compared, out / "pivot_diagnosis.png")
+        diagnosis_curves(runs, out / "pivot_diagnosis.png")
         lines += [
             "",
             "The pivot diagnosis of the same setting and seed over epochs, for the default (MOX aligned in the "
@@ -436,6 +451,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/bench[-quick]")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one process and one thread each")
     parser.add_argument("--skip_cost", action="store_true", help="the accuracy report only")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="rewrite report.md from runs.csv as it is, running nothing (rows of other code are reported as such: "
+        "the report names the commits that produced them)",
+    )
     args = parser.parse_args(argv)
     command = " ".join(["python -m benchmarks.bench", *(argv if argv is not None else sys.argv[1:])])
     out = args.out or Path("benchmarks") / "results" / ("bench-quick" if args.quick else "bench")
@@ -448,8 +469,12 @@ def main(argv: list[str] | None = None) -> None:
         suite.args = [*suite.args, *QUICK["args"]]
         suite.seeds, suite.split_seeds = suite.seeds[: QUICK["runs"]], suite.split_seeds[: QUICK["runs"]]
     start = time.perf_counter()
-    rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True), jobs=args.jobs)
-    (out / "report.md").write_text(report(suite, rows, out, command, time.perf_counter() - start, args.quick))
+    if args.report_only:
+        rows = suite_rows(suite, out / "runs.csv")
+    else:
+        rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True), jobs=args.jobs)
+    seconds = time.perf_counter() - start
+    (out / "report.md").write_text(report(suite, rows, out, command, seconds, args.quick, True, not args.report_only))
     print(f"report: {out / 'report.md'}", flush=True)
     if not args.skip_cost:
         from benchmarks import cost

@@ -6,8 +6,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.bench import QUICK, SUITE, diagnosis_curves, example_run, pseudo_vs_real, report, training_curves
-from benchmarks.suite import DIAGNOSIS, Suite
+from benchmarks.bench import (
+    QUICK,
+    SUITE,
+    diagnosis_curves,
+    example_run,
+    main,
+    pseudo_vs_real,
+    report,
+    training_curves,
+)
+from benchmarks.suite import DIAGNOSIS, RUN_FIELDS, Suite, write_runs
 from brokenbind.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +109,20 @@ def test_example_run_finds_the_directory_named_after_the_preset_and_otherwise_tr
     made = suite.run_root(tmp_path, "bb", 0, 0) / "s" / "brokenbind" / "version_1"  # run directories: the preset's
     made.mkdir(parents=True)
     assert example_run(suite, tmp_path, "s", "bb") == made and len(trained) == 1
+
+
+def test_report_only_writes_the_report_from_runs_csv_and_runs_nothing(tmp_path, monkeypatch):
+    def no_runs(*args, **kwargs):
+        raise AssertionError("--report_only ran something")
+
+    monkeypatch.setattr("benchmarks.bench.run_suite", no_runs)
+    rows = rows_for("bound_fou_pix_zer", "fabind", [0.20, 0.22, 0.21]) + rows_for(
+        "bound_fou_pix_zer", "brokenbind", [0.25, 0.28, 0.26]
+    )
+    write_runs(tmp_path / "runs.csv", [{**{f: "" for f in RUN_FIELDS}, **r} for r in rows])
+    monkeypatch.setattr("benchmarks.bench.api.fit", no_runs)
+    main(["--report_only", "--skip_cost", "--out", str(tmp_path)])
+    text = (tmp_path / "report.md").read_text()
+    assert "`python -m benchmarks.bench --report_only --skip_cost --out" in text
+    assert "| bound_fou_pix_zer | 3 | +5.3 ± 1.4 (W) |" in text
+    assert "Not drawn: the example runs' directories (seed 0; not committed) are not here" in text
