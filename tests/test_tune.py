@@ -144,3 +144,13 @@ def test_fixed_arguments_are_checked_before_the_first_trial_and_a_hardware_prese
     config = tune.best_config([experiment], "fabind", hardware, fixed, {"model.embed_dim": 32})
     assert config["trainer"] == {"accelerator": "cpu", "devices": 1, "precision": 32, "max_epochs": 3}
     assert "hardware" not in config and config["model"]["embed_dim"] == 32
+
+
+def test_trial_arguments_keep_the_order_of_a_mapping():
+    # the order of the datasets decides how the data is split: a sorted dump would re-split it
+    datasets = {"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}}
+    assert tune.as_args({"data.init_args.datasets": datasets, "model.embed_dim": 32, "x": None}) == [
+        "--data.init_args.datasets={support: {modalities: [pix, zer]}, evaluation: {modalities: [fou, pix]}}",
+        "--model.embed_dim=32",
+        "--x=null",
+    ]

@@ -91,10 +91,10 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
 
 
 def as_args(values: dict[str, Any]) -> list[str]:
-    return [
-        f"--{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-        for key, value in values.items()
-    ]
+    """``--key=value`` arguments, each value in YAML flow style with its mappings in their given order (a sorted dump
+    would reorder ``data.init_args.datasets``, and the datasets' order decides how the data is split)."""
+    dumped = {key: yaml.safe_dump(value, default_flow_style=True, sort_keys=False) for key, value in values.items()}
+    return [f"--{key}={text.strip().removesuffix('...').strip()}" for key, text in dumped.items()]
 
 
 # -- the objective ---------------------------------------------------------------------------------------------------
