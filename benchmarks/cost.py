@@ -3,12 +3,14 @@
 This 2-core CPU is noisy (timings swing 2× when anything else runs), so every comparison is made inside one process,
 methods interleaved round by round, and reported as ratios with their range over rounds; absolute times are context.
 
-1. ``step``: training-step time (forward, loss, backward, AdamW) of each method at 8, 64 and 256 rows per dataset on
-   the two_dataset mfeat batch, (a) on cached features (the standardised views) and (b) with a frozen timm backbone
-   in the step (EfficientNet-Lite0, random weights: the cost is the same, on mfeat's pix view as a 64×64 image).
-   MOX is on.
-2. ``profile``: torch.profiler on the BrokenBind step at batch 64: the share of the step in the pseudo-inverses and
-   in each loss term's forward pass, and in backward + optimiser.
+1. ``step``: training-step time of each method preset at 8, 64 and 256 rows per dataset on the two_dataset
+   experiment, each model and datamodule built by a run (``brokenbind.api.fit``) and timed between the Trainer's batch
+   hooks: the LightningModule's ``training_step`` (loss terms, finite check, logging), backward and the configured
+   optimiser's step (AdamW, weight decay 0.2). (a) on mfeat's feature vectors (the ``standardize`` backbone) and
+   (b) with a frozen timm backbone in the step (EfficientNet-Lite0, random weights: the cost is the same, on mfeat's
+   pix view as a 64×64 image). MOX is on from the first epoch.
+2. ``profile``: torch.profiler over BrokenBind training batches at batch 64: the share of the batch in the
+   pseudo-inverses, in each loss term's forward pass, in backward and in the optimiser's update.
 3. ``retrieval``: exact instance mAP + R@1/5/10 (and class mAP) on a 10,000 × 10,000 query × gallery (d = 128), ours
    vs torchmetrics' RetrievalMAP (fed the same scores shifted into (0, 1], its documented domain) vs a scikit-learn
    per-query loop (timed on 500 queries, extrapolated). Each runs in its own process, so its peak memory is its own;
@@ -28,9 +30,12 @@ methods interleaved round by round, and reported as ratios with their range over
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -44,98 +49,115 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
+from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-import brokenbind.methods.brokenbind as brokenbind_method
+from brokenbind import api
 from brokenbind.backbones import ModalityInfo
+from brokenbind.backbones.image import TimmImage
 from brokenbind.callbacks import EmergentBinding
-from brokenbind.methods import BrokenBind, CentroBind, FABind
-from brokenbind.methods.brokenbind import PAPER_RECIPE
+from brokenbind.methods import BrokenBind, FABind
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.module import BindingModule, silence_known_warnings
 from datamodules import DigitsDataModule, MfeatDataModule
 
 EXPERIMENT = Path("experiments/two_dataset.yaml")  # of the checkout the cost report runs in
-METHODS: dict[str, Callable[[], torch.nn.Module]] = {
-    "brokenbind": lambda: BrokenBind(consistency_epochs=0),
-    "brokenbind_paper": lambda: BrokenBind(consistency_epochs=0, **PAPER_RECIPE),
-    "centrobind": CentroBind,
-    "fabind": FABind,
-}
+METHODS = ("brokenbind", "brokenbind_paper", "centrobind", "fabind")  # presets (configs/methods)
 TWO_DATASETS = {"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}}
 
 
 # -- 1. training steps ---------------------------------------------------------------------------------------------
-def mfeat_batch(batch_size: int) -> tuple[dict, dict[str, ModalityInfo]]:
-    dm = MfeatDataModule(
-        datasets=TWO_DATASETS, pivot="pix", flows=[{"dataset": "evaluation", "flow": "fou->pix->zer"}],
-        batch_size=batch_size,
+class PixImage(nn.Module):
+    """mfeat's pix view (a 16 × 15 image of pixel counts 0-6, flattened) as a one-channel image for a timm model with
+    random weights: the cost of an image encoder in the step, on the experiment's own data (an ``import`` backbone)."""
+
+    def __init__(self, model: str = "tf_efficientnet_lite0", image_size: int = 64):
+        super().__init__()
+        self.encoder = TimmImage(ModalityInfo(kind="image", shape=(1, 16, 15)), model, image_size=image_size)
+        self.out_dim = self.encoder.out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x.view(-1, 1, 16, 15) / 6)
+
+
+def build(
+    method: str, batch_size: int, backbones: dict | None, root: Path
+) -> tuple[BindingModule, LightningDataModule]:
+    """The model (method preset, configured optimiser) and datamodule of the two_dataset experiment, built by a run
+    (``brokenbind.api.fit``, one ``fast_dev_run`` step) with MOX on from the first epoch."""
+    overrides = [
+        f"--method={method}",
+        f"--data.init_args.batch_size={batch_size}",
+        "--trainer.fast_dev_run=true",
+        "--test_after_fit=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={root}",
+        *(["--model.method.init_args.consistency_epochs=0"] if method.startswith("brokenbind") else []),
+        *([f"--model.backbones={json.dumps(backbones)}"] if backbones else []),
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):  # the results table of a one-batch run: nothing to report
+        result = api.fit(EXPERIMENT, overrides)
+    return result.model, result.datamodule
+
+
+class StepTimer(Callback):
+    """Milliseconds of each training batch as the Trainer runs it: the LightningModule's ``training_step``
+    (embeddings, loss terms, finite check, logging), backward and the configured optimiser's step. With a ``label``,
+    each batch is also a ``record_function`` range of that name, for torch.profiler."""
+
+    def __init__(self, label: str | None = None):
+        self.label, self.ms = label, []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: BindingModule, batch: dict, batch_idx: int) -> None:
+        self.range = record_function(self.label).__enter__() if self.label else None
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: BindingModule, outputs, batch, batch_idx: int) -> None:
+        self.ms.append(1000 * (time.perf_counter() - self.start))
+        if self.range is not None:
+            self.range.__exit__(None, None, None)
+
+
+def train_steps(
+    model: BindingModule, datamodule: LightningDataModule, steps: int, label: str | None = None
+) -> list[float]:
+    """Milliseconds of each of ``steps`` training batches of ``model`` (``StepTimer``), continuing its training in a
+    new Trainer, after one batch that is not counted: each fit builds a new optimiser, whose first step makes its
+    state."""
+    timer = StepTimer(label)
+    trainer = Trainer(
+        max_epochs=-1, max_steps=steps + 1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
-    dm.setup()
-    batch, _, _ = next(iter(dm.train_dataloader()))
-    return {ds: b["x"] for ds, b in batch.items()}, dm.modality_info()
+    trainer.fit(model, datamodule=datamodule)
+    return timer.ms[1:]
 
 
-def as_images(batch: dict, info: dict[str, ModalityInfo]) -> tuple[dict, dict[str, ModalityInfo]]:
-    """mfeat's pix view is a 16 × 15 image of pixel counts (0-6): present it as a one-channel image."""
-    images = {
-        ds: {m: (x.view(-1, 1, 16, 15) / 6 if m == "pix" else x) for m, x in mods.items()} for ds, mods in batch.items()
-    }
-    return images, {**info, "pix": ModalityInfo(kind="image", shape=(1, 16, 15))}
-
-
-def make_step(
-    name: str, batch: dict, info: dict[str, ModalityInfo], backbone: dict | None
-) -> tuple[Callable[[], None], BindingModule]:
-    torch.manual_seed(0)
-    model = BindingModule(METHODS[name](), backbones=backbone)
-    model.build(info)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
-
-    def step() -> None:
-        embeddings = {ds: model.embed(x) for ds, x in batch.items()}
-        loss = sum(model.method(embeddings, epoch=0).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step, model
-
-
-def interleaved_ms(steps: dict[str, Callable[[], None]], rounds: int, repeats: int) -> dict[str, list[float]]:
-    """Per round, the median milliseconds of ``repeats`` calls of each function, the functions taking turns."""
-    for fn in steps.values():  # warm-up: allocator, thread pools, lazy inits
-        for _ in range(3):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in steps}
+def interleaved_ms(
+    runs: dict[str, tuple[BindingModule, LightningDataModule]], rounds: int, repeats: int
+) -> dict[str, list[float]]:
+    """Per round, the median milliseconds of ``repeats`` training steps of each model, the models taking turns."""
+    for model, datamodule in runs.values():  # warm-up: allocator, thread pools, optimiser state, lazy inits
+        train_steps(model, datamodule, 3)
+    out: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, fn in steps.items():
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(1000 * (time.perf_counter() - start))
-            out[name].append(statistics.median(times))
+        for name, (model, datamodule) in runs.items():
+            out[name].append(statistics.median(train_steps(model, datamodule, repeats)))
     return out
 
 
-def bench_steps(batch_sizes: list[int], rounds: int, repeats: int) -> list[str]:
+def bench_steps(batch_sizes: list[int], rounds: int, repeats: int, root: Path) -> list[str]:
     lines = [
         "| inputs | batch / dataset | " + " | ".join(f"{m} ms" for m in METHODS) + " | brokenbind / fabind (range) |",
         "|---|---|" + "---|" * len(METHODS) + "---|",
     ]
-    timm = {"pix": {"name": "timm", "model": "tf_efficientnet_lite0", "image_size": 64}}
-    for inputs in ("cached features", "frozen timm in the step"):
+    timm = {"pix": {"name": "import", "class_path": "benchmarks.cost.PixImage", "init_args": {"image_size": 64}}}
+    for inputs, backbones in (("feature vectors", None), ("frozen timm in the step", timm)):
         for batch_size in batch_sizes:
-            batch, info = mfeat_batch(batch_size)
-            backbone = None
-            if inputs != "cached features":
-                batch, info = as_images(batch, info)
-                backbone = timm
-            steps = {name: make_step(name, batch, info, backbone)[0] for name in METHODS}
-            ms = interleaved_ms(steps, rounds, repeats if backbone is None else max(1, repeats // 5))
+            runs = {name: build(name, batch_size, backbones, root) for name in METHODS}
+            ms = interleaved_ms(runs, rounds, repeats if backbones is None else max(1, repeats // 5))
             ratios = [b / f for b, f in zip(ms["brokenbind"], ms["fabind"], strict=True)]
             cells = " | ".join(f"{statistics.median(ms[m]):.1f}" for m in METHODS)
             ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
@@ -145,46 +167,41 @@ def bench_steps(batch_sizes: list[int], rounds: int, repeats: int) -> list[str]:
 
 
 # -- 2. profile ----------------------------------------------------------------------------------------------------
-def labelled(fn: Callable, label: str) -> Callable:
-    def wrapper(*args, **kwargs):
-        with record_function(label):
-            return fn(*args, **kwargs)
+# Python functions whose time (inclusive) the profile reports, by torch.profiler's "file(line): name" of the call
+PROFILED = {
+    "pseudo-inverses (forward)": r"brokenbind/losses/mox\.py\(\d+\): pivot_pinv$",
+    "L_CLIP + push-away (forward)": r"brokenbind/methods/brokenbind\.py\(\d+\): clip$",
+    "L_Sym / CyCLIP (forward)": r"brokenbind/methods/brokenbind\.py\(\d+\): symmetry$",
+    "L_MOX + R_Fro incl. pseudo-inverses (forward)": r"brokenbind/methods/brokenbind\.py\(\d+\): extrapolation$",
+    "backward (all terms)": r"^autograd::engine::evaluate_function: ",
+    "optimiser update (the configured AdamW)": r"torch/optim/adam\.py\(\d+\): adam$",  # AdamW steps through it
+}
 
-    return wrapper
 
+def bench_profile(batch_size: int, steps: int, root: Path) -> list[str]:
+    """torch.profiler over real training batches, each a ``step`` range (``StepTimer``); Python calls are recorded
+    (``with_stack``), so the pieces are found by function name and the library carries no profiling code."""
+    model, datamodule = build("brokenbind", batch_size, None, root)
+    train_steps(model, datamodule, 3)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        train_steps(model, datamodule, steps, label="step")
+    events = prof.events()
+    batches = sorted((e.time_range for e in events if e.name == "step"), key=lambda r: r.start)
+    batches = batches[1:]  # the first batch is not counted (``train_steps``)
+    if len(batches) != steps:
+        raise RuntimeError(f"the profile holds {len(batches)} training batches, expected {steps}")
 
-def bench_profile(batch_size: int, steps: int) -> list[str]:
-    batch, info = mfeat_batch(batch_size)
-    step, model = make_step("brokenbind", batch, info, None)
-    for _ in range(3):
-        step()
-    # label the pieces from outside, so the library carries no profiling code
-    terms = ("clip", "symmetry", "extrapolation")
-    original_pinv = brokenbind_method.pivot_pinv
-    brokenbind_method.pivot_pinv = labelled(original_pinv, "pseudo-inverse")
-    for term in terms:
-        setattr(model.method, term, labelled(getattr(model.method, term), f"loss {term}"))
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                with record_function("step"):
-                    step()
-    finally:
-        brokenbind_method.pivot_pinv = original_pinv
-        for term in terms:
-            del model.method.__dict__[term]
-    totals = {e.key: e.cpu_time_total for e in prof.key_averages()}
-    whole = totals["step"]
-    backward = sum(t for k, t in totals.items() if k.startswith("autograd::engine::evaluate_function"))
-    rows = {
-        "pseudo-inverses (forward)": totals.get("pseudo-inverse", 0.0),
-        "L_CLIP + push-away (forward)": totals.get("loss clip", 0.0),
-        "L_Sym / CyCLIP (forward)": totals.get("loss symmetry", 0.0),
-        "L_MOX + R_Fro incl. pseudo-inverses (forward)": totals.get("loss extrapolation", 0.0),
-        "backward (all terms)": backward,
-    }
-    lines = ["| part of a BrokenBind step, batch 64 | share of the step |", "|---|---|"]
-    lines += [f"| {name} | {100 * t / whole:.1f} % |" for name, t in rows.items()]
+    def inside(event) -> bool:
+        return any(b.start <= event.time_range.start and event.time_range.end <= b.end for b in batches)
+
+    shares = {}
+    for name, pattern in PROFILED.items():
+        matched = [e for e in events if re.search(pattern, e.name) and inside(e)]
+        if not matched:  # a renamed function would otherwise show as 0 %
+            raise RuntimeError(f"the profile has no call matching {pattern!r} ({name}) inside a training batch")
+        shares[name] = sum(e.cpu_time_total for e in matched) / sum(b.elapsed_us() for b in batches)
+    lines = [f"| part of a BrokenBind training batch, batch {batch_size} | share of the batch |", "|---|---|"]
+    lines += [f"| {name} | {100 * share:.1f} % |" for name, share in shares.items()]
     print("\n".join(lines), flush=True)
     return lines
 
@@ -502,9 +519,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{time.strftime('%Y-%m-%d')}. Ratios are measured within one process, methods interleaved; absolute times "
         "depend on the machine's load.",
     ]
+    api.quiet_lightning()
+    with tempfile.TemporaryDirectory() as root:  # the run directories of the runs that build the timed models
+        steps = bench_steps([8, 64, 256], rounds, repeats, Path(root))
+        profiled = bench_profile(64, 20, Path(root))
     sections = [
-        ("## Training step (ms, median over rounds)", bench_steps([8, 64, 256], rounds, repeats)),
-        ("## Where a BrokenBind step goes (torch.profiler)", bench_profile(64, 20)),
+        ("## Training step (ms, median over rounds)", steps),
+        ("## Where a BrokenBind training batch goes (torch.profiler)", profiled),
         ("## Exact retrieval", bench_retrieval(n, min(500, n), 1 if args.quick else 3)),
         ("## Feature cache", bench_cache()),
         ("## Large data", bench_large(5_000 if args.quick else 20_000)),

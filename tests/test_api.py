@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch import Callback
 
 from brokenbind import api
 from brokenbind.errors import ConfigError
@@ -63,6 +64,26 @@ def test_rows_record_the_runs_own_seed_and_an_unseeded_run_is_refused(monkeypatc
     with pytest.raises(ConfigError, match="seed_everything: false leaves the run unseeded"):
         api.fit(TWO, [*short, "--seed_everything=false"])
     assert [r.seed for r in api.fit(TWO, [*short, "--seed_everything=4"]).rows] == ["4"]
+
+
+def test_callbacks_given_to_fit_observe_the_run_and_stay_out_of_its_configuration():
+    class ValidationEpochs(Callback):
+        def __init__(self):
+            self.seen: list[tuple[int, float]] = []
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.seen.append((trainer.current_epoch, float(trainer.callback_metrics["val/mAP"])))
+
+    epochs = ValidationEpochs()
+    result = api.fit(TWO, [*SHORT, "--test_after_fit=false"], callbacks=[epochs])
+    assert [epoch for epoch, _ in epochs.seen] == [0, 1] and epochs in result.trainer.callbacks
+    # the validation row is the epoch that checkpoint selection picks: the best mAP the callback saw
+    assert result.stage("val")[0].map_instance == pytest.approx(max(value for _, value in epochs.seen))
+    assert (
+        "ValidationEpochs" not in str(result.config)
+        and "ValidationEpochs" not in (result.run_dir / "config.yaml").read_text()
+    )
 
 
 def test_a_configuration_error_raises_and_leaves_no_run_directory(tmp_path):

@@ -150,17 +150,15 @@ def test_sym_normalizer_pairs_divides_the_cyclip_sum_by_the_batch_once_more():
 def test_consistency_fraction_is_a_share_of_the_run_length(max_epochs, start):
     emb = layout(12, TWO)
     method = BrokenBind(consistency_fraction=0.5)
-    method.max_epochs = max_epochs  # what BindingModule.on_fit_start sets from its trainer (test_suite checks that)
-    assert "mox" in method(emb, epoch=start)
+    # BindingModule passes its trainer's max_epochs with each batch (test_suite checks that)
+    assert "mox" in method(emb, epoch=start, max_epochs=max_epochs)
     if start > 0:
-        assert "mox" not in method(emb, epoch=start - 1)
+        assert "mox" not in method(emb, epoch=start - 1, max_epochs=max_epochs)
 
 
 def test_paper_preset_switches_mox_on_after_25_of_50_epochs_and_spells_out_the_paper():
     spec = yaml.safe_load((METHODS / "brokenbind_paper.yaml").read_text())["model"]["method"]["init_args"]
-    method = BrokenBind(**spec)
-    method.max_epochs = 50
-    assert method.mox_start() == 25
+    assert BrokenBind(**spec).mox_start(max_epochs=50) == 25
     assert {k: spec[k] for k in PAPER_RECIPE} == PAPER_RECIPE
     assert spec["push_away_weight"] == 1.0 and spec["sym_normalizer"] == "batch" and spec["logit_scale"] == 10.0
     assert all(spec[f"{w}_weight"] == 1.0 for w in ("clip", "sym", "mox", "fro"))
@@ -171,8 +169,9 @@ def test_consistency_epochs_overrides_the_fraction_and_a_missing_run_length_is_a
     assert "mox" in BrokenBind(consistency_epochs=0, consistency_fraction=0.9)(emb, epoch=0)
     assert "mox" in BrokenBind(consistency_fraction=0.0)(emb, epoch=0)  # no run length needed
     assert "mox" not in BrokenBind(consistency_fraction=1.0)(emb, epoch=10**6)
-    with pytest.raises(ConfigError, match="consistency_fraction needs the run length"):
-        BrokenBind(consistency_fraction=0.3)(emb, epoch=0)
+    for unbounded in (None, -1):  # Lightning's -1: no epoch limit
+        with pytest.raises(ConfigError, match="consistency_fraction needs the run length"):
+            BrokenBind(consistency_fraction=0.3)(emb, epoch=0, max_epochs=unbounded)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
 import yaml
 
@@ -59,6 +60,10 @@ def test_three_trial_study_writes_a_runnable_best_config_trials_and_a_plot(tmp_p
     assert trials[0]["model.method.init_args.push_away"] == "none" and trials[0]["model.embed_dim"] == "32"
     assert (out / "search.png").stat().st_size > 1000 and (out / "study.db").is_file()
     assert len(list((out / "trials").rglob("results.csv"))) == 6  # 3 trials × 2 seeds, validation rows only
+    # the pruning callback went with each trial's first seed and reported the best objective so far at every epoch
+    study = optuna.load_study(study_name="two_dataset", storage=f"sqlite:///{out / 'study.db'}")
+    for t in study.trials:
+        assert sorted(t.intermediate_values) == [0, 1] and t.intermediate_values[0] <= t.intermediate_values[1]
 
     best = max(trials, key=lambda t: float(t["value"]))
     config = yaml.safe_load((out / "best.yaml").read_text())
@@ -93,19 +98,16 @@ def test_pruning_callback_reports_the_best_so_far_and_stops_the_fit():
             return len(self.reports) >= 2
 
     trial = Trial()
-    tune._ACTIVE.update(trial=trial, objective="mix", class_weight=0.5, report=True, pruned=False)
-    try:
-        callback = tune.PruneOnValidation()
-        for epoch, (instance, klass) in enumerate([(0.2, 0.6), (0.1, 0.2)]):
-            trainer = SimpleNamespace(
-                sanity_checking=False, current_epoch=epoch, should_stop=False,
-                callback_metrics={"val/mAP": instance, "val/mAP_class/d/a->b": klass},
-            )  # fmt: skip
-            callback.on_validation_epoch_end(trainer, None)
-        assert trial.reports == [(0, pytest.approx(0.4)), (1, pytest.approx(0.4))]
-        assert trainer.should_stop and tune._ACTIVE["pruned"]
-    finally:
-        tune._ACTIVE.clear()
+    callback = tune.PruneOnValidation(trial, objective="mix", class_weight=0.5)
+    for epoch, (instance, klass) in enumerate([(0.2, 0.6), (0.1, 0.2)]):
+        trainer = SimpleNamespace(
+            sanity_checking=False, current_epoch=epoch, should_stop=False,
+            callback_metrics={"val/mAP": instance, "val/mAP_class/d/a->b": klass},
+        )  # fmt: skip
+        assert not callback.pruned
+        callback.on_validation_epoch_end(trainer, None)
+    assert trial.reports == [(0, pytest.approx(0.4)), (1, pytest.approx(0.4))]
+    assert trainer.should_stop and callback.pruned
 
 
 def test_search_space_errors_are_clear(tmp_path):
@@ -144,3 +146,13 @@ def test_fixed_arguments_are_checked_before_the_first_trial_and_a_hardware_prese
     config = tune.best_config([experiment], "fabind", hardware, fixed, {"model.embed_dim": 32})
     assert config["trainer"] == {"accelerator": "cpu", "devices": 1, "precision": 32, "max_epochs": 3}
     assert "hardware" not in config and config["model"]["embed_dim"] == 32
+
+
+def test_trial_arguments_keep_the_order_of_a_mapping():
+    # the order of the datasets decides how the data is split: a sorted dump would re-split it
+    datasets = {"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}}
+    assert tune.as_args({"data.init_args.datasets": datasets, "model.embed_dim": 32, "x": None}) == [
+        "--data.init_args.datasets={support: {modalities: [pix, zer]}, evaluation: {modalities: [fou, pix]}}",
+        "--model.embed_dim=32",
+        "--x=null",
+    ]

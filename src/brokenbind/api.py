@@ -31,7 +31,7 @@ from unittest.mock import patch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -337,11 +337,13 @@ class BrokenBindCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def run(args: Sequence[str]) -> BrokenBindCLI:
+def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCLI:
     """Run ``brokenbind SUBCOMMAND [arguments]`` in this process (``args`` as on the command line, subcommand first).
-    A configuration or data error raises ``ConfigError`` / ``DataError`` after removing what the failed start created
-    (jsonargparse's parse errors become a ``ConfigError`` in one paragraph); a signal raises ``Stopped``; a diverged
-    run ``DivergenceError``."""
+    ``callbacks`` are callback objects added to the configured ones: a script's own observers, such as ``brokenbind
+    tune``'s pruning, outside the stored configuration and in this process only (DDP's other ranks start from the
+    command line). A configuration or data error raises ``ConfigError`` / ``DataError`` after removing what the
+    failed start created (jsonargparse's parse errors become a ``ConfigError`` in one paragraph); a signal raises
+    ``Stopped``; a diverged run ``DivergenceError``."""
     BrokenBindCLI.last_start, BrokenBindCLI.run_lock = (None, None), None
     os.environ.pop("PL_GLOBAL_SEED", None)  # an earlier run in this process set it; this run seeds itself
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
@@ -361,6 +363,7 @@ def run(args: Sequence[str]) -> BrokenBindCLI:
                 parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
+                trainer_defaults={"callbacks": list(callbacks)},  # appended to the configured callbacks
             )
     except (Stopped, DivergenceError):
         raise
@@ -446,12 +449,14 @@ def config_args(config: Config | Sequence[Config]) -> list[str]:
     ]
 
 
-def fit(config: Config | Sequence[Config], overrides: Sequence[str] = ()) -> RunResult:
+def fit(
+    config: Config | Sequence[Config], overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()
+) -> RunResult:
     """Train an experiment, as ``brokenbind fit --config CONFIG [OVERRIDES]``: ``config`` is an experiment file, a dict
     of the same content, or a list of them (later ones override earlier ones); ``overrides`` are the command line's
-    ``--key=value`` arguments (``--method=NAME``, ``--seed_everything=1``, ``--trainer.max_epochs=5``, ...). Errors
-    raise as described in ``run``."""
-    return _result(run(["fit", *config_args(config), *overrides]))
+    ``--key=value`` arguments (``--method=NAME``, ``--seed_everything=1``, ``--trainer.max_epochs=5``, ...);
+    ``callbacks`` are callback objects added to the run's (see ``run``). Errors raise as described in ``run``."""
+    return _result(run(["fit", *config_args(config), *overrides], callbacks))
 
 
 def validate(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> RunResult:

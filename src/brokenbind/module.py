@@ -170,7 +170,6 @@ class BindingModule(LightningModule):
         return self.cache.get(key, index).to(self.device)
 
     def on_fit_start(self) -> None:
-        self.method.max_epochs = self.trainer.max_epochs  # schedules that are a fraction of the run read it
         dm = self.trainer.datamodule
         self.method.prepare(self.frozen_features, {ds: list(spec.modalities) for ds, spec in dm.datasets.items()})
 
@@ -218,7 +217,7 @@ class BindingModule(LightningModule):
         features = {ds: {m: self.features(m, x, b["index"]) for m, x in b["x"].items()} for ds, b in batch.items()}
         features = self.method.complete(features)  # imputation methods add modalities a dataset lacks
         embeddings = {ds: {m: self.project(m, f) for m, f in fs.items()} for ds, fs in features.items()}
-        terms = self.method(embeddings, epoch=self.current_epoch)
+        terms = self.method(embeddings, epoch=self.current_epoch, max_epochs=self.trainer.max_epochs)
         self.check_finite(terms)
         loss = sum(terms.values())
         batch_size = len(next(iter(batch.values()))["index"])

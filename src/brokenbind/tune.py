@@ -39,8 +39,9 @@ import csv
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -48,7 +49,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from brokenbind import api
 from brokenbind.errors import ConfigError
 
-_ACTIVE: dict[str, Any] = {}  # the trial the running fit reports to (set by the objective, read by the callback)
+if TYPE_CHECKING:
+    from optuna import Trial
 
 
 # -- the search space ------------------------------------------------------------------------------------------------
@@ -91,10 +93,10 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
 
 
 def as_args(values: dict[str, Any]) -> list[str]:
-    return [
-        f"--{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-        for key, value in values.items()
-    ]
+    """``--key=value`` arguments, each value in YAML flow style with its mappings in their given order (a sorted dump
+    would reorder ``data.init_args.datasets``, and the datasets' order decides how the data is split)."""
+    dumped = {key: yaml.safe_dump(value, default_flow_style=True, sort_keys=False) for key, value in values.items()}
+    return [f"--{key}={text.strip().removesuffix('...').strip()}" for key, text in dumped.items()]
 
 
 # -- the objective ---------------------------------------------------------------------------------------------------
@@ -107,31 +109,39 @@ def score(instance: float, klass: float, objective: str, class_weight: float) ->
 
 
 class PruneOnValidation(Callback):
-    """Reports the best objective so far to the active Optuna trial after each validation epoch; when the pruner
-    says so, stops the fit (``trainer.should_stop``) and marks the trial pruned."""
+    """Reports the best objective so far to an Optuna ``trial`` after each validation epoch; when the pruner says so,
+    stops the fit (``trainer.should_stop``) and sets ``pruned``."""
 
-    def __init__(self):
+    def __init__(self, trial: "Trial", objective: str, class_weight: float):
+        self.trial, self.objective, self.class_weight = trial, objective, class_weight
         self.best = -math.inf
+        self.pruned = False
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trial = _ACTIVE.get("trial")
-        if trial is None or trainer.sanity_checking or not _ACTIVE.get("report"):
+        if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
         instance = float(metrics["val/mAP"])
         classes = [float(v) for k, v in metrics.items() if k.startswith("val/mAP_class/")]
         klass = statistics.fmean(classes) if classes else math.nan
-        self.best = max(self.best, score(instance, klass, _ACTIVE["objective"], _ACTIVE["class_weight"]))
-        trial.report(self.best, step=trainer.current_epoch)
-        if trial.should_prune():
-            _ACTIVE["pruned"] = True
+        self.best = max(self.best, score(instance, klass, self.objective, self.class_weight))
+        self.trial.report(self.best, step=trainer.current_epoch)
+        if self.trial.should_prune():
+            self.pruned = True
             trainer.should_stop = True
 
 
 def run_trial(
-    configs: list[str], base: list[str], values: dict[str, Any], seed: int, out: Path, number: int
+    configs: list[str],
+    base: list[str],
+    values: dict[str, Any],
+    seed: int,
+    out: Path,
+    number: int,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[float, float]:
-    """One fit on the validation split; (instance, class) mAP of the epoch that checkpoint selection picks."""
+    """One fit on the validation split, with ``callbacks`` added to the run's; (instance, class) mAP of the epoch that
+    checkpoint selection picks."""
     result = api.fit(
         configs,
         [
@@ -144,8 +154,8 @@ def run_trial(
             "--trainer.enable_model_summary=false",
             f"--trainer.logger.init_args.save_dir={out / 'trials'}",
             f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
-            "--trainer.callbacks+=brokenbind.tune.PruneOnValidation",
         ],
+        callbacks,
     )
     if result.stage("test"):
         raise RuntimeError("a tuning run scored the test split")
@@ -322,16 +332,12 @@ def main(args: list[str]) -> None:
 
     def objective_fn(trial) -> float:
         values = suggest(trial, spec["space"])
-        _ACTIVE.update(trial=trial, objective=objective, class_weight=class_weight, pruned=False)
+        pruning = PruneOnValidation(trial, objective, class_weight)
         start, results = time.perf_counter(), []
-        try:
-            for i, seed in enumerate(seeds):
-                _ACTIVE["report"] = i == 0  # the first seed's epochs are the intermediate values
-                results.append(run_trial(args.config, base, values, seed, out, trial.number))
-                if _ACTIVE["pruned"]:
-                    raise optuna.TrialPruned()
-        finally:
-            _ACTIVE.clear()
+        for i, seed in enumerate(seeds):  # the first seed's epochs are the intermediate values
+            results.append(run_trial(args.config, base, values, seed, out, trial.number, [pruning] if i == 0 else []))
+            if pruning.pruned:
+                raise optuna.TrialPruned()
         instance = statistics.fmean(r[0] for r in results)
         klass = statistics.fmean(r[1] for r in results)
         trial.set_user_attr("instance", instance)

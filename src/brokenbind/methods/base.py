@@ -28,8 +28,6 @@ class BindingMethod(nn.Module, ABC):
     """
 
     name: str
-    # the run length, set by the LightningModule at the start of fit; schedules (MOX's consistency phase) read it
-    max_epochs: int | None = None
 
     def __init__(
         self,
@@ -40,9 +38,10 @@ class BindingMethod(nn.Module, ABC):
         super().__init__()
         self.scale = LogitScale(logit_scale, learn_logit_scale, modality_scales)
 
-    def forward(self, embeddings: Embeddings, epoch: int) -> dict[str, Tensor]:
-        """Loss terms for one batch; ``epoch`` drives schedules such as MOX's consistency pre-training."""
-        return self.terms(Batch.gather(embeddings), epoch)
+    def forward(self, embeddings: Embeddings, epoch: int, max_epochs: int | None = None) -> dict[str, Tensor]:
+        """Loss terms for one batch. ``epoch`` and the run length ``max_epochs`` (the trainer's; None or -1 when the
+        run has no epoch limit) drive schedules such as MOX's consistency pre-training."""
+        return self.terms(Batch.gather(embeddings), epoch, max_epochs)
 
     def prepare(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
         """Called once at the start of fit with the frozen backbones' ``encode`` function and the modalities each
@@ -63,8 +62,9 @@ class BindingMethod(nn.Module, ABC):
         return query, target
 
     @abstractmethod
-    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
-        """Loss terms from this rank's rows (``batch.local``) against the whole batch (``batch.full``)."""
+    def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
+        """Loss terms from this rank's rows (``batch.local``) against the whole batch (``batch.full``), at ``epoch`` of
+        a run of ``max_epochs`` (see ``forward``)."""
 
 
 def check_non_negative(**values: float) -> None:

@@ -164,31 +164,29 @@ class BrokenBind(BindingMethod):
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
         self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
 
-    def mox_start(self) -> int:
-        """The first epoch with MOX: ``consistency_epochs`` if given, else ``floor(consistency_fraction·max_epochs)``.
-
-        The run length is ``self.max_epochs``, which the LightningModule sets from its trainer at the start of fit;
-        without it, only the fractions 0 (MOX from the start) and 1 (never) work.
+    def mox_start(self, max_epochs: int | None) -> int:
+        """The first epoch with MOX in a run of ``max_epochs`` (the trainer's, which the LightningModule passes with
+        each batch): ``consistency_epochs`` if given, else ``floor(consistency_fraction·max_epochs)``. Without a run
+        length (None, or Lightning's -1: no epoch limit) only the fractions 0 (MOX from the start) and 1 (never) work.
         """
         if self.consistency_epochs is not None:
             return self.consistency_epochs
-        max_epochs = self.max_epochs
-        if max_epochs is None or max_epochs < 0:  # unset, or Lightning's -1 (no epoch limit)
+        if max_epochs is None or max_epochs < 0:
             if self.consistency_fraction in (0.0, 1.0):  # no run length needed: MOX always or never
                 return 0 if self.consistency_fraction == 0.0 else sys.maxsize
             raise ConfigError(
-                "consistency_fraction needs the run length: train under a Trainer with max_epochs set, set the "
-                "method's max_epochs, or give consistency_epochs"
+                "consistency_fraction needs the run length: train under a Trainer with max_epochs set, pass "
+                "max_epochs, or give consistency_epochs"
             )
         return int(self.consistency_fraction * max_epochs + 1e-9)
 
-    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+    def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         terms = {}
         if self.weights["clip"]:
             terms["clip"] = self.clip(batch)
         if self.weights["sym"]:
             terms["sym"] = self.symmetry(batch)
-        if (self.weights["mox"] or self.weights["fro"]) and epoch >= self.mox_start():
+        if (self.weights["mox"] or self.weights["fro"]) and epoch >= self.mox_start(max_epochs):
             terms["mox"], terms["fro"] = self.extrapolation(batch)
         return {name: self.weights[name] * value for name, value in terms.items() if self.weights[name]}
 

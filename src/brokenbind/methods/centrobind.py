@@ -42,7 +42,7 @@ class CentroBind(BindingMethod):
             centroid = F.normalize(centroid, dim=-1)
         return centroid.detach() if self.detach_anchor else centroid
 
-    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+    def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         total = 0.0
         for ds, mods in batch.local.items():
             anchor_full = self.anchors(batch.full[ds])  # from the whole batch: identical on every rank

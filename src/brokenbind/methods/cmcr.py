@@ -101,7 +101,7 @@ class CMCR(BindingMethod):
         return {ds: {m: F.normalize(f + self.noise(f, self.noise_std), dim=1) for m, f in mods.items()}
                 for ds, mods in full.items()}  # fmt: skip
 
-    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+    def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         self.remember(batch.full)
         full = self.corrupt(batch.full)
         rows = len(next(iter(next(iter(batch.local.values())).values())))

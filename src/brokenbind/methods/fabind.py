@@ -26,7 +26,7 @@ class FABind(BindingMethod):
         super().__init__(logit_scale, learn_logit_scale, modality_scales)
         self.anchor = anchor
 
-    def terms(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
+    def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         pairs = modality_pairs(batch.local)
         if self.anchor is not None:
             missing = [ds for ds, mods in batch.local.items() if self.anchor not in mods]
