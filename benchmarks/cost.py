@@ -387,13 +387,16 @@ def bench_large(rows: int) -> list[str]:
 
 # -- 7. a whole run ------------------------------------------------------------------------------------------------
 def bench_run() -> list[str]:
-    """Wall time and the run's own peak memory (the child reports its ru_maxrss: RUSAGE_CHILDREN would be the largest
-    of every child so far, e.g. the torchmetrics measurement)."""
+    """Wall time and the run's own peak memory: the child reports the high-water mark of its resident memory (VmHWM,
+    Linux). Not its ru_maxrss, which Linux carries across the exec from the fork of this process, so it would be at
+    least this process's own memory; nor RUSAGE_CHILDREN, the largest of every child so far."""
     script = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from brokenbind import api\n"
         "try:\n    api.fit(sys.argv[1], sys.argv[2:])\n"
-        "finally:\n    print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "finally:\n"
+        "    hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1]\n"
+        "    print('peak_kb', hwm, file=sys.stderr)\n"
     )
     with tempfile.TemporaryDirectory() as cwd:
         config = str(EXPERIMENT.resolve())
