@@ -121,6 +121,9 @@ def test_report_only_writes_the_report_from_runs_csv_and_runs_nothing(tmp_path, 
     )
     write_runs(tmp_path / "runs.csv", [{**{f: "" for f in RUN_FIELDS}, **r} for r in rows])
     monkeypatch.setattr("benchmarks.bench.api.fit", no_runs)
+    # main sets process-wide state for its runs (Lightning's log levels, one torch thread): keep it out of later tests
+    monkeypatch.setattr("benchmarks.bench.api.quiet_lightning", lambda: None)
+    monkeypatch.setattr("benchmarks.bench.torch.set_num_threads", lambda n: None)
     main(["--report_only", "--skip_cost", "--out", str(tmp_path)])
     text = (tmp_path / "report.md").read_text()
     assert "`python -m benchmarks.bench --report_only --skip_cost --out" in text
