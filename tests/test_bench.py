@@ -55,7 +55,7 @@ def test_the_report_tables_paired_verdicts_ratios_and_gap(tmp_path):
     assert "- brokenbind vs fabind, instance W/T/L over 1 settings: 1/0/0" in text
     assert "- brokenbind vs oracle, class W/T/L over 1 settings: 0/1/0" in text
     # ratio 0.263/0.21; gap closed 0.053 / 0.10 and by the ceiling 0.08 / 0.10; no class gap (all 0.5)
-    assert "| bound_fou_pix_zer | 1.25 | 53 % |  | 80 % |  |" in text
+    assert "| bound_fou_pix_zer | 1.25 | 53 % | gap < 2 pp | 80 % | gap < 2 pp |" in text
     assert "- median share of the gap closed by brokenbind, bound instance mAP, over 1 settings: 53 %" in text
     # the pivot diagnosis: methods with diagnosed rows only
     assert "| fabind | 0.80 / 0.60 |\n| brokenbind | 0.75 / 0.73 |\n\n" in text
