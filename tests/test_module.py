@@ -119,3 +119,16 @@ def test_unknown_backbone_is_a_clear_error(mfeat):
     model = BindingModule(FABind(), backbones={"fou": "nope"})
     with pytest.raises(ValueError, match="unknown backbone 'nope'"):
         model.build(mfeat.modality_info())
+
+
+def test_a_module_built_from_python_takes_the_optimiser_of_the_defaults_file():
+    import yaml
+
+    from brokenbind.api import DEFAULTS
+    from brokenbind.module import default_optimizer
+
+    spec = yaml.safe_load(DEFAULTS.read_text())["model"]["optimizer"]
+    optimizer = default_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.AdamW) and spec["class_path"] == "torch.optim.AdamW"
+    assert spec["init_args"] == {"lr": 5e-4, "weight_decay": 0.2}
+    assert {k: optimizer.defaults[k] for k in spec["init_args"]} == spec["init_args"]
