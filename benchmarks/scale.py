@@ -418,8 +418,7 @@ def embed_once(config: Path, out: Path, processes: int) -> dict:
     peaks: dict[int, float] = {}
     while child.poll() is None:
         for pid in process_tree(child.pid):
-            if "python" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid).get("VmHWM", 0.0))
+            peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid).get("VmHWM", 0.0))
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     if child.returncode:
