@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -204,8 +205,13 @@ def write_training_data(folder: Path, rows: int, chunk: int = 65_536) -> Path:
     return config
 
 
-def train_once(config: Path, processes: int, steps: int, warmup: int, logs: Path) -> list[dict]:
-    """One ``brokenbind fit`` on ``config``: the probe's record of each process."""
+class RunFailed(Exception):
+    """A measured run that exited with an error or did not end in time: reported as a failure, never dropped."""
+
+
+def train_once(config: Path, processes: int, steps: int, warmup: int, logs: Path, timeout: float) -> list[dict]:
+    """One ``brokenbind fit`` on ``config``: the probe's record of each process. A run that has not ended after
+    ``timeout`` seconds is killed with every process it started (a DDP process waiting forever in a collective)."""
     probe = Path(tempfile.mkdtemp(dir=logs))
     command = [
         *brokenbind_command(), "fit", "--config", str(config), *(["--hardware", "ddp_cpu"] if processes == 2 else []),
@@ -218,16 +224,28 @@ def train_once(config: Path, processes: int, steps: int, warmup: int, logs: Path
         "--trainer.callbacks+=benchmarks.scale.Probe", f"--trainer.callbacks.out={probe}",
         f"--trainer.callbacks.warmup={warmup}",
     ]  # fmt: skip
-    done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    stderr = logs / f"{probe.name}.stderr"
+    with stderr.open("w") as errors:
+        child = subprocess.Popen(
+            command, env=child_env(), stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True
+        )
+        try:
+            code = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise RunFailed(f"no end within {timeout:.0f} s, killed (stderr: {stderr})") from None
+    if code:
+        raise RunFailed(f"exit code {code} (stderr: {stderr})")
     records = [json.loads(p.read_text()) for p in sorted(probe.glob("rank*.json"))]
     if len(records) != processes:
         raise RuntimeError(f"{processes} processes ran, {len(records)} probe records in {probe}")
     return records
 
 
-def bench_train(work: Path, sizes: list[int], steps: int, warmup: int, repeats: int, log: Callable) -> list[Row]:
+def bench_train(
+    work: Path, sizes: list[int], steps: int, warmup: int, repeats: int, timeout: float, log: Callable
+) -> list[Row]:
     configs = {n: write_training_data(work / f"train_{n}", n) for n in sizes}
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -235,9 +253,15 @@ def bench_train(work: Path, sizes: list[int], steps: int, warmup: int, repeats: 
     for repeat in range(repeats):  # interleaved: every (rows, processes) case once per repeat
         for n in sizes:
             for processes in (1, 2):
-                for record in train_once(configs[n], processes, steps, warmup, logs):
-                    case = {"section": "train", "rows": n, "processes": processes, "repeat": repeat,
-                            "rank": record["rank"]}  # fmt: skip
+                case = {"section": "train", "rows": n, "processes": processes, "repeat": repeat}
+                try:
+                    records = train_once(configs[n], processes, steps, warmup, logs, timeout)
+                except RunFailed as failure:
+                    rows.append({**case, "quantity": "failed", "value": 1, "note": str(failure)})
+                    log(f"train {n:,} rows, {processes} process(es), repeat {repeat}: FAILED, {failure}")
+                    continue
+                for record in records:
+                    case["rank"] = record["rank"]
                     step = record["step_seconds"]
                     rows += [
                         {**case, "quantity": "steps_per_s", "value": 1 / statistics.median(step)},
@@ -445,15 +469,17 @@ def bench_embed(work: Path, rows: int, repeats: int, log: Callable) -> list[Row]
 
 # -- report -------------------------------------------------------------------------------------------------------
 def spread(values: list[float], digits: int = 1) -> str:
-    """Median and range over repeats: ``12.3 (11.9–12.8)``; a single value alone."""
+    """Median and range over repeats: ``12.3 (11.9–12.8)``; a single value alone; "-" for none."""
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:,.{digits}f}"
     return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
 
 
-def ratio(numerators: list[float], denominators: list[float]) -> list[float]:
-    """Repeat by repeat."""
-    return [a / b for a, b in zip(numerators, denominators, strict=True)]
+def ratio(numerators: pd.Series, denominators: pd.Series) -> list[float]:
+    """Repeat by repeat (series indexed by repeat), over the repeats both have."""
+    return (numerators / denominators).dropna().tolist()
 
 
 def table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -461,25 +487,32 @@ def table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def train_report(df: pd.DataFrame, steps: int, warmup: int) -> list[str]:
-    def per_run(n: int, p: int, quantity: str, how: str) -> list[float]:
-        """One value per repeat: the mean (steps/s) or the max (memory) over the run's processes."""
+    def per_run(n: int, p: int, quantity: str, how: str) -> pd.Series:
+        """One value per repeat (indexed by repeat): the mean (steps/s) or the max (memory) over the run's
+        processes."""
         got = df[(df["rows"] == n) & (df["processes"] == p) & (df["quantity"] == quantity)]
-        return got.groupby("repeat")["value"].agg(how).tolist()
+        return got.groupby("repeat")["value"].agg(how)
 
     sizes = sorted(df["rows"].unique())
     body = []
     for n in sizes:
         for p in (1, 2):
-            rate = per_run(n, p, "steps_per_s", "mean")
-            memory = [spread(per_run(n, p, q, "max"), 0) for q in ("vmhwm_mb", "anon_peak_mb", "file_peak_mb")]
-            overall = spread(per_run(n, p, "steps_per_s_overall", "mean"))
+            failed = len(per_run(n, p, "failed", "sum"))
+            rate = per_run(n, p, "steps_per_s", "mean").tolist()
+            memory = [spread(per_run(n, p, q, "max").tolist(), 0) for q in ("vmhwm_mb", "anon_peak_mb", "file_peak_mb")]
+            overall = spread(per_run(n, p, "steps_per_s_overall", "mean").tolist())
             throughput = spread([r * BATCH * len(DATASETS) * p for r in rate], 0)
-            body.append([f"{n:,}", str(p), spread(rate), overall, throughput, *memory])
-    header = ["rows per dataset", "processes", "steps/s per process", "steps/s, epoch ends included",
-              "rows/s, all processes", "VmHWM per process (MB)", "peak RssAnon (MB)", "peak RssFile (MB)"]  # fmt: skip
+            body.append([f"{n:,}", str(p), f"{len(rate)} / {failed}", spread(rate), overall, throughput, *memory])
+    header = ["rows per dataset", "processes", "runs ended / failed", "steps/s per process",
+              "steps/s, epoch ends included", "rows/s, all processes", "VmHWM per process (MB)", "peak RssAnon (MB)",
+              "peak RssFile (MB)"]  # fmt: skip
     lines = table(header, body)
     small, large = sizes[0], sizes[-1]
     lines.append("")
+    failures = df[df["quantity"] == "failed"]
+    for failure in failures.itertuples():
+        lines.append(f"- failed: {failure.rows:,} rows, {failure.processes} process(es), repeat {failure.repeat}: "
+                     f"{failure.note}")  # fmt: skip
     for p in (1, 2):
         memory = ratio(per_run(large, p, "vmhwm_mb", "max"), per_run(small, p, "vmhwm_mb", "max"))
         speed = ratio(per_run(large, p, "steps_per_s", "mean"), per_run(small, p, "steps_per_s", "mean"))
@@ -488,7 +521,7 @@ def train_report(df: pd.DataFrame, steps: int, warmup: int) -> list[str]:
             f"steps/s × {spread(speed, 2)} (per repeat, median (range))"
         )
     for n in sizes:
-        both = ratio([2 * r for r in per_run(n, 2, "steps_per_s", "mean")], per_run(n, 1, "steps_per_s", "mean"))
+        both = ratio(2 * per_run(n, 2, "steps_per_s", "mean"), per_run(n, 1, "steps_per_s", "mean"))
         lines.append(f"- {n:,} rows: rows/s of 2 processes against 1: × {spread(both, 2)}")
     lines += [
         "",
@@ -601,6 +634,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, help="(d) rounds")
     parser.add_argument("--embed_rows", type=int, help="(a) image rows")
     parser.add_argument("--dim", type=int, default=128, help="(c), (d) embedding width")
+    parser.add_argument(
+        "--run_timeout", type=float, default=900, help="(b) seconds after which a training run counts as failed"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one retrieval measurement in this process
     parser.add_argument("--gallery", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)
@@ -629,7 +665,9 @@ def main(argv: list[str] | None = None) -> None:
         title = f"(a) `brokenbind embed`, {sizes['embed_rows']:,} image rows"
         parts.append((title, embed_report(pd.DataFrame(embedded), available)))
     if "b" in sections:
-        trained = bench_train(args.work, sizes["rows"], sizes["steps"], sizes["warmup"], sizes["repeats"], log)
+        trained = bench_train(
+            args.work, sizes["rows"], sizes["steps"], sizes["warmup"], sizes["repeats"], args.run_timeout, log
+        )
         rows += trained
         parts.append(("(b) Training on memory-mapped float16 arrays, 1 and 2 gloo processes",
                       train_report(pd.DataFrame(trained), sizes["steps"], sizes["warmup"])))  # fmt: skip

@@ -47,10 +47,10 @@ def test_the_scale_report_at_tiny_sizes(tmp_path):
 
     train = found[TITLES[1]]
     assert train[0] == [
-        "rows per dataset", "processes", "steps/s per process", "steps/s, epoch ends included", "rows/s, all processes",
-        "VmHWM per process (MB)", "peak RssAnon (MB)", "peak RssFile (MB)",
+        "rows per dataset", "processes", "runs ended / failed", "steps/s per process", "steps/s, epoch ends included",
+        "rows/s, all processes", "VmHWM per process (MB)", "peak RssAnon (MB)", "peak RssFile (MB)",
     ]  # fmt: skip
-    assert [row[:2] for row in train[1:]] == [["1,000", "1"], ["1,000", "2"]]
+    assert [row[:3] for row in train[1:]] == [["1,000", "1", "1 / 0"], ["1,000", "2", "1 / 0"]]
     retrieval = found[TITLES[2]]
     assert [row[:3] for row in retrieval[1:]] == [
         ["100", "default", "1,024"], ["100", "fixed block", "1,024"], ["200", "default", "1,024"],
