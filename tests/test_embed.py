@@ -1,0 +1,160 @@
+"""``brokenbind embed``: encode a user's manifests once with the frozen backbones (EfficientNet-Lite0, MiniLM), then
+train on the arrays through the CLI; a stopped encode continues where it stopped; a mismatched reuse is refused."""
+
+import csv
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from brokenbind.backbones import build_backbone
+from brokenbind.cli import main
+from brokenbind.embed import ArrayWriter, embed
+from datamodules import ManifestDataModule
+
+from .test_manifest import dm_args, make_data, write_csv
+
+IMAGE = {"name": "timm", "model": "tf_efficientnet_lite0", "weights": "efficientnet_lite0_wheel", "image_size": 32}
+
+
+def brokenbind(monkeypatch, *args: str) -> int:
+    """``brokenbind ARGS`` through the console entry point; its exit code."""
+    monkeypatch.setattr(sys, "argv", ["brokenbind", *map(str, args)])
+    try:
+        main()
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    """A user's manifests (captions: photo, caption; sounds: photo, sound, emb) and an experiment over them."""
+    monkeypatch.chdir(tmp_path)
+    rows = make_data(tmp_path / "files")
+    manifests = {name: write_csv(tmp_path / "files" / f"{name}.csv", r) for name, r in rows.items()}
+    config = {
+        "data": {
+            "class_path": "datamodules.ManifestDataModule",
+            "init_args": dm_args(manifests, batch_size=6, eval_batch_size=4, image_size=32, audio_seconds=0.7),
+        },
+        "model": {"backbones": {"photo": IMAGE, "caption": "minilm", "sound": "logmel_cnn", "emb": "standardize"}},
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False},
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, config
+
+
+def results(path: str) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.filterwarnings("ignore:embeddings of modality")  # two epochs on six rows: the collapse alarm is right
+def test_embed_writes_the_arrays_of_the_frozen_backbones_and_fit_trains_on_them(experiment, monkeypatch, capsys):
+    path, config = experiment
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb") == 0
+    printed = capsys.readouterr().out
+    assert "sound: not encoded (its backbone trains" in printed
+    assert "emb: not encoded (a features modality is features already)" in printed
+    arrays = yaml.safe_load(printed[printed.index("\narrays:") :])["arrays"]
+    assert arrays == {
+        "captions": {m: {"path": f"emb/captions/{m}.npy", "ids": f"emb/captions/{m}_ids.txt"} for m in ("caption", "photo")},
+        "sounds": {"photo": {"path": "emb/sounds/photo.npy", "ids": "emb/sounds/photo_ids.txt"}},
+    }  # fmt: skip
+    record = yaml.safe_load(Path("emb/embed.yaml").read_text())["datasets"]
+    assert record["captions"]["photo"]["complete"] and record["captions"]["photo"]["width"] == 1280
+    assert not list((experiment[0].parent / "emb").rglob("*.todo.npy"))
+
+    # every array row is its backbone's output on that manifest row, named by the manifest's id
+    dm = ManifestDataModule(**config["data"]["init_args"])
+    dm.setup()
+    info = dm.modality_info()
+    for dataset, modality, spec in [("captions", "photo", IMAGE), ("sounds", "photo", IMAGE), ("captions", "caption", "minilm")]:
+        table = dm.tables()[dataset]
+        ids = Path(f"emb/{dataset}/{modality}_ids.txt").read_text().split()
+        assert ids == [c.strip() for c in table.manifest.column("id")]
+        data = dm.load_rows(dataset, np.arange(len(ids)), [modality])
+        inputs = [data.load(modality, i) for i in range(len(ids))]
+        with torch.no_grad():
+            backbone = build_backbone(spec, info[modality])
+            expected = backbone(torch.stack(inputs) if modality == "photo" else inputs)
+        np.testing.assert_allclose(np.load(f"emb/{dataset}/{modality}.npy"), expected.numpy(), rtol=1e-4, atol=1e-5)
+    # the manifests keep each row's split and label, and the raw modalities' files as absolute paths
+    written = results("emb/captions/manifest.csv")
+    table = dm.tables()["captions"]
+    assert [r["split"] for r in written] == list(table.splits)
+    assert [r["label"] for r in written] == [c for c in table.manifest.column("label")]
+    assert [r["sound"] for r in written] == [str(p.resolve()) for p in table.paths["sound"]]
+
+    # the experiment trained on the arrays scores exactly as the one that encodes in the run (the same fp32 features)
+    assert brokenbind(monkeypatch, "fit", "--config", path) == 0
+    assert brokenbind(monkeypatch, "fit", "--config", path, "--config", "emb/arrays.yaml", "--experiment", "arrays") == 0
+    direct, on_arrays = results("logs/mine/version_0/results.csv"), results("logs/arrays/version_0/results.csv")
+    assert [r["stage"] for r in on_arrays] == ["val", "test"]
+    metrics = ("map_instance", "map_class", "r1", "r5", "r10")
+    assert [[r[k] for k in metrics] for r in on_arrays] == [[r[k] for k in metrics] for r in direct]
+
+
+def test_a_stopped_embed_continues_and_ends_as_an_uninterrupted_one(experiment, monkeypatch, capsys):
+    path, _ = experiment
+    write = ArrayWriter.write_on_batch_end
+
+    def stop_after_first_batch(self, trainer, *args, **kwargs):
+        if self.rows_encoded == 0:  # a preemption arrives while the first batch (eval_batch_size 4) is encoded
+            os.kill(os.getpid(), signal.SIGTERM)
+        write(self, trainer, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ArrayWriter, "write_on_batch_end", stop_after_first_batch)
+        assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "stopped") == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after encoding 4 rows" in capsys.readouterr().err
+    todo = np.load("stopped/captions/caption.todo.npy")
+    assert todo.sum() == len(todo) - 4 and not todo[:4].any()  # loader order: the first batch is rows 0-3
+    assert not yaml.safe_load(Path("stopped/embed.yaml").read_text())["datasets"]["captions"]["caption"]["complete"]
+
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "stopped") == 0
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "whole") == 0
+    for name in ("captions/caption", "captions/photo", "sounds/photo"):
+        np.testing.assert_array_equal(np.load(f"stopped/{name}.npy"), np.load(f"whole/{name}.npy"))
+    assert not list((path.parent / "stopped").rglob("*.todo.npy"))
+
+    # a finished encode is not redone (from Python: the library call behind the command)
+    capsys.readouterr()
+    again = embed(path, "whole")
+    assert again.complete and again.rows_encoded == 0
+    assert "captions/photo: 30 x 1280 float32 in whole/captions/photo.npy (complete)" in capsys.readouterr().out
+
+
+def test_reusing_an_output_directory_with_another_encoder_or_dtype_is_refused(experiment, monkeypatch, capsys):
+    path, _ = experiment
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[caption]") == 0
+    before = np.load("emb/captions/caption.npy")
+    code = brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[caption]", "--dtype=float16")
+    assert code == 2
+    assert "emb/captions/caption.npy was encoded with other settings: dtype differ" in capsys.readouterr().err
+    bigger = f"--model.backbones.photo={yaml.safe_dump({**IMAGE, 'image_size': 48}, default_flow_style=True)}"
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[photo]") == 0
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[photo]", bigger) == 2
+    assert "emb/captions/photo.npy was encoded with other settings: backbone, fingerprint differ" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load("emb/captions/caption.npy"), before)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--modalities=[sound]"], "--modalities: 'sound' cannot be encoded once: its backbone trains"),
+        (["--modalities=[nope]"], "--modalities: no dataset uses ['nope']"),
+        (["--dtype=int8"], "dtype"),
+    ],
+)
+def test_embed_refuses_what_it_cannot_encode(experiment, monkeypatch, capsys, args, message):
+    path, _ = experiment
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", *args) == 2
+    assert message in capsys.readouterr().err
