@@ -64,10 +64,11 @@ def test_embed_writes_the_arrays_of_the_frozen_backbones_and_fit_trains_on_them(
     assert "sound: not encoded (its backbone trains" in printed
     assert "emb: not encoded (a features modality is features already)" in printed
     arrays = yaml.safe_load(printed[printed.index("\narrays:") :])["arrays"]
+    written = {"captions": ["caption", "photo"], "sounds": ["photo"]}
     assert arrays == {
-        "captions": {m: {"path": f"emb/captions/{m}.npy", "ids": f"emb/captions/{m}_ids.txt"} for m in ("caption", "photo")},
-        "sounds": {"photo": {"path": "emb/sounds/photo.npy", "ids": "emb/sounds/photo_ids.txt"}},
-    }  # fmt: skip
+        name: {m: {"path": f"emb/{name}/{m}.npy", "ids": f"emb/{name}/{m}_ids.txt"} for m in modalities}
+        for name, modalities in written.items()
+    }
     record = yaml.safe_load(Path("emb/embed.yaml").read_text())["datasets"]
     assert record["captions"]["photo"]["complete"] and record["captions"]["photo"]["width"] == 1280
     assert not list((experiment[0].parent / "emb").rglob("*.todo.npy"))
@@ -76,14 +77,15 @@ def test_embed_writes_the_arrays_of_the_frozen_backbones_and_fit_trains_on_them(
     dm = ManifestDataModule(**config["data"]["init_args"])
     dm.setup()
     info = dm.modality_info()
-    for dataset, modality, spec in [("captions", "photo", IMAGE), ("sounds", "photo", IMAGE), ("captions", "caption", "minilm")]:
+    specs = {"photo": IMAGE, "caption": "minilm"}
+    for dataset, modality in [("captions", "photo"), ("sounds", "photo"), ("captions", "caption")]:
         table = dm.tables()[dataset]
         ids = Path(f"emb/{dataset}/{modality}_ids.txt").read_text().split()
         assert ids == [c.strip() for c in table.manifest.column("id")]
         data = dm.load_rows(dataset, np.arange(len(ids)), [modality])
         inputs = [data.load(modality, i) for i in range(len(ids))]
         with torch.no_grad():
-            backbone = build_backbone(spec, info[modality])
+            backbone = build_backbone(specs[modality], info[modality])
             expected = backbone(torch.stack(inputs) if modality == "photo" else inputs)
         np.testing.assert_allclose(np.load(f"emb/{dataset}/{modality}.npy"), expected.numpy(), rtol=1e-4, atol=1e-5)
     # the manifests keep each row's split and label, and the raw modalities' files as absolute paths
@@ -95,11 +97,12 @@ def test_embed_writes_the_arrays_of_the_frozen_backbones_and_fit_trains_on_them(
 
     # the experiment trained on the arrays scores exactly as the one that encodes in the run (the same fp32 features)
     assert brokenbind(monkeypatch, "fit", "--config", path) == 0
-    assert brokenbind(monkeypatch, "fit", "--config", path, "--config", "emb/arrays.yaml", "--experiment", "arrays") == 0
-    direct, on_arrays = results("logs/mine/version_0/results.csv"), results("logs/arrays/version_0/results.csv")
-    assert [r["stage"] for r in on_arrays] == ["val", "test"]
+    on_arrays = ["--config", "emb/arrays.yaml", "--experiment", "arrays"]
+    assert brokenbind(monkeypatch, "fit", "--config", path, *on_arrays) == 0
+    direct, trained = results("logs/mine/version_0/results.csv"), results("logs/arrays/version_0/results.csv")
+    assert [r["stage"] for r in trained] == ["val", "test"]
     metrics = ("map_instance", "map_class", "r1", "r5", "r10")
-    assert [[r[k] for k in metrics] for r in on_arrays] == [[r[k] for k in metrics] for r in direct]
+    assert [[r[k] for k in metrics] for r in trained] == [[r[k] for k in metrics] for r in direct]
 
 
 def test_a_stopped_embed_continues_and_ends_as_an_uninterrupted_one(experiment, monkeypatch, capsys):
@@ -134,15 +137,16 @@ def test_a_stopped_embed_continues_and_ends_as_an_uninterrupted_one(experiment, 
 
 def test_reusing_an_output_directory_with_another_encoder_or_dtype_is_refused(experiment, monkeypatch, capsys):
     path, _ = experiment
-    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[caption]") == 0
+    encode = ["embed", "--config", path, "--out", "emb"]
+    assert brokenbind(monkeypatch, *encode, "--modalities=[caption]") == 0
     before = np.load("emb/captions/caption.npy")
-    code = brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[caption]", "--dtype=float16")
-    assert code == 2
+    assert brokenbind(monkeypatch, *encode, "--modalities=[caption]", "--dtype=float16") == 2
     assert "emb/captions/caption.npy was encoded with other settings: dtype differ" in capsys.readouterr().err
     bigger = f"--model.backbones.photo={yaml.safe_dump({**IMAGE, 'image_size': 48}, default_flow_style=True)}"
-    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[photo]") == 0
-    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", "--modalities=[photo]", bigger) == 2
-    assert "emb/captions/photo.npy was encoded with other settings: backbone, fingerprint differ" in capsys.readouterr().err
+    assert brokenbind(monkeypatch, *encode, "--modalities=[photo]") == 0
+    assert brokenbind(monkeypatch, *encode, "--modalities=[photo]", bigger) == 2
+    refused = "emb/captions/photo.npy was encoded with other settings: backbone, fingerprint differ"
+    assert refused in capsys.readouterr().err
     np.testing.assert_array_equal(np.load("emb/captions/caption.npy"), before)
 
 
