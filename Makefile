@@ -14,7 +14,7 @@ SUITE ?= validation
 SPACE ?= experiments/tune/$(EXP).yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps train table test bench bench-quick lint format tensorboard clean suite tune
+.PHONY: help install system-deps train embed table test bench bench-quick lint format tensorboard clean suite tune
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ system-deps: ## Debian packages: espeak-ng (the built-in spoken digits) and data
 
 train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset [METHOD=fabind] [ARGS="--trainer.max_epochs=5"]
 	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(if $(METHOD),--method $(METHOD)) $(ARGS)
+
+embed: $(BIN)/brokenbind ## Encode EXP's rows once with its frozen backbones into embeddings/EXP (then train with its arrays.yaml)
+	$(BIN)/brokenbind embed --config experiments/$(EXP).yaml --out embeddings/$(EXP) $(ARGS)
 
 table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ± std of test mAP (runs in TABLE_DIR)
 	rm -rf $(TABLE_DIR)/$(EXP)

@@ -64,10 +64,10 @@ def test_embed_writes_the_arrays_of_the_frozen_backbones_and_fit_trains_on_them(
     assert "sound: not encoded (its backbone trains" in printed
     assert "emb: not encoded (a features modality is features already)" in printed
     arrays = yaml.safe_load(printed[printed.index("\narrays:") :])["arrays"]
-    written = {"captions": ["caption", "photo"], "sounds": ["photo"]}
+    encoded = {"captions": ["caption", "photo"], "sounds": ["photo"]}
     assert arrays == {
         name: {m: {"path": f"emb/{name}/{m}.npy", "ids": f"emb/{name}/{m}_ids.txt"} for m in modalities}
-        for name, modalities in written.items()
+        for name, modalities in encoded.items()
     }
     record = yaml.safe_load(Path("emb/embed.yaml").read_text())["datasets"]
     assert record["captions"]["photo"]["complete"] and record["captions"]["photo"]["width"] == 1280
