@@ -14,7 +14,7 @@ SUITE ?= validation
 SPACE ?= experiments/tune/$(EXP).yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps train embed table test bench bench-quick lint format tensorboard clean suite tune
+.PHONY: help install system-deps train embed table test bench bench-quick gpu-check lint format tensorboard clean suite tune
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: $(BIN)/brokenbind system-deps ## The benchmark (about two hours on 2 core
 
 bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 settings, 4 methods, 2 runs, fewer cost rounds): benchmarks/results/bench-quick
 	$(BIN)/python -m benchmarks.bench --quick $(ARGS)
+
+gpu-check: $(BIN)/brokenbind system-deps ## On a machine with one CUDA GPU: bf16, encoders on the device, 1-GPU DDP, embed; each against the CPU (never run here: no GPU)
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 lint: $(BIN)/brokenbind ## ruff check and format check
 	$(BIN)/ruff check src datamodules benchmarks tests
