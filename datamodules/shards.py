@@ -109,7 +109,8 @@ def check_index(name: str, source: str, tar: MMIndexedTar) -> None:
         if header.prefix.strip(b"\0") or b"\0" not in header.name:
             raise DataError(
                 f"dataset {name!r}: shard {source}: member {member!r} has a name of 100 bytes or more (or one split "
-                "into a ustar prefix), which wids would read cut; shorten the keys to fit the tar header's 100 bytes"
+                "into a ustar prefix): wids reads only the header's 100-byte name field, so it may be cut; shorten "
+                "the member names to 99 bytes at most"
             )
 
 
