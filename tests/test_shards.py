@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError, DataError
 from datamodules import ManifestDataModule, ShardDataModule
+from datamodules.base import EpochShuffle
 from datamodules.shards import cache_name, expand, expand_braces
 
 from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
@@ -227,6 +229,29 @@ def test_bad_urls_are_named(tmp_path, files):
     # sounds' train shards (fetched before val failed), and no partial file left by either failure
     assert sorted(p.name for p in cache.iterdir()) == sorted(map(cache_name, expand_braces(piped["sounds"]["train"])))
     assert len(list(cache.iterdir())) == 3
+
+
+def test_a_spawned_worker_resumes_mid_epoch_on_shard_instances(tmp_path, files):
+    """Members pickle as (shard, offset, size): a spawned loader worker reads them, and a loader resumed mid-epoch
+    yields exactly the rest of the uninterrupted epoch's instances."""
+    dm = ShardDataModule(**shard_args(write_shards(tmp_path, files)))
+    dm.setup()
+    train = dm.splits["sounds"]["train"]
+
+    def epoch(start: int, workers: int) -> tuple[list[int], torch.Tensor]:
+        sampler = EpochShuffle(train, seed=3)
+        sampler.set_epoch(2)
+        sampler.start = start
+        context = "spawn" if workers else None
+        batches = list(DataLoader(train, batch_size=3, sampler=sampler, num_workers=workers,
+                                  multiprocessing_context=context))  # fmt: skip
+        return torch.cat([b["index"] for b in batches]).tolist(), torch.cat([b["x"]["photo"] for b in batches])
+
+    whole, photos = epoch(0, 0)
+    rest, rest_photos = epoch(6, 1)
+    assert sorted(whole) == train.index.tolist() and len(whole) == 18
+    assert rest == whole[6:]
+    torch.testing.assert_close(rest_photos, photos[6:])
 
 
 def test_corrupt_member_is_named_when_read(tmp_path, files):
