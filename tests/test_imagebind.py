@@ -20,6 +20,7 @@ imagebind_installed = pytest.mark.skipif(
     importlib.util.find_spec("imagebind") is None, reason="imagebind-packaged absent (requirements-data.txt)"
 )
 REFERENCE = Path(__file__).parent / "data" / "kaldi_native_fbank_reference.npy"
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 TINY = {"out_embed_dim": 8, "imu_embed_dim": 16, "imu_num_blocks": 1, "imu_num_heads": 2} | {
     f"{tower}_{key}": value
     for tower in ("vision", "text", "audio", "depth", "thermal")
@@ -114,7 +115,8 @@ def test_tower_equals_imagebind_model_forward(checkpoints, modality):
         elif modality == "audio":
             model_input = torch.stack([backbone.audio_clips(wave) for wave in x])  # (B, clips, 1, mel, frames)
         elif modality == "vision":
-            model_input = (x - backbone.mean) / backbone.std
+            mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+            model_input = (x - mean) / std  # ImageBind's loader: ToTensor then CLIP's Normalize
         else:
             model_input = x
         theirs = model({modality: model_input})[modality]
