@@ -27,8 +27,7 @@ DDP = ["--hardware=ddp", "--trainer.devices=1"]
 def test_map(config: str, hardware: list[str], logs: Path) -> tuple[np.ndarray, float]:
     """(test instance and class mAP of every flow, seconds per training step) of one seeded run; peak GPU memory is
     reset before it."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     start = time.perf_counter()
     result = fit(
         f"experiments/{config}.yaml",
@@ -39,6 +38,14 @@ def test_map(config: str, hardware: list[str], logs: Path) -> tuple[np.ndarray, 
     return np.array([(row.map_instance, row.map_class) for row in result.stage("test")]), seconds
 
 
+def has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def reset_peak() -> None:
+    torch.cuda.reset_peak_memory_stats()
+
+
 def peak_gpu_mb() -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
@@ -47,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=Path, default=Path(tempfile.mkdtemp(prefix="gpu-check-")))
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if not has_gpu():
         raise SystemExit("gpu-check: torch sees no CUDA GPU on this machine")
     quiet_lightning()
     failures = []
@@ -64,7 +71,7 @@ def main() -> None:
         print(f"{name}: test mAP instance/class {gpu.round(4).tolist()} (CPU fp32 {cpu.round(4).tolist()}) "
               f"{'ok' if ok else 'DIFFERS'}; "
               f"{step * 1e3:.1f} ms/step, peak GPU memory {memory:.0f} MB")  # fmt: skip
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     start = time.perf_counter()
     on_gpu = embed("experiments/digits_real.yaml", args.logs / "embed-gpu", overrides=GPU)
     seconds, memory = time.perf_counter() - start, peak_gpu_mb()
