@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -18,6 +19,7 @@ from brokenbind.embed import ArrayWriter, embed
 from datamodules import ManifestDataModule
 
 from .test_manifest import dm_args, make_data, write_csv
+from .test_shards import SPLIT_OF_ROW, shard_args, write_shards
 
 IMAGE = {"name": "timm", "model": "tf_efficientnet_lite0", "weights": "efficientnet_lite0_wheel", "image_size": 32}
 
@@ -162,3 +164,78 @@ def test_embed_refuses_what_it_cannot_encode(experiment, monkeypatch, capsys, ar
     path, _ = experiment
     assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", *args) == 2
     assert message in capsys.readouterr().err
+
+
+class ClipEnergy(torch.nn.Module):
+    """A frozen audio encoder without weights that names its function (so embed may store its output): the energy of
+    each of 16 stretches of a clip."""
+
+    out_dim = 16
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return clips.flatten(1).unflatten(1, (16, -1)).square().mean(-1)
+
+    def fingerprint(self) -> str:
+        return "clip-energy-16"
+
+
+@pytest.mark.filterwarnings("ignore:embeddings of modality")
+def test_shards_are_encoded_and_the_arrays_train_as_the_shards_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = make_data(tmp_path)
+    for dataset_rows in rows.values():
+        for i, row in enumerate(dataset_rows):
+            row["split"] = SPLIT_OF_ROW[i % 5]
+    datasets = {"captions": {"modalities": ["photo", "caption"]}, "sounds": {"modalities": ["photo", "sound"]}}
+    args = shard_args(write_shards(tmp_path, rows), datasets=datasets, eval_batch_size=4, audio_seconds=0.8)
+    sound = {"name": "import", "class_path": "tests.test_embed.ClipEnergy", "init_args": {}}
+    config = {
+        "data": {"class_path": "datamodules.ShardDataModule", "init_args": args},
+        "model": {"backbones": {"photo": IMAGE, "caption": "minilm", "sound": sound}},
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False},
+    }
+    Path("shards.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert brokenbind(monkeypatch, "embed", "--config", "shards.yaml", "--out", "emb") == 0
+    ids = Path("emb/sounds/sound_ids.txt").read_text().split()
+    assert sorted(ids) == sorted(r["id"] for r in rows["sounds"])  # the shard keys
+    assert brokenbind(monkeypatch, "fit", "--config", "shards.yaml") == 0
+    on_arrays = ["--config", "emb/arrays.yaml", "--experiment", "arrays"]
+    assert brokenbind(monkeypatch, "fit", "--config", "shards.yaml", *on_arrays) == 0
+    direct, trained = results("logs/shards/version_0/results.csv"), results("logs/arrays/version_0/results.csv")
+    metrics = ("map_instance", "map_class", "r1", "r5", "r10")
+    assert [[r[k] for k in metrics] for r in trained] == [[r[k] for k in metrics] for r in direct]
+
+
+def test_a_shard_modality_left_raw_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rows = make_data(tmp_path)
+    for dataset_rows in rows.values():
+        for i, row in enumerate(dataset_rows):
+            row["split"] = SPLIT_OF_ROW[i % 5]
+    datasets = {"captions": {"modalities": ["photo", "caption"]}, "sounds": {"modalities": ["photo", "sound"]}}
+    config = {
+        "data": {
+            "class_path": "datamodules.ShardDataModule",
+            "init_args": shard_args(write_shards(tmp_path, rows), datasets=datasets, audio_seconds=0.8),
+        },
+        "model": {"backbones": {"photo": IMAGE, "caption": "minilm", "sound": "logmel_cnn"}},
+    }
+    Path("shards.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert brokenbind(monkeypatch, "embed", "--config", "shards.yaml", "--out", "emb") == 2
+    assert "modality 'sound' is read from shards and is not encoded" in capsys.readouterr().err
+
+
+def test_arrays_the_experiment_reads_already_stay_in_the_config_layer(experiment, monkeypatch):
+    _, config = experiment
+    sounds = Path(config["data"]["init_args"]["manifests"]["sounds"])
+    manifest = pd.read_csv(sounds, dtype=str)
+    np.save("emb_rows.npy", np.stack([np.load(sounds.parent / cell) for cell in manifest["emb"]]))
+    manifest.drop(columns="emb").to_csv(sounds, index=False)  # emb now comes from the array, row i = manifest row i
+    init_args = {**config["data"]["init_args"], "arrays": {"sounds": {"emb": "emb_rows.npy"}}}
+    Path("given.yaml").write_text(yaml.safe_dump({**config, "data": {**config["data"], "init_args": init_args}}))
+    assert brokenbind(monkeypatch, "embed", "--config", "given.yaml", "--out", "emb", "--modalities=[caption]") == 0
+    layer = yaml.safe_load(Path("emb/arrays.yaml").read_text())
+    assert layer["data"]["init_args"]["arrays"]["sounds"] == {"emb": {"path": str(Path("emb_rows.npy").resolve())}}
+    assert "emb" not in results("emb/sounds/manifest.csv")[0]
+    on_arrays = ["--config", "emb/arrays.yaml", "--trainer.fast_dev_run=true"]
+    assert brokenbind(monkeypatch, "fit", "--config", "given.yaml", *on_arrays) == 0

@@ -115,6 +115,17 @@ def choose(
     return chosen, skipped
 
 
+def check_raw_files(source: ManifestDataModule, targets: list[Target]) -> None:
+    """The modalities left raw are named in OUT's manifests by their files: a tar member cannot be."""
+    for dataset, table in source.tables().items():
+        for m, paths in table.paths.items():
+            if (dataset, m) not in targets and any(p is not None and not isinstance(p, Path) for p in paths):
+                raise ConfigError(
+                    f"dataset {dataset!r}: modality {m!r} is read from shards and is not encoded, and a manifest "
+                    "cannot name a tar member; encode it too (a frozen backbone) or keep training on the shards"
+                )
+
+
 def spec_of(model: BindingModule, modality: str) -> BackboneSpec:
     return model.backbone_names.get(modality, model.default_backbone)
 
@@ -325,7 +336,7 @@ class Layout:
             ):
                 self._create(source, *target, entry["rows"], entry["width"])
             record["datasets"].setdefault(target[0], {})[target[1]] = {**entry, "complete": False}
-        for dataset in {d for d, _ in self.targets}:
+        for dataset in source.datasets:  # every one: arrays.yaml reads all datasets from OUT
             self._write_manifest(source, dataset)
         self._write_layer(source)
         self._write_record(record)
@@ -354,18 +365,12 @@ class Layout:
         for m in source.needed_modalities(dataset):
             if m in encoded:
                 continue
-            if m not in table.paths:  # text (or features read from an array: refused below)
-                if m in table.arrays:
-                    raise ConfigError(f"dataset {dataset!r}: modality {m!r} comes from an array; it is encoded already")
+            if m in table.arrays:
+                continue  # an array already: arrays.yaml names it (rows keep their order and ids)
+            if m not in table.paths:  # text
                 frame[m] = table.manifest.column(m)
                 continue
-            paths = table.paths[m]
-            if any(p is not None and not isinstance(p, Path) for p in paths):
-                raise ConfigError(
-                    f"dataset {dataset!r}: modality {m!r} is read from shards and is not encoded, and a manifest "
-                    f"cannot name a tar member; encode it too (--modalities) or keep training on the shards"
-                )
-            frame[m] = ["" if p is None else str(p.resolve()) for p in paths]
+            frame[m] = ["" if p is None else str(p.resolve()) for p in table.paths[m]]
         path = self.out / dataset / "manifest.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(frame).to_csv(path, index=False)
@@ -380,15 +385,7 @@ class Layout:
         init_args = {
             "manifests": {name: str(self.out / name / "manifest.csv") for name in source.datasets},
             "modalities": {m: "features" if m in encoded else kind for m, kind in source.modalities.items()},
-            "arrays": {
-                name: {
-                    m: {"path": str(self.array(name, m)), "ids": str(self.ids(name, m))}
-                    for d, m in self.targets
-                    if d == name
-                }
-                for name in source.datasets
-                if any(d == name for d, _ in self.targets)
-            },
+            "arrays": {name: self._arrays(source, name) for name in source.datasets if self._arrays(source, name)},
             "datasets": {name: {"modalities": list(spec.modalities)} for name, spec in source.datasets.items()},
             "pivot": source.pivots[0] if len(source.pivots) == 1 else source.pivots,
             "flows": [{"dataset": f.dataset, "flow": f.flow} for f in source.flows],
@@ -404,6 +401,16 @@ class Layout:
         }
         header = f"# by brokenbind embed; train with: brokenbind fit --config E.yaml --config {self.layer_file}\n"
         self.layer_file.write_text(header + yaml.safe_dump(layer, sort_keys=False))
+
+    def _arrays(self, source: ManifestDataModule, dataset: str) -> dict[str, Any]:
+        """The arrays of ``dataset`` in arrays.yaml: those the experiment read already and those written here."""
+        given = {
+            m: {"path": str(path.resolve()), **({"ids": str(ids.resolve())} if ids else {})}
+            for m, (path, ids) in source.arrays.get(dataset, {}).items()
+        }
+        for target in (t for t in self.targets if t[0] == dataset):
+            given[target[1]] = {"path": str(self.array(*target)), "ids": str(self.ids(*target))}
+        return given
 
     @property
     def layer_file(self) -> Path:
@@ -510,6 +517,7 @@ def _encode(cli: EmbedCLI) -> Embedded:
     source.setup("predict")
     backbones, skipped = choose(source, model, cli.config.modalities)
     targets = [(d, m) for d in sorted(source.datasets) for m in source.needed_modalities(d) if m in backbones]
+    check_raw_files(source, targets)
     used = sorted({m for d in source.datasets for m in source.needed_modalities(d)})
     layout = Layout(out, targets, {m: spec_of(model, m) for m in used}, cli.config.dtype)
     writer = ArrayWriter(layout)
