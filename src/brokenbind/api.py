@@ -337,6 +337,17 @@ class BrokenBindCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
+class CheckedCLI(BrokenBindCLI):
+    """Parses and checks a run's configuration (``before_instantiate_classes``), then stops: builds, writes and trains
+    nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
 def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCLI:
     """Run ``brokenbind SUBCOMMAND [arguments]`` in this process (``args`` as on the command line, subcommand first).
     ``callbacks`` are callback objects added to the configured ones: a script's own observers, such as ``brokenbind
@@ -344,6 +355,10 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCL
     command line). A configuration or data error raises ``ConfigError`` / ``DataError`` after removing what the
     failed start created (jsonargparse's parse errors become a ``ConfigError`` in one paragraph); a signal raises
     ``Stopped``; a diverged run ``DivergenceError``."""
+    return _start(BrokenBindCLI, args, callbacks)
+
+
+def _start(cli_class: type[BrokenBindCLI], args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCLI:
     BrokenBindCLI.last_start, BrokenBindCLI.run_lock = (None, None), None
     os.environ.pop("PL_GLOBAL_SEED", None)  # an earlier run in this process set it; this run seeds itself
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
@@ -356,7 +371,7 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCL
         parser_kwargs = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
         # LightningCLI reads the command line (and the DDP launcher re-runs it): give it the expanded arguments there
         with patch.object(sys, "argv", [sys.argv[0], *args]):
-            return BrokenBindCLI(
+            return cli_class(
                 BindingModule,
                 PairedDataModule,
                 subclass_mode_data=True,
@@ -457,6 +472,13 @@ def fit(
     ``--key=value`` arguments (``--method=NAME``, ``--seed_everything=1``, ``--trainer.max_epochs=5``, ...);
     ``callbacks`` are callback objects added to the run's (see ``run``). Errors raise as described in ``run``."""
     return _result(run(["fit", *config_args(config), *overrides], callbacks))
+
+
+def check(config: Config | Sequence[Config], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved configuration ``fit(config, overrides)`` would run with, parsed and checked as ``fit`` does before
+    it builds anything: a configuration error raises as there, and nothing is built, written or trained (for scripts
+    that start many runs, such as ``brokenbind tune``, to stop before the first)."""
+    return _start(CheckedCLI, ["fit", *config_args(config), *overrides]).plain_config()
 
 
 def validate(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> RunResult:
