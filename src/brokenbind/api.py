@@ -54,6 +54,10 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SIGNAL_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGUSR1": 128 + signal.SIGUSR1, "SIGINT": 128 + signal.SIGINT}
 # Sections that must match between a checkpoint's run and the run that loads it (the trainer and seed may differ).
 CONFIG_KEYS_COMPARED = ("model", "data")
+# Mappings whose order is part of the configuration: the datasets' order divides the instances among them (mfeat's
+# class-shift blocks, datamodules.mfeat.assign_instances) and orders the training loaders; elsewhere only keys and
+# values count.
+ORDERED_MAPPINGS = ("data.init_args.datasets",)
 
 
 class Stopped(Exception):
@@ -134,11 +138,16 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested configurations."""
+    """Dotted keys whose values differ between two nested configurations; a mapping of ``ORDERED_MAPPINGS`` whose keys
+    come in another order differs too."""
+    key = prefix.rstrip(".")
     if isinstance(stored, dict) and isinstance(current, dict):
         keys = sorted(set(stored) | set(current), key=str)
-        return [d for k in keys for d in config_differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
-    return [] if stored == current else [prefix.rstrip(".")]
+        differences = [d for k in keys for d in config_differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
+        if key in ORDERED_MAPPINGS and set(stored) == set(current) and list(stored) != list(current):
+            differences.append(f"{key} (the order: {', '.join(map(str, stored))} in the checkpoint)")
+        return differences
+    return [] if stored == current else [key]
 
 
 def check_accelerator(accelerator: Any) -> None:
@@ -214,7 +223,7 @@ class BrokenBindCLI(LightningCLI):
         self.run_dir, ckpt = self.resolve_run(config, save_dir / run_name)
         config.ckpt_path = str(ckpt) if ckpt else None
         if ckpt is not None:
-            self.check_checkpoint(ckpt)
+            self.check_checkpoint(ckpt, config.trainer.max_epochs)
         config.trainer.default_root_dir = str(self.run_dir)  # where Lightning puts its SLURM preemption checkpoint
         if logger and getattr(logger, "init_args", None) is not None:
             logger.init_args.save_dir, logger.init_args.name = str(self.run_dir.parent), ""
@@ -275,9 +284,19 @@ class BrokenBindCLI(LightningCLI):
             return run_dir, newest_checkpoint(run_dir)  # a requeued job resumes; a new job starts fresh
         return root / next_version(root), None
 
-    def check_checkpoint(self, ckpt: Path) -> None:
-        """Refuse a checkpoint written under another model or data configuration."""
-        stored = load_checkpoint(ckpt).get("config")
+    def check_checkpoint(self, ckpt: Path, max_epochs: int | None) -> None:
+        """Refuse a checkpoint written under another model or data configuration, and a fit from it that would end
+        before the epoch the checkpoint was saved in."""
+        state = load_checkpoint(ckpt)
+        epoch = state.get("epoch")  # Lightning's current_epoch at saving; Lightning refuses a checkpoint without it
+        if self.subcommand == "fit" and epoch is not None and max_epochs is not None and 0 <= max_epochs <= epoch:
+            raise ConfigError(
+                f"trainer.max_epochs is {max_epochs}, but checkpoint {ckpt} was saved in epoch {epoch + 1} of its run: "
+                "a fit from it continues from there, so it would train nothing and leave a run longer than its "
+                f"configuration says. Resume with --trainer.max_epochs={epoch + 1} or more, or start a new run "
+                "without --ckpt_path"
+            )
+        stored = state.get("config")
         if stored is None:
             return  # written without a stored configuration: nothing to compare
         current = self.plain_config()
