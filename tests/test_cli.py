@@ -187,6 +187,15 @@ def test_a_resume_with_max_epochs_below_the_checkpoints_epoch_is_refused_and_lea
     assert files_under(run) == before
 
 
+def test_a_finished_run_resumed_writes_its_projector_once(three_epoch_run, capsys, monkeypatch):
+    """Resumed at its end (to test it, or a requeued job), a run has the weights its projector shows already."""
+    monkeypatch.chdir(three_epoch_run.parents[4])  # where the run was started
+    main(["fit", "--ckpt_path", str(three_epoch_run), "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false"])
+    assert "Embedding dir exists" not in capsys.readouterr().out
+    projected = three_epoch_run.parents[1] / "00006" / "val_embeddings"  # 3 epochs x 2 batches
+    assert projected.is_dir()
+
+
 def test_a_checkpoint_whose_datasets_come_in_another_order_is_refused(three_epoch_run, tmp_path, capsys):
     """The datasets' order divides mfeat's instances among them: the same datasets in another order are other data."""
     config = yaml.safe_load((ROOT / "experiments" / "two_dataset.yaml").read_text())
