@@ -4,6 +4,7 @@ train on the arrays through the CLI; a stopped encode continues where it stopped
 import csv
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -239,3 +240,17 @@ def test_arrays_the_experiment_reads_already_stay_in_the_config_layer(experiment
     assert "emb" not in results("emb/sounds/manifest.csv")[0]
     on_arrays = ["--config", "emb/arrays.yaml", "--trainer.fast_dev_run=true"]
     assert brokenbind(monkeypatch, "fit", "--config", "given.yaml", *on_arrays) == 0
+
+
+@pytest.mark.slow
+def test_embed_under_ddp_splits_the_rows_and_writes_what_one_process_writes(experiment, monkeypatch):
+    path, _ = experiment
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "one") == 0
+    command = [sys.executable, "-m", "brokenbind.cli", "embed", "--config", str(path), "--out", "two",
+               "--hardware", "ddp_cpu", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    done = subprocess.run(command, cwd=path.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("(complete)") == 3  # global rank 0 reports
+    for name in ("captions/caption", "captions/photo", "sounds/photo"):  # batches of other rows: float rounding
+        np.testing.assert_allclose(np.load(f"two/{name}.npy"), np.load(f"one/{name}.npy"), rtol=1e-4, atol=1e-5)
+    assert not list((path.parent / "two").rglob("*.todo.npy"))
