@@ -180,15 +180,21 @@ class ClipEnergy(torch.nn.Module):
         return "clip-energy-16"
 
 
-@pytest.mark.filterwarnings("ignore:embeddings of modality")
-def test_shards_are_encoded_and_the_arrays_train_as_the_shards_do(tmp_path, monkeypatch):
+@pytest.fixture
+def shards(tmp_path, monkeypatch) -> tuple[dict[str, list[dict]], dict]:
+    """``make_data``'s rows as shards (captions: photo, caption; sounds: photo, sound) and ShardDataModule's args."""
     monkeypatch.chdir(tmp_path)
     rows = make_data(tmp_path)
     for dataset_rows in rows.values():
         for i, row in enumerate(dataset_rows):
             row["split"] = SPLIT_OF_ROW[i % 5]
     datasets = {"captions": {"modalities": ["photo", "caption"]}, "sounds": {"modalities": ["photo", "sound"]}}
-    args = shard_args(write_shards(tmp_path, rows), datasets=datasets, eval_batch_size=4, audio_seconds=0.8)
+    return rows, shard_args(write_shards(tmp_path, rows), datasets=datasets, eval_batch_size=4, audio_seconds=0.8)
+
+
+@pytest.mark.filterwarnings("ignore:embeddings of modality")
+def test_shards_are_encoded_and_the_arrays_train_as_the_shards_do(shards, monkeypatch):
+    rows, args = shards
     sound = {"name": "import", "class_path": "tests.test_embed.ClipEnergy", "init_args": {}}
     config = {
         "data": {"class_path": "datamodules.ShardDataModule", "init_args": args},
@@ -207,18 +213,9 @@ def test_shards_are_encoded_and_the_arrays_train_as_the_shards_do(tmp_path, monk
     assert [[r[k] for k in metrics] for r in trained] == [[r[k] for k in metrics] for r in direct]
 
 
-def test_a_shard_modality_left_raw_is_refused(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    rows = make_data(tmp_path)
-    for dataset_rows in rows.values():
-        for i, row in enumerate(dataset_rows):
-            row["split"] = SPLIT_OF_ROW[i % 5]
-    datasets = {"captions": {"modalities": ["photo", "caption"]}, "sounds": {"modalities": ["photo", "sound"]}}
+def test_a_shard_modality_left_raw_is_refused(shards, monkeypatch, capsys):
     config = {
-        "data": {
-            "class_path": "datamodules.ShardDataModule",
-            "init_args": shard_args(write_shards(tmp_path, rows), datasets=datasets, audio_seconds=0.8),
-        },
+        "data": {"class_path": "datamodules.ShardDataModule", "init_args": shards[1]},
         "model": {"backbones": {"photo": IMAGE, "caption": "minilm", "sound": "logmel_cnn"}},
     }
     Path("shards.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
