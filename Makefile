@@ -14,7 +14,7 @@ SUITE ?= validation
 SPACE ?= experiments/tune/$(EXP).yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps train embed table test bench bench-quick gpu-check lint format tensorboard clean suite tune
+.PHONY: help install system-deps train embed table test bench bench-quick scale gpu-check lint format tensorboard clean suite tune
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,11 +51,14 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)
 
-bench: $(BIN)/brokenbind system-deps ## The benchmark (about two hours on 2 cores, two runs at a time): every method x setting on test, report + plots + cost, in benchmarks/results/bench
+bench: $(BIN)/brokenbind system-deps ## The benchmark (about two hours on 2 cores, two runs at a time): every method x setting on test, report + plots + cost + scale, in benchmarks/results/bench
 	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 settings, 4 methods, 2 runs, fewer cost rounds): benchmarks/results/bench-quick
 	$(BIN)/python -m benchmarks.bench --quick $(ARGS)
+
+scale: $(BIN)/brokenbind ## Time and memory as rows grow (about 30 min, 6 GB of generated data in the temp folder): benchmarks/results/scale [ARGS="--quick --work DIR"]
+	$(BIN)/python -m benchmarks.scale --out benchmarks/results/scale $(ARGS)
 
 gpu-check: $(BIN)/brokenbind system-deps ## On a machine with one CUDA GPU: bf16, encoders on the device, 1-GPU DDP, embed; each against the CPU (never run here: no GPU)
 	$(BIN)/python -m benchmarks.gpu_check $(ARGS)

@@ -13,8 +13,11 @@
    loss term over steps (from a brokenbind run's checkpoint); real vs pseudo embeddings of the hidden modality
    (the paper's Figure 5; pseudo = X-data of the run's own encoders on a training batch of the other dataset).
 4. Runs the cost report (``benchmarks.cost``) into ``cost.md``.
+5. Runs the scale report (``benchmarks.scale``; ``--quick``: its small sizes) into ``scale/scale.md`` and
+   ``scale/scale.csv``, its generated data in ``--scale_work``.
 
-    python -m benchmarks.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost] [--report_only]
+    python -m benchmarks.bench [--quick] [--out DIR] [--jobs 2] [--skip_cost] [--skip_scale] [--scale_work DIR]
+        [--report_only]
 """
 
 import argparse
@@ -455,7 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="two settings, four methods, two runs of 20 epochs")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/bench[-quick]")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one process and one thread each")
-    parser.add_argument("--skip_cost", action="store_true", help="the accuracy report only")
+    parser.add_argument("--skip_cost", action="store_true", help="no cost report")
+    parser.add_argument("--skip_scale", action="store_true", help="no scale report")
+    parser.add_argument("--scale_work", help="the scale report's generated data (several GB; default: a temp folder)")
     parser.add_argument(
         "--report_only",
         action="store_true",
@@ -486,6 +491,12 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(threads)
         cost.main([*(["--quick"] if args.quick else []), "--out", str(out / "cost.md")])
+    if not args.skip_scale and not args.report_only:
+        from benchmarks import scale
+
+        torch.set_num_threads(threads)
+        work = ["--work", args.scale_work] if args.scale_work else []
+        scale.main([*(["--quick"] if args.quick else []), "--out", str(out / "scale"), *work])
 
 
 if __name__ == "__main__":

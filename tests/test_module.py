@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -6,6 +8,7 @@ from torch import nn
 from brokenbind import backbones
 from brokenbind.backbones import Backbone, ModalityInfo
 from brokenbind.callbacks import EmergentBinding
+from brokenbind.callbacks.diagnosis import diagnose
 from brokenbind.methods import BrokenBind, FABind
 from brokenbind.module import BindingModule
 
@@ -132,3 +135,28 @@ def test_a_module_built_from_python_takes_the_optimiser_of_the_defaults_file():
     assert isinstance(optimizer, torch.optim.AdamW) and spec["class_path"] == "torch.optim.AdamW"
     assert spec["init_args"] == {"lr": 5e-4, "weight_decay": 0.2}
     assert {k: optimizer.defaults[k] for k in spec["init_args"]} == spec["init_args"]
+
+
+def test_the_pivot_diagnosis_encodes_only_the_training_rows_it_picks(tmp_path, monkeypatch):
+    """Pseudo targets come from one random batch of the other dataset's training split: only that batch is encoded
+    (memory and time of a batch, not of the split), and encoding those rows alone equals picking them from the
+    whole split's features."""
+    seed_everything(0)
+    model, dm = BindingModule(BrokenBind()), make_mfeat()
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=dm)
+    model.eval()
+    encode, encoded = model.encode_split, []
+
+    def recording(dataset, split, modalities, rows=None):
+        out = encode(dataset, split, modalities, rows)
+        encoded.append((dataset, split, len(next(iter(out.values())))))
+        return out
+
+    monkeypatch.setattr(model, "encode_split", recording)
+    values = diagnose(model, "evaluation", "fou", "pix", "zer")
+    assert encoded == [("evaluation", "val", len(dm.splits["evaluation"]["val"])), ("support", "train", 32)]
+    assert all(math.isfinite(v) for v in values.values()) and len(values) == 6
+    pick = torch.randperm(len(dm.splits["support"]["train"]), generator=torch.Generator().manual_seed(0))[:32]
+    whole, picked = encode("support", "train", ["pix", "zer"]), encode("support", "train", ["pix", "zer"], pick)
+    for m in ("pix", "zer"):
+        torch.testing.assert_close(picked[m], whole[m][pick])

@@ -191,13 +191,18 @@ class BindingModule(LightningModule):
         return self.encode_split(dataset, split, modalities)
 
     @torch.no_grad()
-    def encode_split(self, dataset: str, split: str, modalities: list[str]) -> dict[str, Tensor]:
+    def encode_split(
+        self, dataset: str, split: str, modalities: list[str], rows: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Backbone features of every row of one dataset split, for ``modalities`` (also ones the dataset's training
-        split does not observe: they are loaded for this call only), in row order."""
+        split does not observe: they are loaded for this call only), in row order; with ``rows`` (positions in the
+        split), of those rows only, in that order."""
         dm = self.trainer.datamodule
         data = dm.splits[dataset][split]
         if not set(modalities) <= set(dm.split_modalities(dataset, split)):
             data = dm.load_split(dataset, split, modalities)
+        if rows is not None:
+            data = torch.utils.data.Subset(data, rows.tolist())
         loader = torch.utils.data.DataLoader(data, batch_size=dm.eval_batch_size, generator=torch.Generator())
         parts: dict[str, list[Tensor]] = {m: [] for m in modalities}
         for batch in loader:

@@ -74,8 +74,8 @@ def diagnose(
     training = pl_module.training
     pl_module.eval()
 
-    def embed(ds: str, split: str, modalities: list[str]) -> dict[str, Tensor]:
-        features = pl_module.encode_split(ds, split, modalities)
+    def embed(ds: str, split: str, modalities: list[str], rows: Tensor | None = None) -> dict[str, Tensor]:
+        features = pl_module.encode_split(ds, split, modalities, rows)
         return {m: pl_module.project(m, f) for m, f in features.items()}
 
     own = embed(dataset, "val", sorted({query, pivot, target} | set(dm.datasets[dataset].modalities)))
@@ -85,9 +85,9 @@ def diagnose(
     others = {}
     for ds, spec in dm.datasets.items():
         if ds != dataset:
-            rows = embed(ds, "train", list(spec.modalities))
-            pick = torch.randperm(len(next(iter(rows.values()))), generator=generator)[:size]
-            others[ds] = {m: e[pick.to(e.device)] for m, e in rows.items()}
+            # only the picked rows are encoded: memory and time of one batch, not of the whole training split
+            pick = torch.randperm(len(dm.splits[ds]["train"]), generator=generator)[:size]
+            others[ds] = embed(ds, "train", list(spec.modalities), pick)
     method = pl_module.method if isinstance(pl_module.method, BrokenBind) else BrokenBind()
     parts = []
     for start in range(0, n, size):
