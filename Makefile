@@ -14,7 +14,7 @@ SUITE ?= validation
 SPACE ?= experiments/tune/$(EXP).yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps train table test bench bench-quick scale lint format tensorboard clean suite tune
+.PHONY: help install system-deps train embed table test bench bench-quick scale gpu-check lint format tensorboard clean suite tune
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ system-deps: ## Debian packages: espeak-ng (the built-in spoken digits) and data
 train: $(BIN)/brokenbind ## Train an experiment: make train EXP=two_dataset [METHOD=fabind] [ARGS="--trainer.max_epochs=5"]
 	$(BIN)/brokenbind fit --config experiments/$(EXP).yaml $(if $(METHOD),--method $(METHOD)) $(ARGS)
 
+embed: $(BIN)/brokenbind ## Encode EXP's rows once with its frozen backbones into embeddings/EXP (then train with its arrays.yaml)
+	$(BIN)/brokenbind embed --config experiments/$(EXP).yaml --out embeddings/$(EXP) $(ARGS)
+
 table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ± std of test mAP (runs in TABLE_DIR)
 	rm -rf $(TABLE_DIR)/$(EXP)
 	set -e; for method in $(METHODS); do for seed in $(SEEDS); do \
@@ -56,6 +59,9 @@ bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 s
 
 scale: $(BIN)/brokenbind ## Time and memory as rows grow (about 30 min, 6 GB of generated data in the temp folder): benchmarks/results/scale [ARGS="--quick --work DIR"]
 	$(BIN)/python -m benchmarks.scale --out benchmarks/results/scale $(ARGS)
+
+gpu-check: $(BIN)/brokenbind system-deps ## On a machine with one CUDA GPU: bf16, encoders on the device, 1-GPU DDP, embed; each against the CPU (never run here: no GPU)
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 lint: $(BIN)/brokenbind ## ruff check and format check
 	$(BIN)/ruff check src datamodules benchmarks tests

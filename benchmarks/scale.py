@@ -403,6 +403,7 @@ def write_image_rows(folder: Path, rows: int) -> Path:
                 "arrays": arrays,
                 "image_size": 32,
                 "image_channels": 3,
+                "batch_size": 4,  # training batches: unused by embed (it encodes eval_batch_size rows at a time)
             },
         },
         "model": {
@@ -435,7 +436,7 @@ def process_tree(pid: int) -> list[int]:
 def embed_once(config: Path, out: Path, processes: int) -> dict:
     """One ``brokenbind embed``: seconds, and each process's VmHWM sampled from outside every 50 ms (the last value
     seen; VmHWM only grows)."""
-    command = [*brokenbind_command(), "embed", "--config", str(config), "--out", str(out), "--modalities", "image",
+    command = [*brokenbind_command(), "embed", "--config", str(config), "--out", str(out), "--modalities=[image]",
                "--dtype", "float16", *(["--hardware", "ddp_cpu"] if processes == 2 else [])]  # fmt: skip
     start = time.perf_counter()
     child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -39,14 +39,16 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 class Member:
-    """One member of an uncompressed tar archive (a WebDataset shard), read by offset: a path-like the loaders open
-    like a file. ``str()`` is ``shard.tar:member``, what errors name."""
+    """One member of an uncompressed tar archive (a WebDataset shard), read by the offset of its data: a path-like the
+    loaders open like a file. ``str()`` is ``source:member`` (``source``: where the shard came from, by default the
+    local ``shard`` itself), what errors name."""
 
-    def __init__(self, shard: Path, name: str, offset: int, size: int):
+    def __init__(self, shard: Path, name: str, offset: int, size: int, source: str | None = None):
         self.shard, self.name, self.offset, self.size = shard, name, offset, size
+        self.source = str(shard) if source is None else source
 
     def __str__(self) -> str:
-        return f"{self.shard}:{self.name}"
+        return f"{self.source}:{self.name}"
 
     def is_file(self) -> bool:
         return self.shard.is_file()

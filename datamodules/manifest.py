@@ -398,8 +398,11 @@ class ManifestDataModule(PairedDataModule):
                 )
 
     def load_split(self, dataset: str, split: str, modalities: list[str]) -> ManifestDataset:
+        return self.load_rows(dataset, self.tables()[dataset].rows(split), modalities)
+
+    def load_rows(self, dataset: str, rows: np.ndarray, modalities: list[str]) -> ManifestDataset:
+        """Manifest rows ``rows`` of ``dataset`` (in that order), carrying ``modalities``."""
         table = self.tables()[dataset]
-        rows = table.rows(split)
         kinds = {m: self.modalities[m] for m in modalities}
         features = {}
         for m in (m for m, kind in kinds.items() if kind == "features"):

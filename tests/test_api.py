@@ -92,3 +92,12 @@ def test_a_configuration_error_raises_and_leaves_no_run_directory(tmp_path):
     with pytest.raises(ConfigError, match=r"^model.method: brokenbind.methods.BrokenBind takes no option 'bogus'"):
         api.fit(TWO, ["--model.method.init_args.bogus=1"])
     assert not (tmp_path / "logs").exists()
+
+
+def test_check_returns_the_configuration_fit_would_run_with_and_builds_and_writes_nothing(tmp_path):
+    config = api.check(TWO, ["--method=fabind", "--trainer.max_epochs=3"])
+    assert (config["method"], config["experiment"], config["trainer"]["max_epochs"]) == ("fabind", "two_dataset", 3)
+    assert config["model"]["method"]["class_path"] == "brokenbind.methods.FABind"
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs=0 trains nothing"):  # fit's checks, before building
+        api.check(TWO, ["--trainer.max_epochs=0"])
+    assert list(tmp_path.iterdir()) == []

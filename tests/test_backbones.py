@@ -33,7 +33,7 @@ BUILDINGS = {442, 483, 497, 663, 698, 832}  # bell cote, castle, church, monaste
 
 
 def test_registry_names():
-    assert {"timm", "minilm", "logmel_cnn", "open_clip", "hf", "import"} <= BACKBONES.keys()
+    assert {"timm", "minilm", "logmel_cnn", "open_clip", "imagebind", "hf", "import"} <= BACKBONES.keys()
 
 
 # --- image -----------------------------------------------------------------------------------------------------------

@@ -440,7 +440,7 @@ CASES = [
     # -- backbones -----------------------------------------------------------------------------------------------------
     Case("unknown_backbone", manifest_run(backbones={"emb": "standardise"}),
          "ConfigError: unknown backbone 'standardise' in model.backbones; available: ['bound', 'hf', 'identity', "
-         "'import', 'logmel_cnn', 'minilm', 'open_clip', 'standardize', 'timm']"),
+         "'imagebind', 'import', 'logmel_cnn', 'minilm', 'open_clip', 'standardize', 'timm']"),
     Case("timm_model_does_not_exist", manifest_run(backbones={"photo": {"name": "timm", "model": "resnet10"}}),
          "ConfigError: timm backbone: timm {timm} has no model 'resnet10'; did you mean 'resnet10t' or 'resnet101' "
          "or 'resnet101s'? `python -c \"import timm; print(timm.list_models('resnet*'))\"` lists the names"),

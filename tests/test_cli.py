@@ -9,7 +9,7 @@ import yaml
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from brokenbind.api import method_presets, with_checkpoint_config
+from brokenbind.api import config_differences, method_presets, with_checkpoint_config
 from brokenbind.cli import cli as main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,3 +150,82 @@ def test_a_checkpoint_alone_rebuilds_its_datasets_in_their_order(tmp_path):
     args = with_checkpoint_config(["test", f"--ckpt_path={ckpt}"])
     config = yaml.safe_load(args[1].removeprefix("--config="))
     assert list(config["data"]["init_args"]["datasets"]) == ["support", "evaluation"]
+
+
+@pytest.fixture(scope="module")
+def three_epoch_run(tmp_path_factory) -> Path:
+    """``last.ckpt`` of three short epochs of experiments/two_dataset.yaml (saved in epoch 3), in its own directory."""
+    work = tmp_path_factory.mktemp("three_epochs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        main(["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--trainer.max_epochs=3",
+              "--trainer.limit_train_batches=2", "--test_after_fit=false",
+              "--trainer.enable_progress_bar=false"])  # fmt: skip
+    return work / "logs" / "two_dataset" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def files_under(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in path.rglob("*")}
+
+
+def test_a_resume_with_max_epochs_below_the_checkpoints_epoch_is_refused_and_leaves_the_run_untouched(
+    three_epoch_run, capsys
+):
+    run = three_epoch_run.parents[1]
+    before = files_under(run)
+    # 1: Lightning's traceback (current_epoch 2 > max_epochs); 2: Lightning stops at once, silently
+    for max_epochs in (1, 2):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--ckpt_path", str(three_epoch_run), f"--trainer.max_epochs={max_epochs}"])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"brokenbind: ConfigError: trainer.max_epochs is {max_epochs}, but checkpoint {three_epoch_run} was saved "
+            "in epoch 3 of its run: a fit from it continues from there, so it would train nothing and leave a run "
+            "longer than its configuration says. Resume with --trainer.max_epochs=3 or more, or start a new run "
+            "without --ckpt_path"
+        )
+    assert files_under(run) == before
+
+
+def test_a_finished_run_resumed_writes_its_projector_once(three_epoch_run, capsys, monkeypatch):
+    """Resumed at its end (to test it, or a requeued job), a run has the weights its projector shows already."""
+    monkeypatch.chdir(three_epoch_run.parents[4])  # where the run was started
+    main(["fit", "--ckpt_path", str(three_epoch_run), "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false"])
+    assert "Embedding dir exists" not in capsys.readouterr().out
+    projected = three_epoch_run.parents[1] / "00006" / "val_embeddings"  # 3 epochs x 2 batches
+    assert projected.is_dir()
+
+
+def test_a_checkpoint_whose_datasets_come_in_another_order_is_refused(three_epoch_run, tmp_path, capsys):
+    """The datasets' order divides mfeat's instances among them: the same datasets in another order are other data."""
+    config = yaml.safe_load((ROOT / "experiments" / "two_dataset.yaml").read_text())
+    datasets = config["data"]["init_args"]["datasets"]
+    config["data"]["init_args"]["datasets"] = {"evaluation": datasets["evaluation"], "support": datasets["support"]}
+    reordered = tmp_path / "two_dataset.yaml"
+    reordered.write_text(yaml.safe_dump(config, sort_keys=False))
+    for subcommand in ("fit", "test"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([subcommand, "--config", str(reordered), "--ckpt_path", str(three_epoch_run)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"brokenbind: ConfigError: checkpoint {three_epoch_run} was written by experiment 'two_dataset' (method "
+            "None) with other settings than this run, experiment 'two_dataset' (method None): data.init_args.datasets "
+            "(the order: support, evaluation in the checkpoint) differ. Load it with its own configuration: "
+            f"`brokenbind {subcommand} --ckpt_path {three_epoch_run}` (no --config)"
+        )
+    assert not (tmp_path / "logs").exists()
+
+
+def test_only_the_datasets_mapping_compares_its_order():
+    stored = {
+        "init_args": {"datasets": {"a": {"modalities": ["x"]}, "b": {"modalities": ["y"]}}},
+        "z": {"p": 1, "q": 2},
+    }
+    swapped = {
+        "init_args": {"datasets": {"b": {"modalities": ["y"]}, "a": {"modalities": ["x"]}}},
+        "z": {"q": 2, "p": 1},
+    }
+    assert config_differences(stored, swapped, "data.") == [
+        "data.init_args.datasets (the order: a, b in the checkpoint)"
+    ]
+    assert config_differences(stored["z"], swapped["z"], "model.backbones.") == []

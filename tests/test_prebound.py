@@ -2,6 +2,7 @@
 (an earlier run's trained encoders, frozen) and residual heads that start from their space."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,44 @@ def test_bound_backbone_errors_name_the_problem(pool_run):
         build_backbone({"name": "bound", "checkpoint": str(ckpt), "modality": "top"}, zer)
     with pytest.raises(ConfigError, match="checkpoint not found"):
         build_backbone({"name": "bound", "checkpoint": "missing.ckpt"}, zer)
+
+
+def with_stored_config(ckpt: Path, tmp_path: Path, edit) -> Path:
+    """A copy of ``ckpt`` whose stored run configuration ``edit`` changed in place."""
+    state = torch.load(ckpt, weights_only=True)
+    edit(state["config"])
+    path = tmp_path / "edited.ckpt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("key", ["model.default_backbone", "model.embed_dim", "model.head", "model.head_hidden_dim",
+                                 "model", "data.class_path", "data.init_args"])  # fmt: skip
+def test_a_stored_configuration_missing_a_key_the_rebuild_needs_is_an_error_not_todays_default(pool_run, tmp_path, key):
+    ckpt, _ = pool_run
+    *parents, last = key.split(".")
+
+    def drop(config: dict) -> None:
+        for part in parents:
+            config = config[part]
+        del config[last]
+
+    edited = with_stored_config(ckpt, tmp_path, drop)
+    fou = ModalityInfo(**{**benchmark_info("fou").__dict__, "name": "fou"})
+    message = f"the run configuration stored in checkpoint {edited} has no {key}, which rebuilding its encoder needs"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_backbone({"name": "bound", "checkpoint": str(edited)}, fou)
+
+
+def test_a_stored_backbones_mapping_is_read_and_the_default_backbone_serves_the_modalities_it_leaves_out(
+    pool_run, tmp_path
+):
+    ckpt, _ = pool_run
+    assert "backbones" not in torch.load(ckpt, weights_only=True)["config"]["model"]  # the dump leaves out None
+    edited = with_stored_config(ckpt, tmp_path, lambda c: c["model"].update(backbones={"zer": "identity"}))
+    infos = {m: ModalityInfo(**{**benchmark_info(m).__dict__, "name": m}) for m in ("fou", "zer")}
+    built = {m: build_backbone({"name": "bound", "checkpoint": str(edited)}, i).backbone for m, i in infos.items()}
+    assert (type(built["fou"]).__name__, type(built["zer"]).__name__) == ("Standardize", "Identity")
 
 
 def test_an_untrained_model_on_bound_backbones_is_the_zero_shot_one_and_saves_no_backbone(pool_run, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from brokenbind import tune
-from brokenbind.cli import cli
+from brokenbind.cli import cli, main
 from brokenbind.errors import ConfigError
 from datamodules.base import PairedDataModule
 
@@ -156,3 +156,26 @@ def test_trial_arguments_keep_the_order_of_a_mapping():
         "--model.embed_dim=32",
         "--x=null",
     ]
+
+
+@pytest.mark.parametrize(
+    ("fixed", "space_key", "message"),
+    [
+        (["--model.nonexistent=1"], "model.embed_dim", "unrecognized arguments: --model.nonexistent=1;"),
+        ([], "model.method.init_args.nonexistent", "model.method: brokenbind.methods.BrokenBind takes no option "
+                                                   "'nonexistent';"),
+    ],
+)  # fmt: skip
+def test_a_configuration_that_does_not_parse_stops_the_command_before_the_study_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, fixed, space_key, message
+):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "enqueue": [], "space": {space_key: {"low": 16, "high": 32}}}))
+    out = tmp_path / "study"
+    monkeypatch.setattr("sys.argv", ["brokenbind", "tune", "--config", str(ROOT / "experiments" / "two_dataset.yaml"),
+                                     "--space", str(space), "--out", str(out), "--", *fixed])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"brokenbind: ConfigError: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]  # no study directory, no study.db, no logs/

@@ -54,6 +54,10 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SIGNAL_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGUSR1": 128 + signal.SIGUSR1, "SIGINT": 128 + signal.SIGINT}
 # Sections that must match between a checkpoint's run and the run that loads it (the trainer and seed may differ).
 CONFIG_KEYS_COMPARED = ("model", "data")
+# Mappings whose order is part of the configuration: the datasets' order divides the instances among them (mfeat's
+# class-shift blocks, datamodules.mfeat.assign_instances) and orders the training loaders; elsewhere only keys and
+# values count.
+ORDERED_MAPPINGS = ("data.init_args.datasets",)
 
 
 class Stopped(Exception):
@@ -134,11 +138,16 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested configurations."""
+    """Dotted keys whose values differ between two nested configurations; a mapping of ``ORDERED_MAPPINGS`` whose keys
+    come in another order differs too."""
+    key = prefix.rstrip(".")
     if isinstance(stored, dict) and isinstance(current, dict):
         keys = sorted(set(stored) | set(current), key=str)
-        return [d for k in keys for d in config_differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
-    return [] if stored == current else [prefix.rstrip(".")]
+        differences = [d for k in keys for d in config_differences(stored.get(k), current.get(k), f"{prefix}{k}.")]
+        if key in ORDERED_MAPPINGS and set(stored) == set(current) and list(stored) != list(current):
+            differences.append(f"{key} (the order: {', '.join(map(str, stored))} in the checkpoint)")
+        return differences
+    return [] if stored == current else [key]
 
 
 def check_accelerator(accelerator: Any) -> None:
@@ -214,7 +223,7 @@ class BrokenBindCLI(LightningCLI):
         self.run_dir, ckpt = self.resolve_run(config, save_dir / run_name)
         config.ckpt_path = str(ckpt) if ckpt else None
         if ckpt is not None:
-            self.check_checkpoint(ckpt)
+            self.check_checkpoint(ckpt, config.trainer.max_epochs)
         config.trainer.default_root_dir = str(self.run_dir)  # where Lightning puts its SLURM preemption checkpoint
         if logger and getattr(logger, "init_args", None) is not None:
             logger.init_args.save_dir, logger.init_args.name = str(self.run_dir.parent), ""
@@ -275,9 +284,19 @@ class BrokenBindCLI(LightningCLI):
             return run_dir, newest_checkpoint(run_dir)  # a requeued job resumes; a new job starts fresh
         return root / next_version(root), None
 
-    def check_checkpoint(self, ckpt: Path) -> None:
-        """Refuse a checkpoint written under another model or data configuration."""
-        stored = load_checkpoint(ckpt).get("config")
+    def check_checkpoint(self, ckpt: Path, max_epochs: int | None) -> None:
+        """Refuse a checkpoint written under another model or data configuration, and a fit from it that would end
+        before the epoch the checkpoint was saved in."""
+        state = load_checkpoint(ckpt)
+        epoch = state.get("epoch")  # Lightning's current_epoch at saving; Lightning refuses a checkpoint without it
+        if self.subcommand == "fit" and epoch is not None and max_epochs is not None and 0 <= max_epochs <= epoch:
+            raise ConfigError(
+                f"trainer.max_epochs is {max_epochs}, but checkpoint {ckpt} was saved in epoch {epoch + 1} of its run: "
+                "a fit from it continues from there, so it would train nothing and leave a run longer than its "
+                f"configuration says. Resume with --trainer.max_epochs={epoch + 1} or more, or start a new run "
+                "without --ckpt_path"
+            )
+        stored = state.get("config")
         if stored is None:
             return  # written without a stored configuration: nothing to compare
         current = self.plain_config()
@@ -337,6 +356,17 @@ class BrokenBindCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
+class CheckedCLI(BrokenBindCLI):
+    """Parses and checks a run's configuration (``before_instantiate_classes``), then stops: builds, writes and trains
+    nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
 def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCLI:
     """Run ``brokenbind SUBCOMMAND [arguments]`` in this process (``args`` as on the command line, subcommand first).
     ``callbacks`` are callback objects added to the configured ones: a script's own observers, such as ``brokenbind
@@ -344,6 +374,10 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCL
     command line). A configuration or data error raises ``ConfigError`` / ``DataError`` after removing what the
     failed start created (jsonargparse's parse errors become a ``ConfigError`` in one paragraph); a signal raises
     ``Stopped``; a diverged run ``DivergenceError``."""
+    return _start(BrokenBindCLI, args, callbacks)
+
+
+def _start(cli_class: type[BrokenBindCLI], args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCLI:
     BrokenBindCLI.last_start, BrokenBindCLI.run_lock = (None, None), None
     os.environ.pop("PL_GLOBAL_SEED", None)  # an earlier run in this process set it; this run seeds itself
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
@@ -356,7 +390,7 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> BrokenBindCL
         parser_kwargs = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
         # LightningCLI reads the command line (and the DDP launcher re-runs it): give it the expanded arguments there
         with patch.object(sys, "argv", [sys.argv[0], *args]):
-            return BrokenBindCLI(
+            return cli_class(
                 BindingModule,
                 PairedDataModule,
                 subclass_mode_data=True,
@@ -457,6 +491,13 @@ def fit(
     ``--key=value`` arguments (``--method=NAME``, ``--seed_everything=1``, ``--trainer.max_epochs=5``, ...);
     ``callbacks`` are callback objects added to the run's (see ``run``). Errors raise as described in ``run``."""
     return _result(run(["fit", *config_args(config), *overrides], callbacks))
+
+
+def check(config: Config | Sequence[Config], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved configuration ``fit(config, overrides)`` would run with, parsed and checked as ``fit`` does before
+    it builds anything: a configuration error raises as there, and nothing is built, written or trained (for scripts
+    that start many runs, such as ``brokenbind tune``, to stop before the first)."""
+    return _start(CheckedCLI, ["fit", *config_args(config), *overrides]).plain_config()
 
 
 def validate(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> RunResult:

@@ -1,4 +1,5 @@
-"""``brokenbind``: the command line over ``brokenbind.api`` (fit / validate / test / predict), plus ``brokenbind tune``.
+"""``brokenbind``: the command line over ``brokenbind.api`` (fit / validate / test / predict), plus ``brokenbind tune``
+and ``brokenbind embed``.
 
 Exit codes: 0 finished; 2 bad configuration or data (one paragraph naming the key or file; a run directory created by
 the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number when a signal stopped the run (its
@@ -43,6 +44,12 @@ def main() -> None:
 
         with exit_codes():
             tune(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["embed"]:
+        from brokenbind.embed import main as embed
+
+        with exit_codes():
+            embed(sys.argv[2:])
         return
     cli()
 

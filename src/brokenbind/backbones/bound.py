@@ -8,12 +8,14 @@ new one a fresh backbone). Pair it with ``model.head: residual``: the untrained 
 
 The checkpoint holds only the trained tensors (frozen backbones are rebuilt, never saved), so the source backbone is
 rebuilt from the run configuration stored in the checkpoint, including its datamodule when the backbone is fitted to
-data (mfeat's standardisation): the source run's data must be readable where this run runs.
+data (mfeat's standardisation): the source run's data must be readable where this run runs. The rebuild reads only
+what the stored configuration holds, never today's defaults: a key it needs and the checkpoint lacks is a ConfigError.
 """
 
 import importlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,12 +27,26 @@ from brokenbind.errors import ConfigError
 from brokenbind.modality import ModalityInfo
 
 
-def source_modality_info(data: dict, checkpoint: str) -> dict[str, ModalityInfo]:
+def stored(config: dict[str, Any], key: str, checkpoint: str) -> Any:
+    """The value at dotted ``key`` of a checkpoint's stored configuration; absent or None is a ConfigError, since the
+    rebuild needs it and no value of today's defaults is what that run used."""
+    value: Any = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        raise ConfigError(
+            f"bound backbone: the run configuration stored in checkpoint {checkpoint} has no {key}, which rebuilding "
+            "its encoder needs; the checkpoint was written by another version of brokenbind or edited: use a "
+            "checkpoint of a run of this version"
+        )
+    return value
+
+
+def source_modality_info(config: dict[str, Any], checkpoint: str) -> dict[str, ModalityInfo]:
     """Modality info of the checkpoint run's datamodule, rebuilt from its stored ``data`` configuration."""
-    class_path = data.get("class_path", "")
-    module_name, _, name = class_path.rpartition(".")
+    module_name, _, name = stored(config, "data.class_path", checkpoint).rpartition(".")
     try:
-        datamodule = getattr(importlib.import_module(module_name), name)(**data.get("init_args", {}))
+        datamodule = getattr(importlib.import_module(module_name), name)(**stored(config, "data.init_args", checkpoint))
     except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(f"bound backbone: cannot rebuild the data of checkpoint {checkpoint} ({error})") from error
     datamodule.prepare_data()
@@ -52,8 +68,8 @@ class BoundEncoder(Backbone):
         if config is None:
             raise ConfigError(f"bound backbone: checkpoint {checkpoint} has no run configuration: not from brokenbind")
         modality = modality or info.name
-        model, weights = config["model"], state["state_dict"]
-        source_info = source_modality_info(config["data"], checkpoint)
+        weights = state["state_dict"]
+        source_info = source_modality_info(config, checkpoint)
         if modality not in source_info:
             raise ConfigError(
                 f"bound backbone: checkpoint {checkpoint} has no encoder for {modality!r}; it encodes "
@@ -65,11 +81,14 @@ class BoundEncoder(Backbone):
                 f"bound backbone: the {modality!r} encoder of {checkpoint} takes {source.kind} inputs of shape "
                 f"{source.shape}, this modality gives {info.kind} inputs of shape {info.shape}"
             )
-        specs = model.get("backbones") or {}
-        self.backbone = build_backbone(specs.get(modality, model.get("default_backbone", "standardize")),
-                                       replace(source, name=modality))  # fmt: skip
-        embed_dim = model.get("embed_dim", 128)
-        self.head = HEADS[model.get("head", "mlp")](self.backbone.out_dim, model.get("head_hidden_dim", 256), embed_dim)
+        # the dump leaves out None values: no model.backbones is the run's default (None), every modality on
+        # model.default_backbone, as BindingModule.build reads it
+        specs = stored(config, "model", checkpoint).get("backbones") or {}
+        spec = specs[modality] if modality in specs else stored(config, "model.default_backbone", checkpoint)
+        self.backbone = build_backbone(spec, replace(source, name=modality))
+        embed_dim = stored(config, "model.embed_dim", checkpoint)
+        head = HEADS[stored(config, "model.head", checkpoint)]
+        self.head = head(self.backbone.out_dim, stored(config, "model.head_hidden_dim", checkpoint), embed_dim)
         own = {k.removeprefix(f"backbones.{modality}."): v for k, v in weights.items()
                if k.startswith(f"backbones.{modality}.")}  # fmt: skip
         unexpected = self.backbone.load_state_dict(own, strict=False).unexpected_keys

@@ -8,6 +8,7 @@ At the end of fit (rank 0, TensorBoard logger only):
 """
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,8 @@ class TensorBoardFigures(Callback):
 
     def project(self, trainer: Trainer, pl_module: LightningModule, writer: Any) -> None:
         """The validation embeddings of every evaluated dataset, all modalities in one projector tensor."""
+        if (Path(writer.get_logdir()) / f"{trainer.global_step:05d}").is_dir():
+            return  # a finished run resumed ends at the step it was projected at, with the same weights
         dm: PairedData = trainer.datamodule
         rows, labels = [], []
         training = pl_module.training
