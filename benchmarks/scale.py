@@ -438,16 +438,18 @@ def embed_once(config: Path, out: Path, processes: int) -> dict:
     seen; VmHWM only grows)."""
     command = [*brokenbind_command(), "embed", "--config", str(config), "--out", str(out), "--modalities=[image]",
                "--dtype", "float16", *(["--hardware", "ddp_cpu"] if processes == 2 else [])]  # fmt: skip
+    stderr = out.with_name(f"{out.name}.stderr")  # a file, not a pipe: nobody reads a pipe while the run writes
     start = time.perf_counter()
-    child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks: dict[int, float] = {}
-    while child.poll() is None:
-        for pid in process_tree(child.pid):
-            peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid).get("VmHWM", 0.0))
-        time.sleep(0.05)
+    with stderr.open("w") as errors:
+        child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=errors)
+        peaks: dict[int, float] = {}
+        while child.poll() is None:
+            for pid in process_tree(child.pid):
+                peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid).get("VmHWM", 0.0))
+            time.sleep(0.05)
     seconds = time.perf_counter() - start
     if child.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{child.stderr.read()[-3000:]}")
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{stderr.read_text()[-3000:]}")
     return {"seconds": seconds, "vmhwm_mb": sorted(peaks.values(), reverse=True)[:processes]}
 
 
