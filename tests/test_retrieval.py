@@ -173,19 +173,26 @@ def test_labels_must_come_in_pairs() -> None:
         retrieval_metrics(query, gallery, query_ids, gallery_ids, query_labels=query_labels)
 
 
+@pytest.mark.parametrize("block_rows", [256, 3], ids=["one block per class", "blocks of 3 rows"])
 @pytest.mark.parametrize("seed", range(6))
-def test_class_average_precision_equals_the_sorting_path_and_sklearn_with_ties_and_negative_scores(seed: int) -> None:
-    """Class relevance takes a values-only sort and binary searches; it must equal the general path and scikit-learn
-    row by row, with tied (quantised) and negative scores, and NaN for a query whose class the gallery lacks."""
-    from brokenbind.metrics.retrieval import class_average_precision
+def test_class_average_precision_equals_the_sorting_path_and_sklearn_with_ties_and_negative_scores(
+    seed: int, block_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class relevance takes a values-only sort and binary searches, in blocks of query rows over threads; it must
+    equal the general path and scikit-learn row by row, with tied (quantised) and negative scores, and NaN for a
+    query whose class the gallery lacks; the caller's scores are left as they were (blocks are sorted in place)."""
+    from brokenbind.metrics import retrieval
 
+    monkeypatch.setattr(retrieval, "_CLASS_BLOCK_ROWS", block_rows)
     g = torch.Generator().manual_seed(seed)
     classes = 1 + seed
     scores = (torch.randn(37, 53, generator=g) * 3).round() / 3
+    given = scores.clone()
     query_labels = torch.randint(0, classes + 1, (37,), generator=g)
     query_labels[0] = classes + 1  # in no gallery row
     gallery_labels = torch.randint(0, classes + 1, (53,), generator=g)
-    ap = class_average_precision(scores, query_labels, gallery_labels)
+    ap = retrieval.class_average_precision(scores, query_labels, gallery_labels)
+    assert torch.equal(scores, given)
     general = average_precision(scores, query_labels[:, None] == gallery_labels[None, :])
     assert torch.equal(ap.isnan(), general.isnan()) and ap[0].isnan()
     assert torch.allclose(ap[~ap.isnan()], general[~general.isnan()], rtol=0, atol=1e-12)
