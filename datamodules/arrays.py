@@ -68,7 +68,7 @@ def join_array(table: DatasetTable, m: str, path: Path, ids: Path | None) -> tup
     duplicated = names[names.duplicated()]
     if len(duplicated):
         raise DataError(f"{where}: {ids} names id {duplicated.iloc[0]!r} twice")
-    return array, pd.Index(names).get_indexer([v.strip() for v in manifest.column("id")])
+    return array, pd.Index(names).get_indexer(manifest.stripped("id"))
 
 
 class ArrayFeatures:

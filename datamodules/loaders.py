@@ -18,6 +18,7 @@ row), never a silent skip.
 """
 
 import io
+import mmap
 import os
 import wave
 from collections.abc import Callable
@@ -36,6 +37,10 @@ FILE_KINDS = ("image", "audio", "features")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 NPY_MAGIC = b"\x93NUMPY"
+# Pages of a memory-mapped array that a process has read stay in its resident set until the map is closed; reopening
+# the map after this many bytes keeps a reader's share bounded however many rows it reads (the kernel's page cache,
+# shared and reclaimable, still holds them).
+MAP_BYTES = 64 << 20
 
 
 class Member:
@@ -256,6 +261,8 @@ class FeatureArray:
             )
         self.shape = array.shape
         self._array: np.ndarray | None = array
+        self._row_bytes = max(array.dtype.itemsize * array.shape[1], mmap.PAGESIZE)  # a random row: a page at least
+        self._mapped_bytes = 0
 
     def array(self) -> np.ndarray:
         if self._array is None:
@@ -268,7 +275,10 @@ class FeatureArray:
     def rows(self, rows: np.ndarray, context: str | Callable[[], str] = "") -> Tensor:
         """Rows ``rows`` as float32 (len(rows), D); NaN or infinite values are an error naming the array row and
         ``context`` (a callable is called only then)."""
-        values = np.asarray(self.array()[rows], dtype=np.float32)
+        values = np.asarray(self.array()[rows], dtype=np.float32)  # a copy: nothing refers to the map after this
+        self._mapped_bytes += len(values) * self._row_bytes
+        if self._mapped_bytes > MAP_BYTES:
+            self._array, self._mapped_bytes = None, 0
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             context = context() if callable(context) else context

@@ -281,13 +281,12 @@ class ManifestDataModule(PairedDataModule):
             for m in self.split_modalities(name, split):
                 if m in arrays:
                     continue  # checked against the array's ids below
-                for row in rows:
-                    if not manifest.cell(row, m).strip():
-                        raise DataError(
-                            f"dataset {name!r}: {table.context(row)}: modality {m!r} is empty, but every {split} row "
-                            f"must carry {self.split_modalities(name, split)}"
-                            f"{self._oracle_hint(name, split, m) or '; fill in the cell or remove the row'}"
-                        )
+                for row in rows[manifest.stripped(m).eq("").to_numpy()[rows]][:1]:  # the first empty cell
+                    raise DataError(
+                        f"dataset {name!r}: {table.context(row)}: modality {m!r} is empty, but every {split} row "
+                        f"must carry {self.split_modalities(name, split)}"
+                        f"{self._oracle_hint(name, split, m) or '; fill in the cell or remove the row'}"
+                    )
         for m, source in arrays.items():
             table.arrays[m] = self._array_rows(table, m, *source)
         for m in self.needed_modalities(name):
@@ -457,13 +456,13 @@ class ManifestDataModule(PairedDataModule):
     def instance_ids(self, index: Tensor) -> list[str]:
         """The manifest's own ``id`` of each instance (global index = the dataset's offset + its manifest row); the
         global index where a manifest has no id column."""
-        tables = sorted(self.tables().values(), key=lambda t: t.offset)
-        out = []
-        for i in index.tolist():
-            table = next(t for t in reversed(tables) if t.offset <= i)
-            ids = table.manifest.column("id") if "id" in table.manifest.columns else None
-            out.append(ids[i - table.offset].strip() if ids else str(i))
-        return out
+        index = index.numpy()
+        out = index.astype(str).astype(object)
+        for table in self.tables().values():
+            mine = np.flatnonzero((index >= table.offset) & (index < table.offset + len(table.manifest)))
+            if len(mine) and "id" in table.manifest.columns:
+                out[mine] = table.manifest.stripped("id").to_numpy()[index[mine] - table.offset]
+        return out.tolist()
 
     def data_fingerprint(self) -> str:
         """The feature cache's data key: the fingerprints of every split of every dataset."""

@@ -5,6 +5,7 @@ N (line L)``, the N-th row below the header on line L of the file, and the row's
 
 import csv
 import math
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +22,14 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 @dataclass
 class Manifest:
     """A manifest read by pandas: its columns (in file order) and its rows, every cell a str ("" when empty), and the
-    line of the file each row starts on (None where lines mean nothing: Parquet, shards)."""
+    line of the file each row starts on (None where lines mean nothing: Parquet, shards).
+
+    Cells stay in pandas' Arrow-backed string columns, a few bytes each; checks run on whole columns (``stripped``),
+    so a million rows cost tens of MB, where a Python str per cell cost hundreds."""
 
     path: Path
     frame: pd.DataFrame
-    lines: list[int] | None = None
-    _lists: dict[str, list[str]] = field(default_factory=dict, repr=False)  # columns as lists: fast cell access
+    lines: np.ndarray | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -36,14 +39,17 @@ class Manifest:
         return len(self.frame)
 
     def column(self, name: str) -> list[str]:
+        """Every cell of a column as a new list (a Python str per row: for per-row paths and exports)."""
+        return self.frame[name].tolist() if name in self.frame.columns else [""] * len(self.frame)
+
+    def stripped(self, name: str) -> pd.Series:
+        """A column's cells without surrounding blanks ("" throughout for a column the manifest lacks)."""
         if name not in self.frame.columns:
-            return [""] * len(self.frame)
-        if name not in self._lists:
-            self._lists[name] = self.frame[name].tolist()
-        return self._lists[name]
+            return pd.Series([""] * len(self.frame), dtype="str")
+        return self.frame[name].str.strip()
 
     def cell(self, row: int, column: str) -> str:
-        return self.column(column)[row] if column in self.frame.columns else ""
+        return self.frame[column].iat[row] if column in self.frame.columns else ""
 
     def row_name(self, row: int) -> str:
         """``data row 6 (line 7)``: the 1-based row below the header (blank rows not counted) and its line in an
@@ -58,11 +64,11 @@ class Manifest:
         return where
 
 
-def _row_name(row: int, lines: list[int] | None) -> str:
+def _row_name(row: int, lines: np.ndarray | None) -> str:
     return f"data row {row + 1}" + (f" (line {lines[row]})" if lines is not None else "")
 
 
-def _cell(value: object, path: Path, row: int, column: str, lines: list[int] | None) -> str:
+def _cell(value: object, path: Path, row: int, column: str, lines: np.ndarray | None) -> str:
     """One JSONL or Parquet value as the str a CSV would hold: missing values are "", booleans lower case."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -76,22 +82,23 @@ def _cell(value: object, path: Path, row: int, column: str, lines: list[int] | N
     )
 
 
-def _as_strings(frame: pd.DataFrame, path: Path, lines: list[int] | None) -> pd.DataFrame:
-    frame = frame.astype(object)
-    for column in frame.columns:
-        frame[column] = [_cell(v, path, row, column, lines) for row, v in enumerate(frame[column].tolist())]
-    return frame
+def _as_strings(frame: pd.DataFrame, path: Path, lines: np.ndarray | None) -> pd.DataFrame:
+    cells = {  # by position: two keys may strip to one name (reported as a duplicate column by the caller)
+        i: pd.array([_cell(v, path, row, name, lines) for row, v in enumerate(frame.iloc[:, i].tolist())], dtype="str")
+        for i, name in enumerate(frame.columns)
+    }
+    return pd.DataFrame(cells).set_axis(frame.columns, axis=1)
 
 
-def _record_lines(path: Path, suffix: str) -> list[int] | None:
+def _record_lines(path: Path, suffix: str) -> np.ndarray | None:
     """The line each record pandas reads starts on, as pandas skips blank lines: the data records of a CSV (after its
     header; a quoted cell may span lines), every non-blank line of JSON lines; None for Parquet."""
     if suffix == ".parquet":
         return None
     if suffix != ".csv":
         with path.open(encoding="utf-8") as f:
-            return [number for number, line in enumerate(f, 1) if line.strip()]
-    starts, end = [], 0
+            return np.frombuffer(array("q", (number for number, line in enumerate(f, 1) if line.strip())), np.int64)
+    starts, end = array("q"), 0  # 8 bytes a record, not a Python int
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -101,10 +108,10 @@ def _record_lines(path: Path, suffix: str) -> list[int] | None:
                 end = reader.line_num
     except (csv.Error, UnicodeDecodeError):  # pandas read it: rows are then named without their lines
         return None
-    return starts[1:]
+    return np.frombuffer(starts, dtype=np.int64)[1:]
 
 
-def _read_frame(path: Path, suffix: str) -> tuple[pd.DataFrame, list[int] | None]:
+def _read_frame(path: Path, suffix: str) -> tuple[pd.DataFrame, np.ndarray | None]:
     """The file as a frame of str cells, columns named by its header (CSV) or keys (JSONL, Parquet), and the line each
     row starts on (``_record_lines``; None when Python's csv reader and pandas disagree on the records)."""
     if suffix == ".csv":
@@ -137,7 +144,7 @@ def _read_frame(path: Path, suffix: str) -> tuple[pd.DataFrame, list[int] | None
         return frame, None
     lines = lines if lines is not None and len(lines) == len(frame) else None
     kept = ~np.asarray((frame.apply(lambda col: col.str.strip()) == "").all(axis=1), dtype=bool)  # not a blank row
-    return frame[kept].reset_index(drop=True), None if lines is None else np.asarray(lines)[kept].tolist()
+    return frame[kept].reset_index(drop=True), None if lines is None else lines[kept]
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -155,17 +162,19 @@ def check_ids(name: str, manifest: Manifest) -> None:
     """Every ``id`` cell filled and unique within the manifest (ids name rows in errors, exports and array joins)."""
     if "id" not in manifest.columns:
         return
-    seen: dict[str, int] = {}
-    for row, value in enumerate(manifest.column("id")):
-        value = value.strip()
-        if not value:
-            raise DataError(f"dataset {name!r}: manifest {manifest.path} {manifest.row_name(row)} has an empty id")
-        if value in seen:
-            raise DataError(
-                f"dataset {name!r}: manifest {manifest.path} has duplicate id {value!r} in "
-                f"{manifest.row_name(seen[value])} and {manifest.row_name(row)}"
-            )
-        seen[value] = row
+    ids = manifest.stripped("id")
+    empty, repeated = ids.eq("").to_numpy(), ids.duplicated().to_numpy()
+    bad = np.flatnonzero(empty | repeated)
+    if not len(bad):
+        return
+    row = int(bad[0])
+    if empty[row]:
+        raise DataError(f"dataset {name!r}: manifest {manifest.path} {manifest.row_name(row)} has an empty id")
+    first = int(np.flatnonzero(ids.eq(ids.iat[row]).to_numpy())[0])
+    raise DataError(
+        f"dataset {name!r}: manifest {manifest.path} has duplicate id {ids.iat[row]!r} in "
+        f"{manifest.row_name(first)} and {manifest.row_name(row)}"
+    )
 
 
 @dataclass

@@ -11,6 +11,7 @@ from datamodules.base import SPLITS
 from datamodules.manifest_rows import Manifest
 
 UNLABELLED = -1
+SPLIT_DTYPE = f"<U{max(map(len, SPLITS))}"  # a split name per row as fixed-width chars, not a Python object
 LABEL_RULE = (
     "labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell marks an "
     "unlabelled row"
@@ -49,7 +50,7 @@ def assign_splits(labels: np.ndarray, fractions: tuple[float, ...], seed: int, n
     split empty when every class is small).
     """
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    out = np.empty(len(labels), dtype=object)
+    out = np.empty(len(labels), dtype=SPLIT_DTYPE)
     start = 0
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
@@ -76,13 +77,16 @@ def label_mapping(manifests: list[Manifest]) -> dict[str, int] | None:
     (``3.0``, ``NaN``: what a spreadsheet or pandas writes for a missing value) or a mix of ids and names is a
     ``DataError`` naming the value, the manifest and the row, instead of new classes and a silent renumbering."""
     first: dict[str, tuple[str, Manifest, int]] = {}  # kind -> value, manifest and row of its first label
+    names: set[str] = set()
     for manifest in manifests:
         if "label" not in manifest.columns:
             continue
-        for row, value in enumerate(manifest.column("label")):
-            value = value.strip()
-            if value and _label_kind(value) not in first:
-                first[_label_kind(value)] = (value, manifest, row)
+        labels = manifest.stripped("label")
+        kinds = {value: _label_kind(value) for value in labels.unique() if value}  # each distinct label once
+        names.update(kinds)
+        for kind in sorted(set(kinds.values()) - set(first)):
+            row = int(np.flatnonzero(labels.isin([v for v, k in kinds.items() if k == kind]).to_numpy())[0])
+            first[kind] = (labels.iat[row], manifest, row)
     first = {kind: (value, manifest.where(row)) for kind, (value, manifest, row) in first.items()}
     if "number" in first:
         value, where = first["number"]
@@ -95,18 +99,17 @@ def label_mapping(manifests: list[Manifest]) -> dict[str, int] | None:
         )
     if "name" not in first:
         return None
-    names = sorted({v.strip() for m in manifests if "label" in m.columns for v in m.column("label") if v.strip()})
-    return {v: i for i, v in enumerate(names)}
+    return {v: i for i, v in enumerate(sorted(names))}
 
 
 def row_labels(manifest: Manifest, mapping: dict[str, int] | None) -> np.ndarray:
     """The class id of every row under ``mapping`` (``label_mapping``'s); ``UNLABELLED`` for an empty cell."""
     labels = np.full(len(manifest), UNLABELLED, dtype=np.int64)
     if "label" in manifest.columns:
-        for row, value in enumerate(manifest.column("label")):
-            value = value.strip()
-            if value:
-                labels[row] = mapping[value] if mapping is not None else int(value)
+        values = manifest.stripped("label")
+        codes = {v: mapping[v] if mapping is not None else int(v) for v in values.unique() if v}
+        filled = values.ne("").to_numpy()
+        labels[filled] = values[filled].map(codes).to_numpy(dtype=np.int64)
     return labels
 
 
@@ -116,11 +119,12 @@ def row_splits(
     """The split of every row: the manifest's ``split`` column when it has one, else ``assign_splits``."""
     if "split" not in manifest.columns:
         return assign_splits(labels, fractions, seed, name)
-    splits = np.array([v.strip().lower() for v in manifest.column("split")], dtype=object)
-    for row, value in enumerate(splits):
-        if value not in SPLITS:
-            raise DataError(
-                f"dataset {name!r}: manifest {manifest.path} {manifest.row_name(row)}: unknown split value "
-                f"{manifest.cell(row, 'split')!r}; expected one of {list(SPLITS)}"
-            )
-    return splits
+    splits = manifest.stripped("split").str.lower()
+    unknown = np.flatnonzero(~splits.isin(SPLITS).to_numpy())
+    if len(unknown):
+        row = int(unknown[0])
+        raise DataError(
+            f"dataset {name!r}: manifest {manifest.path} {manifest.row_name(row)}: unknown split value "
+            f"{manifest.cell(row, 'split')!r}; expected one of {list(SPLITS)}"
+        )
+    return splits.to_numpy(dtype=SPLIT_DTYPE)

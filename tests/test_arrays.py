@@ -75,6 +75,35 @@ def test_array_is_memory_mapped_and_pickles_without_its_rows(tmp_path):
     assert torch.equal(clone.rows(np.array([5, 7])), torch.ones(2, 64))
 
 
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's maps of ``path`` (Linux /proc/self/smaps)."""
+    total, mine = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            mine = line.endswith(str(path))
+        elif mine and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_reading_every_row_keeps_the_resident_pages_of_the_map_bounded(tmp_path, monkeypatch):
+    """Each row read leaves its pages in the process's resident set while the map is open; the map is reopened past
+    ``MAP_BYTES`` of reads, so a reader of a large array holds about that much, not the array (and reads stay equal)."""
+    from datamodules import loaders
+
+    monkeypatch.setattr(loaders, "MAP_BYTES", 1 << 20)
+    values = np.random.default_rng(0).standard_normal((8192, 1024)).astype(np.float32)  # 32 MB, a row per page
+    np.save(tmp_path / "big.npy", values)
+    array = FeatureArray(tmp_path / "big.npy")
+    resident = []
+    for start in range(0, 8192, 64):
+        rows = np.arange(start, start + 64)
+        assert torch.equal(array.rows(rows), torch.from_numpy(values[rows]))
+        resident.append(_mapped_kb(tmp_path / "big.npy"))
+    # the budget, plus what the kernel maps around a touched page (whole large folios, up to 2 MB): measured 4 MB
+    assert max(resident) <= 8 << 10
+
+
 def test_nan_row_is_named_at_access(tmp_path):
     values = np.zeros((3, 2), dtype=np.float32)
     values[1, 0] = np.nan

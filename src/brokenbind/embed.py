@@ -135,15 +135,14 @@ def array_rows(source: ManifestDataModule, dataset: str, modality: str) -> np.nd
     table = source.tables()[dataset]
     if modality in table.paths:
         return np.array([row for row, path in enumerate(table.paths[modality]) if path is not None], dtype=np.int64)
-    cells = table.manifest.column(modality)
-    return np.array([row for row, cell in enumerate(cells) if cell.strip()], dtype=np.int64)
+    return np.flatnonzero(table.manifest.stripped(modality).ne("").to_numpy())
 
 
 def row_ids(source: ManifestDataModule, dataset: str) -> list[str]:
     """Each row's manifest ``id``; its row number where the manifest has no id column."""
     manifest = source.tables()[dataset].manifest
     if "id" in manifest.columns:
-        return [cell.strip() for cell in manifest.column("id")]
+        return manifest.stripped("id").tolist()
     return [str(row) for row in range(len(manifest))]
 
 
@@ -359,7 +358,7 @@ class Layout:
         frame = {
             "id": row_ids(source, dataset),
             "label": source.class_names(torch.as_tensor(table.labels)),
-            "split": list(table.splits),
+            "split": table.splits,
         }
         encoded = {m for d, m in self.targets if d == dataset}
         for m in source.needed_modalities(dataset):
