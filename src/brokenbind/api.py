@@ -29,7 +29,7 @@ from typing import Any
 from unittest.mock import patch
 
 import yaml
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.accelerators import AcceleratorRegistry
@@ -184,6 +184,22 @@ def check_save_dir(save_dir: Path) -> None:
         )
 
 
+# How every command parses an experiment: our defaults first, OmegaConf interpolation, errors raised (not exit)
+PARSER_KWARGS = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
+
+
+def experiment_files(config: Namespace) -> list[Path]:
+    """The experiment files of a parsed command, in order (``--config`` files that are not presets)."""
+    files = [Path(str(c)) for c in config.get("config") or [] if c is not None]  # None: an inline configuration
+    return [p for p in files if p.parent not in PRESETS.values()]
+
+
+def experiment_name(config: Namespace) -> str:
+    """The run's name: ``--experiment``, else the last experiment file's stem ("default" when there is none)."""
+    files = experiment_files(config)
+    return config.experiment or (files[-1].stem if files else "default")
+
+
 class BrokenBindCLI(LightningCLI):
     # (run directory, the topmost directory this start created): read by ``run`` to remove what a failed start left
     last_start: tuple[Path | None, Path | None] = (None, None)
@@ -208,10 +224,7 @@ class BrokenBindCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        files = [Path(str(c)) for c in config.get("config") or [] if c is not None]  # None: an inline configuration
-        experiments = [p for p in files if p.parent not in PRESETS.values()]
-        name = config.experiment or (experiments[-1].stem if experiments else "default")
-        config.experiment = name
+        name = config.experiment = experiment_name(config)
         run_name = name if config.method is None else f"{name}/{config.method}"
         for callback in config.trainer.callbacks or []:
             if callback.class_path.endswith("EmergentBinding"):  # results rows name the experiment and the preset
@@ -387,7 +400,7 @@ def _start(cli_class: type[BrokenBindCLI], args: Sequence[str], callbacks: Seque
     try:
         args = with_checkpoint_config(expand_presets(list(args)))
         check_yaml_files(args)
-        parser_kwargs = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
+        parser_kwargs = PARSER_KWARGS
         # LightningCLI reads the command line (and the DDP launcher re-runs it): give it the expanded arguments there
         with patch.object(sys, "argv", [sys.argv[0], *args]):
             return cli_class(

@@ -39,8 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from brokenbind.api import (
-    DEFAULTS,
-    PRESETS,
+    PARSER_KWARGS,
     SIGNAL_EXIT,
     Config,
     Stopped,
@@ -48,6 +47,8 @@ from brokenbind.api import (
     check_accelerator,
     config_args,
     expand_presets,
+    experiment_files,
+    experiment_name,
 )
 from brokenbind.backbones import Backbone, BackboneSpec, build_backbone
 from brokenbind.errors import ConfigError
@@ -254,6 +255,7 @@ class Layout:
         self.out, self.targets, self.specs, self.dtype = out, targets, specs, dtype
         self.active: list[Target] = []  # the targets with rows left, in the order of the predict loaders
         self._open: dict[Target, tuple[np.memmap, np.memmap]] = {}
+        self._entries: dict[Target, dict[str, Any]] = {}
 
     def array(self, dataset: str, modality: str) -> Path:
         return self.out / dataset / f"{modality}.npy"
@@ -296,16 +298,19 @@ class Layout:
         self._open.clear()
 
     def entry(self, source: ManifestDataModule, backbones: dict[str, Backbone], target: Target) -> dict[str, Any]:
-        """What embed.yaml records of one (dataset, modality): what makes its array what it is."""
-        dataset, modality = target
-        return {
-            "backbone": self.specs[modality],
-            "fingerprint": backbones[modality].fingerprint(),
-            "data": data_fingerprint(source, dataset, modality),
-            "rows": len(array_rows(source, dataset, modality)),
-            "width": int(backbones[modality].out_dim),
-            "dtype": self.dtype,
-        }
+        """What embed.yaml records of one (dataset, modality): what makes its array what it is. Computed once per
+        process (the data fingerprint stats every file of the rows)."""
+        if target not in self._entries:
+            dataset, modality = target
+            self._entries[target] = {
+                "backbone": self.specs[modality],
+                "fingerprint": backbones[modality].fingerprint(),
+                "data": data_fingerprint(source, dataset, modality),
+                "rows": len(array_rows(source, dataset, modality)),
+                "width": int(backbones[modality].out_dim),
+                "dtype": self.dtype,
+            }
+        return self._entries[target]
 
     def pending(self, source: ManifestDataModule, backbones: dict[str, Backbone]) -> list[Target]:
         """The targets not encoded completely yet. Reads OUT only; an array encoded with other settings (encoder,
@@ -489,13 +494,12 @@ def run(args: Sequence[str]) -> Embedded:
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     try:
         args = expand_presets(list(args))
-        parser_kwargs = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
         with patch.object(sys, "argv", [sys.argv[0], *args]):  # LightningCLI reads the command line
             cli = EmbedCLI(
                 BindingModule,
                 ManifestDataModule,
                 subclass_mode_data=True,
-                parser_kwargs=parser_kwargs,
+                parser_kwargs=PARSER_KWARGS,
                 save_config_callback=None,
                 auto_configure_optimizers=False,
                 run=False,
@@ -524,10 +528,8 @@ def _encode(cli: EmbedCLI) -> Embedded:
     if layout.pending(source, backbones):  # refuses a mismatched OUT before any process starts
         trainer.predict(Encoders(backbones, layout), datamodule=EmbedData(source, layout), return_predictions=False)
     remaining = layout.remaining()
-    files = [Path(str(c)) for c in cli.config.get("config") or [] if c is not None]  # None: an inline configuration
-    experiments = [p for p in files if p.parent not in PRESETS.values()]
-    name = cli.config.experiment or (experiments[-1].stem if experiments else "default")
-    configs = " ".join(f"--config {p}" for p in experiments)
+    configs = " ".join(f"--config {p}" for p in experiment_files(cli.config))
+    name = experiment_name(cli.config)
     embedded = Embedded(
         out=out,
         arrays={d: {m: (layout.array(d, m), layout.ids(d, m)) for dd, m in targets if dd == d} for d, _ in targets},
