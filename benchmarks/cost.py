@@ -17,7 +17,7 @@ methods interleaved round by round, and reported as ratios with their range over
    values are checked against scikit-learn on the same 500 queries.
 4. ``cache``: the first and second training epoch with frozen EfficientNet-Lite0 + MiniLM on the built-in digits,
    with and without the feature cache (needs espeak-ng).
-5. ``large``: a two-dataset manifest experiment whose features are one memory-mapped ``.npy`` per dataset and
+5. ``large``: a two-dataset manifest experiment whose features are one ``.npy`` array per dataset and
    modality, against the same features as one ``.npy`` file per row: setup + statistics + one epoch, time and peak
    memory, each in its own process.
 6. ``validation``: one validation epoch (embedding both evaluation datasets and scoring every flow) against one
@@ -378,7 +378,7 @@ def bench_large(rows: int) -> list[str]:
             command = [sys.executable, "-m", "benchmarks.cost", "--measure", f"large:{layout}", "--root", tmp]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            name = "one memory-mapped array per dataset and modality" if layout == "arrays" else "one .npy file per row"
+            name = "one array per dataset and modality" if layout == "arrays" else "one .npy file per row"
             lines.append(f"| {name} | {result['seconds']:.1f} | {result['peak_mb']:.0f} |")
     lines.append("\n(setup with validation of every row, the standardisation statistics, one training epoch)")
     print("\n".join(lines), flush=True)

@@ -8,11 +8,11 @@ cases of a comparison take turns (interleaved) rather than running one after the
     and 2 gloo processes (``--hardware ddp_cpu``): rows/s over the whole command and peak resident memory (VmHWM) of
     each process, sampled from outside every 50 ms. Reported as not available until ``brokenbind.embed`` exists.
 (b) ``train``: ``brokenbind fit`` on two datasets, (a, b) and (b, c) paired through the pivot b, of N rows each,
-    every modality one memory-mapped (N, 512) float16 ``.npy`` array (``data.init_args.arrays``); 1 process and 2
+    every modality one (N, 512) float16 ``.npy`` array (``data.init_args.arrays``); 1 process and 2
     gloo processes; steps/s over the training steps after a warm-up and each process's VmHWM, with its peak
-    anonymous and file-backed resident memory (sampled every 20 ms; file-backed pages are pages of the memory-mapped
-    arrays, which the kernel may drop at any time). Training stops at ``trainer.max_steps``; validation runs once,
-    after the last step, on its first ``limit_val_batches`` batches; no sanity validation, no test.
+    anonymous and file-backed resident memory (sampled every 20 ms; file-backed pages are those of the shared
+    libraries: the arrays are read from the file, not mapped). Training stops at ``trainer.max_steps``; validation
+    runs once, after the last step, on its first ``limit_val_batches`` batches; no sanity validation, no test.
 (c) ``retrieval``: exact instance mAP + R@1/5/10 (``metrics.retrieval.retrieval_metrics``, chunked) of Q random
     unit queries against galleries of growing size: seconds and peak memory above the embeddings, each in a fresh
     process; with the default 1,024 query rows per chunk, and with chunks whose score block has a fixed size.
@@ -132,7 +132,7 @@ def brokenbind_command() -> list[str]:
     return [sys.executable, "-m", "brokenbind.cli"]
 
 
-# -- (b) training on memory-mapped arrays --------------------------------------------------------------------------
+# -- (b) training on arrays read row by row --------------------------------------------------------------------------
 DATASETS = {"ab": ("a", "b", "c"), "bc": ("b", "c")}  # ab's c: the hidden target its val/test rows are scored on
 
 
@@ -540,7 +540,7 @@ def train_report(df: pd.DataFrame, steps: int, warmup: int) -> list[str]:
         "(`--test_after_fit=false`). Setup (manifest reading and checks) and the standardisation statistics over "
         "every training row are inside the memory figures, outside the steps/s. Memory per process is the largest "
         "over the run's processes; VmHWM counts anonymous memory and file-backed pages (the shared libraries, about "
-        "0.45 GB, and the pages of the memory-mapped arrays that the process has touched); peak RssAnon and RssFile "
+        "0.45 GB; the arrays are read from the file, not mapped); peak RssAnon and RssFile "
         "are sampled every 20 ms and need not coincide.",
     ]
     return lines
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
             args.work, sizes["rows"], sizes["steps"], sizes["warmup"], sizes["repeats"], args.run_timeout, log
         )
         rows += trained
-        parts.append(("(b) Training on memory-mapped float16 arrays, 1 and 2 gloo processes",
+        parts.append(("(b) Training on float16 arrays, 1 and 2 gloo processes",
                       train_report(pd.DataFrame(trained), sizes["steps"], sizes["warmup"])))  # fmt: skip
     if "c" in sections:
         retrieved = bench_retrieval(sizes["queries"], sizes["galleries"], args.dim, sizes["repeats"], log)

@@ -1,4 +1,4 @@
-"""Memory-mapped feature arrays: one ``.npy`` array (N, D) per dataset and features modality, instead of a manifest
+"""Feature arrays: one ``.npy`` array (N, D) per dataset and features modality, instead of a manifest
 column of per-row files, joined to the manifest by row or, with an ids file, by ``id``. Rows are read when a batch
 asks for them; statistics are computed chunk by chunk, so an array larger than memory is fine."""
 
@@ -72,7 +72,7 @@ def join_array(table: DatasetTable, m: str, path: Path, ids: Path | None) -> tup
 
 
 class ArrayFeatures:
-    """The features of one split read from a memory-mapped array: item ``i`` is array row ``array_rows[i]``."""
+    """The features of one split read from an array file: item ``i`` is array row ``array_rows[i]``."""
 
     def __init__(self, array: FeatureArray, array_rows: np.ndarray, table: DatasetTable, rows: np.ndarray, m: str):
         self.array, self.array_rows, self.table, self.rows, self.modality = array, array_rows, table, rows, m

@@ -18,7 +18,6 @@ row), never a silent skip.
 """
 
 import io
-import mmap
 import os
 import wave
 from collections.abc import Callable
@@ -37,10 +36,6 @@ FILE_KINDS = ("image", "audio", "features")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 NPY_MAGIC = b"\x93NUMPY"
-# Pages of a memory-mapped array that a process has read stay in its resident set until the map is closed; reopening
-# the map after this many bytes keeps a reader's share bounded however many rows it reads (the kernel's page cache,
-# shared and reclaimable, still holds them).
-MAP_BYTES = 64 << 20
 
 
 class Member:
@@ -238,50 +233,74 @@ def load_text(value: object, context: str = "") -> str:
 
 
 class FeatureArray:
-    """One ``.npy`` array of feature vectors (N, D), memory-mapped (``numpy.load(mmap_mode="r")``): a row is read
-    when it is asked for, so an array larger than memory is fine. Pickles without its data (loader workers reopen
-    the map), so workers share the page cache instead of copying the array."""
+    """One ``.npy`` array of feature vectors (N, D), read row by row from the file (``os.preadv`` into the result): an
+    array larger than memory is fine, and a process's resident memory does not grow with the rows it has read (a
+    memory map keeps every page it touched resident, whole large folios around each random row: at a million rows the
+    arrays' pages filled several GB per process). The kernel's page cache still keeps the rows, shared by every
+    process and reclaimable. Pickles as its path and header (loader workers read the file themselves)."""
 
     def __init__(self, path: str | Path, context: str = ""):
         self.path = _require_file(path, context)
+        where = _where(self.path, context)
         with self.path.open("rb") as f:
             if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 raise DataError(
-                    f"cannot read features {_where(self.path, context)}: not a .npy file (no NumPy header); write it "
-                    "with numpy.save"
+                    f"cannot read features {where}: not a .npy file (no NumPy header); write it with numpy.save"
                 )
-        try:
-            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as error:
-            raise DataError(f"cannot read features {_where(self.path, context)}: {error}") from error
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            f.seek(0)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran_order, dtype = read_header(f)
+            except (OSError, ValueError, EOFError) as error:
+                raise DataError(f"cannot read features {where}: {error}") from error
+            self.offset = f.tell()
+        if len(shape) != 2 or not np.issubdtype(dtype, np.number):
             raise DataError(
-                f"features {_where(self.path, context)}: expected a numeric (rows, features) array, got shape "
-                f"{array.shape} of {array.dtype}"
+                f"features {where}: expected a numeric (rows, features) array, got shape {shape} of {dtype}"
             )
-        self.shape = array.shape
-        self._array: np.ndarray | None = array
-        self._row_bytes = max(array.dtype.itemsize * array.shape[1], mmap.PAGESIZE)  # a random row: a page at least
-        self._mapped_bytes = 0
-
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        return self._array
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}
+        if fortran_order and shape[0] > 1 and shape[1] > 1:
+            raise DataError(
+                f"features {where}: the array is stored column by column (Fortran order), so a row is not contiguous; "
+                "save it row by row: numpy.save(path, numpy.ascontiguousarray(features))"
+            )
+        self.shape, self.dtype = tuple(shape), dtype
+        self._row_bytes = dtype.itemsize * shape[1]
+        size, needed = self.path.stat().st_size, self.offset + shape[0] * self._row_bytes
+        if size < needed:
+            raise DataError(
+                f"cannot read features {where}: the file has {size} bytes, its header promises {needed} "
+                "(a truncated or still-written file)"
+            )
 
     def rows(self, rows: np.ndarray, context: str | Callable[[], str] = "") -> Tensor:
         """Rows ``rows`` as float32 (len(rows), D); NaN or infinite values are an error naming the array row and
         ``context`` (a callable is called only then)."""
-        values = np.asarray(self.array()[rows], dtype=np.float32)  # a copy: nothing refers to the map after this
-        self._mapped_bytes += len(values) * self._row_bytes
-        if self._mapped_bytes > MAP_BYTES:
-            self._array, self._mapped_bytes = None, 0
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        stored = np.empty((len(rows), self.shape[1]), dtype=self.dtype)  # rows in ascending order
+        if len(rows):
+            if ordered[0] < 0 or ordered[-1] >= self.shape[0]:
+                raise IndexError(f"rows {ordered[0]}..{ordered[-1]} outside the {self.shape[0]} rows of {self.path}")
+            self._read(ordered, memoryview(stored).cast("B"))
+        values = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        values[order] = stored  # back in the order asked for
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             context = context() if callable(context) else context
-            bad = int(np.asarray(rows)[np.flatnonzero(~finite)[0]])
+            bad = int(rows[np.flatnonzero(~finite)[0]])
             raise DataError(f"features {_where(self.path, context)}: array row {bad} contains NaN or infinite values")
-        return torch.from_numpy(np.ascontiguousarray(values))
+        return torch.from_numpy(values)
+
+    def _read(self, ordered: np.ndarray, buffer: memoryview) -> None:
+        """Rows ``ordered`` (ascending) into ``buffer``: one read per run of consecutive rows (a chunk of a split reads
+        long runs; a random batch, a row each)."""
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        with self.path.open("rb", buffering=0) as f:
+            for first, end in zip([0, *breaks.tolist()], [*breaks.tolist(), len(ordered)], strict=True):
+                part = buffer[first * self._row_bytes : end * self._row_bytes]
+                if os.preadv(f.fileno(), [part], self.offset + int(ordered[first]) * self._row_bytes) != len(part):
+                    raise DataError(f"cannot read features {self.path}: the file became shorter while it was read")

@@ -5,7 +5,7 @@ optionally ``label`` (all integer class ids, or all class names numbered in sort
 ``split`` (train/val/test) and ``id`` (unique per manifest). Other columns are ignored. Relative file paths in a
 manifest resolve against ``root``, by default the manifest's own directory; the manifest paths themselves (and
 ``arrays`` paths) resolve against the working directory. A ``features`` modality may instead come from one
-memory-mapped ``.npy`` array per dataset (``arrays``), joined to the manifest by row or by id.
+``.npy`` array per dataset (``arrays``), joined to the manifest by row or by id.
 
 Example (``pairs.csv``)::
 
@@ -145,9 +145,10 @@ class ManifestDataModule(PairedDataModule):
         sample_rate, audio_seconds: audio is resampled to ``sample_rate`` and cropped or zero-padded to
             ``audio_seconds``.
         arrays: dataset → features modality → one ``.npy`` array (N, D) holding that modality for the whole dataset,
-            read memory-mapped; instead of a manifest column of per-row files. A path alone: array row i is manifest
-            row i. ``{path: emb.npy, ids: emb_ids.txt}``: the ids file names each array row's manifest ``id`` (one per
-            line), and rows are joined by id. Relative paths start at the working directory, like ``manifests``.
+            read row by row as batches ask; instead of a manifest column of per-row files. A path alone: array row i
+            is manifest row i. ``{path: emb.npy, ids: emb_ids.txt}``: the ids file names each array row's manifest
+            ``id`` (one per line), and rows are joined by id. Relative paths start at the working directory, like
+            ``manifests``.
         kwargs: ``PairedDataModule``'s (datasets, pivot, flows, batch sizes, sampling, ...).
     """
 
@@ -434,7 +435,7 @@ class ManifestDataModule(PairedDataModule):
             if kind == "text":
                 info[m] = ModalityInfo(kind="text")
             elif kind == "features" and any(isinstance(d.features[m], ArrayFeatures) for d in train):
-                # memory-mapped arrays stay on disk: backbones fitted to data get the statistics, not the rows
+                # arrays stay on disk: backbones fitted to data get the statistics, not the rows
                 mean, std = feature_stats([d.features[m] for d in train])
                 info[m] = ModalityInfo(kind="features", shape=tuple(mean.shape), train_stats=(mean, std))
             elif kind == "features":

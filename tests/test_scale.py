@@ -9,7 +9,7 @@ from benchmarks.scale import embed_available, main
 
 TITLES = [
     "## (a) `brokenbind embed`, 20 image rows",
-    "## (b) Training on memory-mapped float16 arrays, 1 and 2 gloo processes",
+    "## (b) Training on float16 arrays, 1 and 2 gloo processes",
     "## (c) Exact instance mAP + R@k, chunked",
     "## (d) Class-level mAP against the matmul and instance mAP + R@k",
 ]

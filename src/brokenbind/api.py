@@ -184,8 +184,10 @@ def check_save_dir(save_dir: Path) -> None:
         )
 
 
-# How every command parses an experiment: our defaults first, OmegaConf interpolation, errors raised (not exit)
-PARSER_KWARGS = {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
+def parser_kwargs() -> dict[str, Any]:
+    """How every command parses an experiment: our defaults first, OmegaConf interpolation, errors raised (not exit).
+    A new dict each time: LightningCLI writes into the one it is given."""
+    return {"default_config_files": [str(DEFAULTS)], "parser_mode": "omegaconf", "exit_on_error": False}
 
 
 def experiment_files(config: Namespace) -> list[Path]:
@@ -400,14 +402,13 @@ def _start(cli_class: type[BrokenBindCLI], args: Sequence[str], callbacks: Seque
     try:
         args = with_checkpoint_config(expand_presets(list(args)))
         check_yaml_files(args)
-        parser_kwargs = PARSER_KWARGS
         # LightningCLI reads the command line (and the DDP launcher re-runs it): give it the expanded arguments there
         with patch.object(sys, "argv", [sys.argv[0], *args]):
             return cli_class(
                 BindingModule,
                 PairedDataModule,
                 subclass_mode_data=True,
-                parser_kwargs={"exit_on_error": False, **{command: parser_kwargs for command in SUBCOMMANDS}},
+                parser_kwargs={"exit_on_error": False, **{command: parser_kwargs() for command in SUBCOMMANDS}},
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,  # the model takes its optimizer; one way to configure it
                 trainer_defaults={"callbacks": list(callbacks)},  # appended to the configured callbacks

@@ -1,5 +1,5 @@
 """``brokenbind embed``: encode every row of an experiment's datasets once with its frozen backbones, into the
-memory-mapped arrays that ``data.init_args.arrays`` reads, so that training runs on features instead of raw inputs.
+``.npy`` arrays that ``data.init_args.arrays`` reads, so that training runs on features instead of raw inputs.
 This is the practice of the binding papers, whose encoders are frozen (BrokenBind arXiv 2602.06451 §5, ImageBind
 arXiv 2305.05665 §4): encode once, train heads many times.
 
@@ -39,7 +39,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from brokenbind.api import (
-    PARSER_KWARGS,
     SIGNAL_EXIT,
     Config,
     Stopped,
@@ -49,6 +48,7 @@ from brokenbind.api import (
     expand_presets,
     experiment_files,
     experiment_name,
+    parser_kwargs,
 )
 from brokenbind.backbones import Backbone, BackboneSpec, build_backbone
 from brokenbind.errors import ConfigError
@@ -499,7 +499,7 @@ def run(args: Sequence[str]) -> Embedded:
                 BindingModule,
                 ManifestDataModule,
                 subclass_mode_data=True,
-                parser_kwargs=PARSER_KWARGS,
+                parser_kwargs=parser_kwargs(),
                 save_config_callback=None,
                 auto_configure_optimizers=False,
                 run=False,

@@ -14,7 +14,7 @@ class ModalityInfo:
     waveform at ``sample_rate``) or ``text`` (a string); ``shape`` is the per-sample tensor shape (None for text and
     variable-length audio); ``train_inputs`` are the training inputs of a ``features`` modality, for backbones fitted to
     data (standardisation), None otherwise; ``train_stats`` their per-feature mean and standard deviation when the
-    inputs are too large to hold (memory-mapped arrays).
+    inputs are too large to hold (``.npy`` arrays read row by row).
     """
 
     kind: str

@@ -30,7 +30,7 @@ class Standardize(Backbone):
 
     @classmethod
     def fit(cls, info: ModalityInfo) -> "Standardize":
-        """From the training inputs, or from their statistics (``train_stats``: what a memory-mapped array gives
+        """From the training inputs, or from their statistics (``train_stats``: what an array file gives
         without loading every row)."""
         if info.kind != "features":
             raise ConfigError(
