@@ -282,7 +282,9 @@ class ManifestDataModule(PairedDataModule):
             for m in self.split_modalities(name, split):
                 if m in arrays:
                     continue  # checked against the array's ids below
-                for row in rows[manifest.stripped(m).eq("").to_numpy()[rows]][:1]:  # the first empty cell
+                empty = rows[manifest.stripped(m).eq("").to_numpy()[rows]]
+                if len(empty):
+                    row = int(empty[0])
                     raise DataError(
                         f"dataset {name!r}: {table.context(row)}: modality {m!r} is empty, but every {split} row "
                         f"must carry {self.split_modalities(name, split)}"
