@@ -81,9 +81,13 @@ class ArrayFeatures:
         return len(self.array_rows)
 
     def __getitem__(self, i: int) -> Tensor:
+        return self.batch([i])[0]
+
+    def batch(self, items: list[int]) -> Tensor:
+        """Items ``items`` in one read of the array (one ``preadv`` per run of consecutive rows)."""
         return self.array.rows(
-            self.array_rows[i : i + 1], lambda: self.table.context(int(self.rows[i]), self.modality)
-        )[0]
+            self.array_rows[items], lambda k: self.table.context(int(self.rows[items[k]]), self.modality)
+        )
 
     def chunks(self, size: int = 65536) -> Iterator[Tensor]:
         """All rows, ``size`` at a time (array order within a chunk, for sequential reads)."""

@@ -275,9 +275,9 @@ class FeatureArray:
                 "(a truncated or still-written file)"
             )
 
-    def rows(self, rows: np.ndarray, context: str | Callable[[], str] = "") -> Tensor:
+    def rows(self, rows: np.ndarray, context: str | Callable[[int], str] = "") -> Tensor:
         """Rows ``rows`` as float32 (len(rows), D); NaN or infinite values are an error naming the array row and
-        ``context`` (a callable is called only then)."""
+        ``context`` (a callable is called only then, with the position in ``rows`` of the bad row)."""
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
@@ -290,9 +290,11 @@ class FeatureArray:
         values[order] = stored  # back in the order asked for
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
-            context = context() if callable(context) else context
-            bad = int(rows[np.flatnonzero(~finite)[0]])
-            raise DataError(f"features {_where(self.path, context)}: array row {bad} contains NaN or infinite values")
+            position = int(np.flatnonzero(~finite)[0])
+            context = context(position) if callable(context) else context
+            raise DataError(
+                f"features {_where(self.path, context)}: array row {rows[position]} contains NaN or infinite values"
+            )
         return torch.from_numpy(values)
 
     def _read(self, ordered: np.ndarray, buffer: memoryview) -> None:

@@ -128,6 +128,19 @@ class ManifestDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return {"x": {m: self.load(m, i) for m in self.modalities}, "index": self.index[i], "label": self.label[i]}
 
+    def __getitems__(self, items: list[int]) -> list[dict]:
+        """A batch of items (DataLoader asks for a batch when a dataset has this): an array modality is read for the
+        whole batch in one call, not a file read per row; the rest item by item."""
+        arrays = {m: f.batch(items) for m, f in self.features.items() if isinstance(f, ArrayFeatures)}
+        return [
+            {
+                "x": {m: arrays[m][k] if m in arrays else self.load(m, i) for m in self.modalities},
+                "index": self.index[i],
+                "label": self.label[i],
+            }
+            for k, i in enumerate(items)
+        ]
+
 
 class ManifestDataModule(PairedDataModule):
     """Datasets read from manifests (one CSV, JSONL or Parquet per dataset); see the module docstring for the format.

@@ -56,6 +56,13 @@ def test_array_items_equal_the_per_row_files(tmp_path):
             assert len(got) == len(want)
             for i in range(len(got)):
                 torch.testing.assert_close(got[i]["x"]["emb"], want[i]["x"]["emb"])
+            items = list(range(len(got)))[::-1]  # a batch read at once (DataLoader's __getitems__) equals item by item
+            for one, batched in zip([got[i] for i in items], got.__getitems__(items), strict=True):
+                assert one["x"].keys() == batched["x"].keys()
+                for m in one["x"]:
+                    a, b = one["x"][m], batched["x"][m]
+                    assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                assert one["index"] == batched["index"] and one["label"] == batched["label"]
         stats = dm.modality_info()["emb"]
         inputs = per_row.modality_info()["emb"].train_inputs
         assert stats.train_inputs is None and stats.shape == (5,)
