@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -257,31 +258,30 @@ def retrieval_metrics(
         query_labels, gallery_labels = query_labels.to(device), gallery_labels.to(device)
         class_problem = class_map_problem(torch.cat([query_labels, gallery_labels]))
 
-    ap: list[Tensor] = []
-    ap_class: list[Tensor] = []
-    hits: dict[int, list[Tensor]] = {k: [] for k in ks}
+    # Per-query results go into buffers made up front: small tensors kept from every chunk would sit above that
+    # chunk's large freed temporaries in the C heap and pin them (glibc then kept GBs of freed memory at 100k x 100k).
+    per_query = partial(torch.empty, query.shape[0], dtype=torch.float64, device=device)
+    ap, hits = per_query(), {k: per_query() for k in ks}
+    score_classes = with_labels and class_problem is None
+    ap_class = per_query() if score_classes else None
     match = single_match(query_ids, gallery_ids)  # the usual case: instance ids are unique in the gallery
     for start in range(0, query.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         scores = query[rows].float() @ gallery_t
         _check_finite(scores)  # once per chunk; the cores below skip their public wrappers' checks
         if match is not None:
-            chunk_ap, chunk_hits = _single_relevant_metrics(scores, match[rows], ks)
+            ap[rows], chunk_hits = _single_relevant_metrics(scores, match[rows], ks)
         else:
             relevant = query_ids[rows, None] == gallery_ids[None, :]
-            chunk_ap, chunk_hits = _average_precision(scores, relevant), _recall_at_k(scores, relevant, ks)
-        ap.append(chunk_ap)
+            ap[rows], chunk_hits = _average_precision(scores, relevant), _recall_at_k(scores, relevant, ks)
         for k, hit in chunk_hits.items():
-            hits[k].append(hit)
-        if with_labels and class_problem is None:
-            ap_class.append(_class_average_precision(scores, query_labels[rows], gallery_labels))
+            hits[k][rows] = hit
+        if ap_class is not None:
+            ap_class[rows] = _class_average_precision(scores, query_labels[rows], gallery_labels)
 
-    # Pool every query before averaging: a mean of chunk means would weight chunks, not queries.
-    def pooled_mean(parts: list[Tensor]) -> float:
-        return torch.cat(parts).nanmean().item()
-
-    out = {"mAP": pooled_mean(ap)}
-    out.update({f"R@{k}": pooled_mean(parts) for k, parts in hits.items()})
+    # The mean over every query, not over chunk means (which would weight chunks, not queries).
+    out = {"mAP": ap.nanmean().item()}
+    out.update({f"R@{k}": hit.nanmean().item() for k, hit in hits.items()})
     if with_labels:
-        out["mAP_class"] = float("nan") if class_problem is not None else pooled_mean(ap_class)
+        out["mAP_class"] = float("nan") if ap_class is None else ap_class.nanmean().item()
     return out
