@@ -57,7 +57,7 @@ bench: $(BIN)/brokenbind system-deps ## The benchmark (about two hours on 2 core
 bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 settings, 4 methods, 2 runs, fewer cost rounds): benchmarks/results/bench-quick
 	$(BIN)/python -m benchmarks.bench --quick $(ARGS)
 
-scale: $(BIN)/brokenbind ## Time and memory as rows grow (about 30 min, 6 GB of generated data in the temp folder): benchmarks/results/scale [ARGS="--quick --work DIR"]
+scale: $(BIN)/brokenbind ## Time and memory as rows grow (about 2.5 h, most of it (a) encoding 100k images twice; 7 GB of generated data in the temp folder): benchmarks/results/scale [ARGS="--quick --work DIR"]
 	$(BIN)/python -m benchmarks.scale --out benchmarks/results/scale $(ARGS)
 
 gpu-check: $(BIN)/brokenbind system-deps ## On a machine with one CUDA GPU: bf16, encoders on the device, 1-GPU DDP, embed; each against the CPU (never run here: no GPU)
