@@ -51,7 +51,7 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 test: $(BIN)/brokenbind ## Run the test suite
 	$(BIN)/pytest $(ARGS)
 
-bench: $(BIN)/brokenbind system-deps ## The benchmark (about two hours on 2 cores, two runs at a time): every method x setting on test, report + plots + cost + scale, in benchmarks/results/bench
+bench: $(BIN)/brokenbind system-deps ## The benchmark (about 4.5 h on 2 cores: 2 h of runs two at a time, then cost and 2.5 h of scale; ARGS=--skip_scale): every method x setting on test, report + plots + cost + scale, in benchmarks/results/bench
 	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 bench-quick: $(BIN)/brokenbind system-deps ## The same benchmark in minutes (2 settings, 4 methods, 2 runs, fewer cost rounds): benchmarks/results/bench-quick
