@@ -78,18 +78,20 @@ def loss_and_grads(name: str, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def worker(rank: int, port: int, name: str, out: str) -> None:
+def worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        _, layout = METHODS[name]
-        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        local = {ds: {m: x[rows] for m, x in mods.items()} for ds, mods in global_inputs(layout).items()}
-        loss, grads = loss_and_grads(name, local)
-        dist.all_reduce(grads)  # what DDP does: average the gradients over ranks
-        dist.all_reduce(loss)
+        results = {}
+        for name, (_, layout) in METHODS.items():
+            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            local = {ds: {m: x[rows] for m, x in mods.items()} for ds, mods in global_inputs(layout).items()}
+            loss, grads = loss_and_grads(name, local)
+            dist.all_reduce(grads)  # what DDP does: average the gradients over ranks
+            dist.all_reduce(loss)
+            results[name] = {"loss": loss / WORLD, "grads": grads / WORLD}
         if rank == 0:
-            torch.save({"loss": loss / WORLD, "grads": grads / WORLD}, out)
+            torch.save(results, out)
         dist.barrier()  # both ranks are done with every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
@@ -98,12 +100,18 @@ def worker(rank: int, port: int, name: str, out: str) -> None:
     os._exit(0)
 
 
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
+    """Every method's loss and averaged gradients from one two-process group (one spawn: each costs seconds)."""
+    out = str(tmp_path_factory.mktemp("ddp") / "ddp.pt")
+    mp.spawn(worker, args=(free_port(), out), nprocs=WORLD, join=True)
+    return torch.load(out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_ddp_matches_single_process_on_the_global_batch(name, tmp_path):
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(worker, args=(free_port(), name, out), nprocs=WORLD, join=True)
-    ddp = torch.load(out)
+def test_ddp_matches_single_process_on_the_global_batch(name, ddp_results):
+    ddp = ddp_results[name]
     ref_loss, ref_grads = loss_and_grads(name, global_inputs(METHODS[name][1]))
     torch.testing.assert_close(ddp["loss"], ref_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ddp["grads"], ref_grads, rtol=1e-5, atol=1e-5)
