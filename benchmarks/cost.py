@@ -40,9 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +51,7 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_every
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from benchmarks.memory import measured
 from brokenbind import api
 from brokenbind.backbones import ModalityInfo
 from brokenbind.backbones.image import TimmImage
@@ -213,36 +212,6 @@ def retrieval_inputs(n: int, d: int = 128) -> tuple[torch.Tensor, ...]:
     gallery = F.normalize(query + 0.8 * torch.randn(n, d, generator=g), dim=1)
     labels = torch.randint(0, 10, (n,), generator=g)
     return query, gallery, torch.arange(n), labels
-
-
-def measured(fn: Callable[[], dict]) -> dict:
-    """``fn()``'s result with its seconds and its peak resident memory above the memory before it (MB), sampled by a
-    thread every 2 ms: a process's lifetime peak (ru_maxrss) would include imports and earlier work."""
-    base = current_rss_mb()
-    peak, stop = base, threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, current_rss_mb())
-            stop.wait(0.002)
-
-    sampler = threading.Thread(target=poll)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        result = fn()
-    finally:
-        seconds = time.perf_counter() - start
-        stop.set()
-        sampler.join()
-    return {**result, "seconds": seconds, "peak_mb": max(peak, current_rss_mb()) - base}
-
-
-def current_rss_mb() -> float:
-    """Resident memory now (Linux)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure_retrieval(impl: str, n: int, sample: int) -> dict[str, float]:

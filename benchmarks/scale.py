@@ -28,18 +28,15 @@ The report is ``--out``/scale.md with one CSV row per measurement beside it (sca
 
 import argparse
 import importlib.util
-import itertools
 import json
 import math
 import os
 import platform
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +46,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
-from lightning.pytorch import Callback, Trainer
 
-from benchmarks.cost import measured
+from benchmarks.memory import measured, status_mb
 from brokenbind.metrics.retrieval import class_average_precision, retrieval_metrics
 from brokenbind.provenance import commit
 
@@ -66,58 +62,6 @@ BATCH = 256  # training rows per dataset and process per step
 VAL_BATCHES = 2  # validation batches (of eval_batch_size 512 rows) scored once after the last step
 CHUNK = 1024  # retrieval_metrics' default query rows per chunk
 Row = dict[str, object]
-
-
-# -- memory of a process -------------------------------------------------------------------------------------------
-def status_mb(pid: int | str = "self") -> dict[str, float]:
-    """VmHWM, VmRSS, RssAnon and RssFile of a process in MB (Linux /proc); {} when it has exited."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    return {key: int(kb) / 1024 for key, kb in re.findall(r"^(VmHWM|VmRSS|RssAnon|RssFile):\s+(\d+) kB", text, re.M)}
-
-
-class Probe(Callback):
-    """Added to a ``brokenbind fit`` run (``--trainer.callbacks+=benchmarks.scale.Probe``): writes ``out``/rank<R>.json
-    when fit ends, with the seconds from the end of each training batch to the end of the next (loading the batch
-    and its step) after ``warmup`` batches, this process's VmHWM then, and its peak RssAnon and RssFile sampled every
-    20 ms from the moment the trainer is built (before the data are read and the feature statistics computed)."""
-
-    def __init__(self, out: str, warmup: int = 30):
-        self.out, self.warmup = Path(out), warmup
-        self.ends: list[float] = []
-        self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
-        self.stop = threading.Event()
-        self.sampler = threading.Thread(target=self.sample, daemon=True)
-        self.sampler.start()
-
-    def sample(self) -> None:
-        while not self.stop.is_set():
-            now = status_mb()
-            for key in self.peak:
-                self.peak[key] = max(self.peak[key], now.get(key, 0.0))
-            self.stop.wait(0.02)
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.ends.append(time.perf_counter())
-
-    def teardown(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if stage != "fit":
-            return
-        self.stop.set()
-        self.sampler.join()
-        final = status_mb()
-        timed = self.ends[max(self.warmup - 1, 0) :]
-        record = {
-            "rank": trainer.global_rank,
-            "step_seconds": [b - a for a, b in itertools.pairwise(timed)],
-            "vmhwm_mb": final["VmHWM"],
-            "anon_mb": max(self.peak["RssAnon"], final["RssAnon"]),
-            "file_mb": max(self.peak["RssFile"], final["RssFile"]),
-        }
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def child_env() -> dict[str, str]:
@@ -221,7 +165,7 @@ def train_once(config: Path, processes: int, steps: int, warmup: int, logs: Path
         f"--trainer.limit_val_batches={VAL_BATCHES}", "--trainer.num_sanity_val_steps=0", "--test_after_fit=false",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={logs}",
-        "--trainer.callbacks+=benchmarks.scale.Probe", f"--trainer.callbacks.out={probe}",
+        "--trainer.callbacks+=benchmarks.probe.Probe", f"--trainer.callbacks.out={probe}",
         f"--trainer.callbacks.warmup={warmup}",
     ]  # fmt: skip
     stderr = logs / f"{probe.name}.stderr"

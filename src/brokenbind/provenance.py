@@ -7,15 +7,16 @@ git commit for a reader (``+changes`` when these sources differ from it); it is 
 """
 
 import hashlib
+import importlib.util
 import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
 
 import brokenbind
-import datamodules
 
-PACKAGES = (Path(brokenbind.__file__).parent, Path(datamodules.__file__).parent)
+# datamodules located, not imported: importing it imports Lightning (seconds), which a caller may not need
+PACKAGES = (Path(brokenbind.__file__).parent, Path(importlib.util.find_spec("datamodules").origin).parent)
 
 
 @cache
