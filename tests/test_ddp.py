@@ -82,9 +82,8 @@ def worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        results = {}
+        results, rows = {}, slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         for name, (_, layout) in METHODS.items():
-            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
             local = {ds: {m: x[rows] for m, x in mods.items()} for ds, mods in global_inputs(layout).items()}
             loss, grads = loss_and_grads(name, local)
             dist.all_reduce(grads)  # what DDP does: average the gradients over ranks
