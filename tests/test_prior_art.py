@@ -22,8 +22,9 @@ from brokenbind.cli import cli as main
 from brokenbind.errors import ConfigError
 from brokenbind.losses.mox import kernel_transition, orthogonal_logits, recentre
 from brokenbind.methods import CMCR, BrokenBind, FABind, Impute, Transitive
-from brokenbind.methods.impute import DEFAULT_RIDGES, fit_ridge, plan, predict_ridge
+from brokenbind.methods.impute import DEFAULT_RIDGES, plan
 from brokenbind.metrics.transitive import transitive_embeddings
+from brokenbind.transfer import PivotMap, fit_ridge, predict_ridge
 
 from .test_faults import stop_at
 from .test_losses import _ref_cross_cyclic, _ref_in_cyclic
@@ -304,10 +305,10 @@ def test_plan_imputes_both_ways_for_two_datasets_and_level_by_level_along_a_chai
 def fitted(spec: dict[str, list[str]], seed: int = 40) -> Impute:
     """An Impute whose regressors are fitted on random features, without ``prepare``."""
     method = Impute(logit_scale=5.0)
-    method.steps = plan(spec)
-    for i, (_, pivot, target) in enumerate(method.steps):
+    method.imputer.steps = plan(spec)
+    for i, step in enumerate(method.imputer.steps):
         x, y = regression_data(seed + i, 30)
-        method.regressors[pivot, target] = fit_ridge(x, y[:, :3].repeat(1, 2), 0.1)
+        method.imputer.maps[step] = PivotMap(fit_ridge(x, y[:, :3].repeat(1, 2), 0.1))
     return method
 
 
@@ -322,12 +323,12 @@ def test_complete_adds_exactly_the_imputed_modality_and_chains_through_imputed_o
     for ds, mods in features.items():
         for m, f in mods.items():
             assert out[ds][m] is f  # real features pass through untouched
-    regressors = method.regressors
-    c1 = predict_ridge(regressors["b", "c"], features["d1"]["b"])
+    maps = {step: m.model for step, m in method.imputer.maps.items()}
+    c1 = predict_ridge(maps["d1", "b", "c"], features["d1"]["b"])
     torch.testing.assert_close(out["d1"]["c"], c1)
-    torch.testing.assert_close(out["d1"]["e"], predict_ridge(regressors["c", "e"], c1))
-    b3 = predict_ridge(regressors["c", "b"], features["d3"]["c"])
-    torch.testing.assert_close(out["d3"]["a"], predict_ridge(regressors["b", "a"], b3))
+    torch.testing.assert_close(out["d1"]["e"], predict_ridge(maps["d1", "c", "e"], c1))
+    b3 = predict_ridge(maps["d3", "c", "b"], features["d3"]["c"])
+    torch.testing.assert_close(out["d3"]["a"], predict_ridge(maps["d3", "b", "a"], b3))
 
 
 def test_impute_trains_as_the_oracle_on_completed_rows():
@@ -373,17 +374,17 @@ def test_impute_chooses_the_ridge_with_the_least_validation_error_on_the_dataset
     data, calls = split_data(50), []
     method = Impute()
     method.prepare(fake_encoder(data, calls), TWO)
-    assert method.steps == [("d1", "b", "c"), ("d2", "b", "a")]
+    assert method.imputer.steps == [("d1", "b", "c"), ("d2", "b", "a")]
     assert calls == [("d2", "train", ("b", "c")), ("d2", "val", ("b", "c")),
                      ("d1", "train", ("b", "a")), ("d1", "val", ("b", "a"))]  # fmt: skip
-    for (pivot, target), holder in ((("b", "c"), "d2"), (("b", "a"), "d1")):
+    for (scored, pivot, target), holder in ((("d1", "b", "c"), "d2"), (("d2", "b", "a"), "d1")):
         train, val = data[holder]["train"], data[holder]["val"]
         errors = validation_errors(train[pivot], train[target], val[pivot], val[target], DEFAULT_RIDGES)
         best = min(errors, key=errors.__getitem__)
         assert best not in (DEFAULT_RIDGES[0], DEFAULT_RIDGES[-1])  # the data make the choice a real one
-        assert method.chosen_ridge[pivot, target] == best
-        for got, want in zip(method.regressors[pivot, target], fit_ridge(train[pivot], train[target], best),
-                             strict=True):  # fmt: skip
+        assert method.imputer.chosen_ridge[pivot, target] == best
+        for got, want in zip(method.imputer.maps[scored, pivot, target].model,
+                             fit_ridge(train[pivot], train[target], best), strict=True):  # fmt: skip
             torch.testing.assert_close(got, want)
 
 
@@ -398,8 +399,8 @@ def test_impute_fit_on_all_fits_on_every_dataset_and_validates_on_the_observing_
     val = data["d2"]["val"]
     errors = validation_errors(x, y, val["b"], val["c"], (0.01, 1.0, 100.0))
     best = min(errors, key=errors.__getitem__)
-    assert method.chosen_ridge["b", "c"] == best
-    torch.testing.assert_close(method.regressors["b", "c"][1], fit_ridge(x, y, best)[1])
+    assert method.imputer.chosen_ridge["b", "c"] == best
+    torch.testing.assert_close(method.imputer.maps["d1", "b", "c"].model.weight, fit_ridge(x, y, best).weight)
 
 
 @pytest.mark.parametrize(

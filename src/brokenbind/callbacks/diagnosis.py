@@ -79,27 +79,13 @@ def diagnose(
         return {m: pl_module.project(m, f) for m, f in features.items()}
 
     own = embed(dataset, "val", sorted({query, pivot, target} | set(dm.datasets[dataset].modalities)))
-    n = len(own[pivot])
-    size = min(dm.batch_size, n)  # X-mod (Eq. 7) pairs rows of equal batches
-    generator = torch.Generator().manual_seed(seed)
-    others = {}
-    for ds, spec in dm.datasets.items():
-        if ds != dataset:
-            # only the picked rows are encoded: memory and time of one batch, not of the whole training split
-            pick = torch.randperm(len(dm.splits[ds]["train"]), generator=generator)[:size]
-            others[ds] = embed(ds, "train", list(spec.modalities), pick)
     method = pl_module.method if isinstance(pl_module.method, BrokenBind) else BrokenBind()
-    parts = []
-    for start in range(0, n, size):
-        first = min(start, n - size)  # the last chunk is the last full batch; only its new rows are kept
-        chunk = {m: own[m][first : first + size] for m in dm.datasets[dataset].modalities}
-        pseudo = method.pseudo_embeddings({dataset: chunk, **others}, dataset)[target]
-        rows = pseudo.data
-        if method.pseudo_centring == "target_mean":
-            rows = recentre(rows, others[pseudo.source][target].float().mean(0))
-        parts.append(F.normalize(rows, dim=1)[start - first :])
+    if method.imputer is not None:  # the regressor transition: the pseudo target is the embedded imputed features
+        features = pl_module.encode_split(dataset, "val", list(dm.datasets[dataset].modalities))
+        pseudo = pl_module.project(target, method.complete({dataset: features})[dataset][target])
+    else:
+        pseudo = extrapolate(pl_module, method, own, dataset, target, seed)
     pl_module.train(training)
-    pseudo = torch.cat(parts)
     index = torch.arange(len(pseudo))
 
     def mean_ap(first: Tensor, second: Tensor) -> float:
@@ -113,3 +99,35 @@ def diagnose(
         "mAP_query_pivot": mean_ap(own[query], own[pivot]),
         "mAP_query_pseudo": mean_ap(own[query], pseudo),
     }
+
+
+def extrapolate(
+    pl_module: LightningModule, method: BrokenBind, own: dict[str, Tensor], dataset: str, target: str, seed: int
+) -> Tensor:
+    """Unit pseudo embeddings of ``target`` for the validation rows ``own`` of ``dataset``, each chunk of a batch
+    against one fixed random training batch of every other dataset, as MOX extrapolates in training."""
+    dm: PairedData = pl_module.trainer.datamodule
+
+    def embed(ds: str, split: str, modalities: list[str], rows: Tensor | None = None) -> dict[str, Tensor]:
+        features = pl_module.encode_split(ds, split, modalities, rows)
+        return {m: pl_module.project(m, f) for m, f in features.items()}
+
+    n = len(next(iter(own.values())))
+    size = min(dm.batch_size, n)  # X-mod (Eq. 7) pairs rows of equal batches
+    generator = torch.Generator().manual_seed(seed)
+    others = {}
+    for ds, spec in dm.datasets.items():
+        if ds != dataset:
+            # only the picked rows are encoded: memory and time of one batch, not of the whole training split
+            pick = torch.randperm(len(dm.splits[ds]["train"]), generator=generator)[:size]
+            others[ds] = embed(ds, "train", list(spec.modalities), pick)
+    parts = []
+    for start in range(0, n, size):
+        first = min(start, n - size)  # the last chunk is the last full batch; only its new rows are kept
+        chunk = {m: own[m][first : first + size] for m in dm.datasets[dataset].modalities}
+        pseudo = method.pseudo_embeddings({dataset: chunk, **others}, dataset)[target]
+        rows = pseudo.data
+        if method.pseudo_centring == "target_mean":
+            rows = recentre(rows, others[pseudo.source][target].float().mean(0))
+        parts.append(F.normalize(rows, dim=1)[start - first :])
+    return torch.cat(parts)

@@ -47,11 +47,15 @@ from brokenbind.losses.mox import (
 from brokenbind.methods.base import (
     BindingMethod,
     Embeddings,
+    Encoder,
+    Features,
     SharedNoise,
     check_non_negative,
     modality_pairs,
     next_level,
 )
+from brokenbind.methods.impute import PivotImputer
+from brokenbind.transfer import REGRESSORS, TRANSFERS, Regressor, Transfer
 
 # Where the default recipe departs from the paper: these arguments give BrokenBind exactly as written (the preset
 # configs/methods/brokenbind_paper.yaml spells out every argument).
@@ -90,8 +94,19 @@ class BrokenBind(BindingMethod):
             meant to bind without ever co-occurring) or ``none`` (default: see the module docstring).
         push_away_weight: multiplies each push-away partition term inside L_CLIP's average (1 = the paper).
         transition: how pseudo embeddings are extrapolated from the other dataset's rows: ``linear`` (Eqs. 5-8, the
-            ridge pseudo-inverse) or ``kernel`` (a softmax over pivot cosines with ``kernel_temperature``, C-MCR's
-            retrieval, arXiv 2305.14381 §3.2; no X-mod exists for it, so R_Fro is not computed).
+            ridge pseudo-inverse of one batch's pivot rows), ``kernel`` (a softmax over pivot cosines with
+            ``kernel_temperature``, C-MCR's retrieval, arXiv 2305.14381 §3.2) or ``regressor``: the transition fitted
+            once, in closed form, on the backbone features of every training row of the supporting dataset (a ridge
+            map pivot → target, ``methods.impute.PivotImputer``) rather than on one batch, carried to the dataset
+            that lacks the target by ``transfer``; the target's head embeds the predicted features, and these are
+            the pseudo embeddings (needs frozen backbones). Neither ``kernel`` nor ``regressor`` has an X-mod form,
+            so R_Fro is not computed for them.
+        transfer: with ``transition="regressor"``, the correction for the shift between the supporting and the scored
+            dataset (``brokenbind.transfer``): ``none``, ``importance`` (covariate-shift weights of the supporting
+            rows), ``coral`` (second-order alignment of the scored pivot) or ``sinkhorn`` (optimal-transport pseudo
+            pairs).
+        regressor: with ``transition="regressor"``, the map: ``ridge`` (linear) or ``kernel`` (Gaussian kernel ridge
+            over the supporting rows).
         pseudo_centring: ``target_mean`` moves the pseudo embeddings' batch mean onto the real target's batch mean in
             the dataset they come from (C3's collapse, arXiv 2401.08567 §3), ``none`` leaves them as extrapolated;
             ``pseudo_noise`` adds Gaussian noise of that standard deviation per coordinate (C3's corrupt).
@@ -122,7 +137,9 @@ class BrokenBind(BindingMethod):
         push_away: Literal["all", "observed_pairs", "none"] = "none",
         push_away_weight: float = 1.0,
         sym_normalizer: Literal["batch", "pairs"] = "batch",
-        transition: Literal["linear", "kernel"] = "linear",
+        transition: Literal["linear", "kernel", "regressor"] = "linear",
+        transfer: Transfer = "none",
+        regressor: Regressor = "ridge",
         kernel_temperature: float = 0.05,
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
@@ -144,7 +161,9 @@ class BrokenBind(BindingMethod):
             "mox_contrast": (mox_contrast, ("x_data", "x_mod")),
             "push_away": (push_away, ("all", "observed_pairs", "none")),
             "sym_normalizer": (sym_normalizer, ("batch", "pairs")),
-            "transition": (transition, ("linear", "kernel")),
+            "transition": (transition, ("linear", "kernel", "regressor")),
+            "transfer": (transfer, TRANSFERS),
+            "regressor": (regressor, REGRESSORS),
             "pseudo_centring": (pseudo_centring, ("none", "target_mean")),
             "mox_subspace": (mox_subspace, ("full", "orthogonal")),
         }
@@ -158,11 +177,26 @@ class BrokenBind(BindingMethod):
         self.sym_normalizer = sym_normalizer
         if not kernel_temperature > 0:
             raise ConfigError(f"kernel_temperature must be positive, got {kernel_temperature}")
-        if transition == "kernel" and mox_contrast == "x_mod":
-            raise ConfigError("mox_contrast x_mod needs transition linear: the kernel transition has no X-mod form")
+        if transition != "linear" and mox_contrast == "x_mod":
+            raise ConfigError(
+                f"mox_contrast x_mod needs transition linear: the {transition} transition has no X-mod form"
+            )
+        if (transfer != "none" or regressor != "ridge") and transition != "regressor":
+            raise ConfigError("transfer and regressor configure the regressor transition: set transition: regressor")
         self.transition, self.kernel_temperature = transition, kernel_temperature
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
         self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
+        # refitted by ``prepare`` at every fit start (a deterministic function of the frozen features), never saved
+        self.imputer = (
+            PivotImputer(self.name, transfer=transfer, regressor=regressor) if transition == "regressor" else None
+        )
+
+    def prepare(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
+        if self.imputer is not None:
+            self.imputer.fit(encode, datasets)
+
+    def complete(self, features: Features) -> Features:
+        return features if self.imputer is None else self.imputer.complete(features)
 
     def mox_start(self, max_epochs: int | None) -> int:
         """The first epoch with MOX in a run of ``max_epochs`` (the trainer's, which the LightningModule passes with
@@ -182,13 +216,28 @@ class BrokenBind(BindingMethod):
 
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         terms = {}
+        real = self.real(batch)
         if self.weights["clip"]:
-            terms["clip"] = self.clip(batch)
+            terms["clip"] = self.clip(real)
         if self.weights["sym"]:
-            terms["sym"] = self.symmetry(batch)
+            terms["sym"] = self.symmetry(real)
         if (self.weights["mox"] or self.weights["fro"]) and epoch >= self.mox_start(max_epochs):
             terms["mox"], terms["fro"] = self.extrapolation(batch)
         return {name: self.weights[name] * value for name, value in terms.items() if self.weights[name]}
+
+    def real(self, batch: Batch) -> Batch:
+        """The batch without the modalities the regressor transition imputed (``complete``): L_CLIP and L_Sym see
+        only observed pairs; the imputed embeddings are MOX's pseudo targets."""
+        if self.imputer is None:
+            return batch
+        imputed = self.imputer.imputed()
+
+        def keep(embeddings: Embeddings) -> Embeddings:
+            return {
+                ds: {m: e for m, e in mods.items() if m not in imputed.get(ds, ())} for ds, mods in embeddings.items()
+            }
+
+        return Batch(keep(batch.local), keep(batch.full), batch.offset)
 
     def _pushed(self, embeddings: Embeddings, anchor: str, other: str) -> bool:
         if self.push_away == "all":
@@ -228,7 +277,8 @@ class BrokenBind(BindingMethod):
     def extrapolation(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks."""
         mox, fro = 0.0, 0.0
-        for ds, mods in batch.local.items():
+        real = self.real(batch)
+        for ds, mods in real.local.items():
             for target, pseudo in self.pseudo_embeddings(batch.full, ds).items():
                 candidates = self.mox_candidates(pseudo, batch.full[pseudo.source][target])
                 pivot = mods[pseudo.origin]
@@ -268,8 +318,11 @@ class BrokenBind(BindingMethod):
         """Pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
 
         Level by level: each other dataset that shares a modality with what ``dataset`` has so far (real, or pseudo
-        from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot.
+        from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot. With the
+        regressor transition the pseudo embeddings are already in ``full[dataset]`` (imputed by ``complete``).
         """
+        if self.imputer is not None:
+            return self.imputed_pseudo(full, dataset)
         have = dict(full[dataset])
         origin = {m: m for m in have}
         out: dict[str, Pseudo] = {}
@@ -292,4 +345,18 @@ class BrokenBind(BindingMethod):
                 origin[target] = origin[pivot]
                 out[target] = Pseudo(data, mod, origin[target], source)
             have.update({t: out[t].data for t in level})
+        return out
+
+    def imputed_pseudo(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
+        """The regressor transition's pseudo embeddings of ``dataset``: its imputed modalities, each with the real
+        modality its chain of steps starts from and the first dataset observing it."""
+        origin = {m: m for m in full[dataset]}
+        out = {}
+        for ds, pivot, target in self.imputer.steps:
+            if ds == dataset:
+                origin[target] = origin[pivot]
+                source = next(
+                    d for d, mods in full.items() if target in mods and target not in self.imputer.imputed().get(d, ())
+                )
+                out[target] = Pseudo(full[dataset][target], None, origin[target], source)
         return out

@@ -24,23 +24,122 @@ from torch import Tensor
 from brokenbind.errors import ConfigError
 from brokenbind.methods.base import Encoder, Features, next_level
 from brokenbind.methods.fabind import FABind
+from brokenbind.transfer import (
+    REGRESSORS,
+    TRANSFERS,
+    PivotMap,
+    Regressor,
+    Transfer,
+    fit_map,
+    fit_pivot_map,
+    predict,
+)
 
 DEFAULT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+# kernel ridge: λ against K/n (eigenvalues ≤ 1), and the RBF width as multiples of 1 / median squared distance
+KERNEL_RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+KERNEL_WIDTHS = (0.5, 1.0, 2.0, 4.0)
+KERNEL_ROWS = 4096  # the kernel map's memory: at most this many supporting rows (O(n³) fit, O(n) per prediction)
 
 
-def fit_ridge(x: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Ridge regression with intercept, in float64: returns (mean of x, W, mean of y) with
-    W = (X̄ᵀX̄/n + λI)⁻¹ X̄ᵀȲ/n on centred X̄, Ȳ, so that λ is in units of feature variance."""
-    x, y = x.double(), y.double()
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    gram = xc.T @ xc / len(x) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
-    return mx, torch.linalg.solve(gram, xc.T @ yc / len(x)), my
+class PivotImputer:
+    """Pivot → target maps on frozen backbone features, one per (dataset, pivot, target) step of ``plan``.
 
+    Fitted once before training (``fit``) on the training rows of the datasets observing both modalities (of every
+    dataset with ``fit_on="all"``), a ``ridge`` (linear) or ``kernel`` (Gaussian kernel ridge, on at most
+    ``KERNEL_ROWS`` rows drawn with a fixed seed) regressor whose λ (and kernel width) is chosen from a grid by the
+    mean squared error on the validation rows of the observing datasets (never the hidden ones), then carried to the
+    dataset that lacks the target by ``transfer`` (``brokenbind.transfer``: ``none``, ``importance``, ``coral`` or
+    ``sinkhorn``) using that dataset's own training rows of the pivot (imputed ones along a chain). ``complete`` fills
+    in the missing modalities.
+    """
 
-def predict_ridge(model: tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:
-    mx, w, my = model
-    return ((x.double() - mx.to(x.device)) @ w.to(x.device) + my.to(x.device)).to(x.dtype)
+    def __init__(
+        self,
+        name: str,
+        ridges: tuple[float, ...] = DEFAULT_RIDGES,
+        fit_on: Literal["observed", "all"] = "observed",
+        transfer: Transfer = "none",
+        regressor: Regressor = "ridge",
+    ):
+        if not ridges or min(ridges) < 0:
+            raise ConfigError(f"ridges must be a non-empty list of non-negative values, got {list(ridges)}")
+        if fit_on not in ("observed", "all"):
+            raise ConfigError(f"fit_on must be one of ['observed', 'all'], got {fit_on!r}")
+        if transfer not in TRANSFERS:
+            raise ConfigError(f"transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
+        if regressor not in REGRESSORS:
+            raise ConfigError(f"regressor must be one of {list(REGRESSORS)}, got {regressor!r}")
+        self.name, self.ridges, self.fit_on, self.transfer = name, tuple(ridges), fit_on, transfer
+        self.regressor = regressor
+        self.steps: list[tuple[str, str, str]] = []  # (dataset, pivot, target) in the order they apply
+        self.maps: dict[tuple[str, str, str], PivotMap] = {}
+        self.chosen_ridge: dict[tuple[str, str], float] = {}
+        self.chosen_gamma: dict[tuple[str, str], float] = {}
+
+    def fit(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
+        self.steps = plan(datasets)
+        if not self.steps:
+            raise ConfigError(f"{self.name} found no dataset lacking a modality that a shared pivot links it to")
+        pairs: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+        for pivot, target in dict.fromkeys((p, t) for _, p, t in self.steps):
+            holders = [d for d, mods in datasets.items() if {pivot, target} <= set(mods)]
+            fit = list(datasets) if self.fit_on == "all" else holders
+            train = [encode(d, "train", [pivot, target]) for d in fit]
+            val = [encode(d, "val", [pivot, target]) for d in holders]
+            x, y = (torch.cat([f[m] for f in train]) for m in (pivot, target))
+            if self.regressor == "kernel" and len(x) > KERNEL_ROWS:
+                keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:KERNEL_ROWS]
+                x, y = x[keep], y[keep]
+            pairs[pivot, target] = x, y
+            vx, vy = (torch.cat([f[m] for f in val]) for m in (pivot, target))
+            errors = {
+                (r, g): (predict(fit_map(self.regressor, x, y, r, g), vx) - vy).pow(2).mean().item()
+                for r, g in self.grid(x)
+            }
+            best, self.chosen_gamma[pivot, target] = min(errors, key=errors.__getitem__)
+            self.chosen_ridge[pivot, target] = best
+            rank_zero_info(
+                f"{self.name}: {pivot}→{target} {self.regressor} regressor on {len(x)} training rows of {fit}, "
+                f"λ = {best:g}{f', γ = {self.chosen_gamma[pivot, target]:.3g}' if self.regressor == 'kernel' else ''} "
+                f"(validation MSE {min(errors.values()):.4g} over {len(errors)} candidates)"
+            )
+        # each dataset's own training rows, completed step by step: what the transfer corrections adapt to
+        rows = {ds: encode(ds, "train", list(mods)) for ds, mods in datasets.items()} if self.transfer != "none" else {}
+        for ds, pivot, target in self.steps:
+            x, y = pairs[pivot, target]
+            scored = rows[ds][pivot] if rows else x
+            self.maps[ds, pivot, target] = fit_pivot_map(x, y, scored, self.transfer, self.chosen_ridge[pivot, target],
+                                                         self.regressor, self.chosen_gamma[pivot, target])  # fmt: skip
+            if rows:
+                rows[ds][target] = self.maps[ds, pivot, target](scored)
+
+    def grid(self, x: Tensor) -> list[tuple[float, float]]:
+        """(λ, γ) candidates: ``ridges`` alone for the linear map (γ unused); for the kernel map ``KERNEL_RIDGES`` ×
+        ``KERNEL_WIDTHS`` / the (lower) median squared distance between supporting rows (the median heuristic)."""
+        if self.regressor == "ridge":
+            return [(r, 0.0) for r in self.ridges]
+        sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:1000]].double()
+        median = torch.pdist(sample).square().median().item()
+        return [(r, w / median) for r in KERNEL_RIDGES for w in KERNEL_WIDTHS]
+
+    def complete(self, features: Features) -> Features:
+        if not self.maps:
+            raise ConfigError(
+                f"{self.name} has no fitted regressor: it trains only under fit (prepare runs at fit start)"
+            )
+        out = {ds: dict(mods) for ds, mods in features.items()}
+        for ds, pivot, target in self.steps:
+            if ds in out:
+                out[ds][target] = self.maps[ds, pivot, target](out[ds][pivot])
+        return out
+
+    def imputed(self) -> dict[str, set[str]]:
+        """Dataset -> the modalities ``complete`` adds to it."""
+        out: dict[str, set[str]] = {}
+        for ds, _, target in self.steps:
+            out.setdefault(ds, set()).add(target)
+        return out
 
 
 class Impute(FABind):
@@ -50,6 +149,10 @@ class Impute(FABind):
         ridges: the λ grid (in units of feature variance) the validation error chooses from.
         fit_on: ``observed`` (the method: datasets observing both pivot and target) or ``all`` (the pivot ceiling:
             every dataset, hidden targets included).
+        transfer: how the regressor is carried to the dataset lacking the target (``brokenbind.transfer``); ``none``
+            is the published baseline.
+        regressor: ``ridge`` (the baseline: linear) or ``kernel`` (Gaussian kernel ridge; ``ridges`` is then unused,
+            the grid is ``KERNEL_RIDGES`` × ``KERNEL_WIDTHS``).
         anchor, logit_scale, learn_logit_scale, modality_scales: as ``FABind``.
     """
 
@@ -59,49 +162,22 @@ class Impute(FABind):
         self,
         ridges: tuple[float, ...] = DEFAULT_RIDGES,
         fit_on: Literal["observed", "all"] = "observed",
+        transfer: Transfer = "none",
+        regressor: Regressor = "ridge",
         anchor: str | None = None,
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
     ):
         super().__init__(anchor, logit_scale, learn_logit_scale, modality_scales)
-        if not ridges or min(ridges) < 0:
-            raise ConfigError(f"ridges must be a non-empty list of non-negative values, got {list(ridges)}")
-        if fit_on not in ("observed", "all"):
-            raise ConfigError(f"fit_on must be one of ['observed', 'all'], got {fit_on!r}")
-        self.ridges, self.fit_on = tuple(ridges), fit_on
         self.name = "pivot_ceiling" if fit_on == "all" else "impute"  # what its messages and result rows call it
-        # (dataset, pivot, target) in the order they apply; one regressor per (pivot, target)
-        self.steps: list[tuple[str, str, str]] = []
-        self.regressors: dict[tuple[str, str], tuple[Tensor, Tensor, Tensor]] = {}
-        self.chosen_ridge: dict[tuple[str, str], float] = {}
+        self.imputer = PivotImputer(self.name, ridges, fit_on, transfer, regressor)
 
     def prepare(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
-        self.steps = plan(datasets)
-        if not self.steps:
-            raise ConfigError("impute found no dataset lacking a modality that a shared pivot links it to")
-        for pivot, target in dict.fromkeys((p, t) for _, p, t in self.steps):
-            holders = [d for d, mods in datasets.items() if {pivot, target} <= set(mods)]
-            fit = list(datasets) if self.fit_on == "all" else holders
-            train = [encode(d, "train", [pivot, target]) for d in fit]
-            val = [encode(d, "val", [pivot, target]) for d in holders]
-            x, y = (torch.cat([f[m] for f in train]) for m in (pivot, target))
-            vx, vy = (torch.cat([f[m] for f in val]) for m in (pivot, target))
-            errors = {r: (predict_ridge(fit_ridge(x, y, r), vx) - vy).pow(2).mean().item() for r in self.ridges}
-            best = min(errors, key=errors.__getitem__)
-            self.regressors[pivot, target], self.chosen_ridge[pivot, target] = fit_ridge(x, y, best), best
-            rank_zero_info(
-                f"{self.name}: {pivot}→{target} ridge regressor on {len(x)} training rows of {fit}, λ = {best:g} "
-                f"(validation MSE {errors[best]:.4g}; {', '.join(f'{r:g}: {e:.4g}' for r, e in errors.items())})"
-            )
+        self.imputer.fit(encode, datasets)
 
     def complete(self, features: Features) -> Features:
-        if not self.regressors:
-            raise ConfigError("impute has no fitted regressor: it trains only under fit (prepare runs at fit start)")
-        out = {ds: dict(mods) for ds, mods in features.items()}
-        for ds, pivot, target in self.steps:
-            out[ds][target] = predict_ridge(self.regressors[pivot, target], out[ds][pivot])
-        return out
+        return self.imputer.complete(features)
 
 
 def plan(datasets: dict[str, list[str]]) -> list[tuple[str, str, str]]:
