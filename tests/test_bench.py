@@ -129,3 +129,18 @@ def test_report_only_writes_the_report_from_runs_csv_and_runs_nothing(tmp_path, 
     assert "`python -m benchmarks.bench --report_only --skip_cost --out" in text
     assert "| bound_fou_pix_zer | 3 | +5.3 ± 1.4 (W) |" in text
     assert "Not drawn: the example runs' directories (seed 0; not committed) are not here" in text
+
+
+def test_the_decomposition_splits_the_distance_to_the_oracle_into_pivot_shift_and_method(tmp_path):
+    rows = (
+        rows_for("bound_fou_pix_zer", "oracle", [0.80, 0.80])
+        + rows_for("bound_fou_pix_zer", "pivot_ceiling", [0.70, 0.72])  # pivot: 80 − 71 = 9 points
+        + rows_for("bound_fou_pix_zer", "impute", [0.60, 0.62])  # shift: 71 − 61 = 10 points
+        + rows_for("bound_fou_pix_zer", "brokenbind", [0.65, 0.65])  # method: 61 − 65 = −4 (beats the transfer)
+        + rows_for("bound_fou_pix_zer", "cmcr", [0.50, 0.54])
+        + rows_for("bound_fou_fac_zer", "brokenbind", [0.5, 0.5])  # no oracle / ceiling / impute: not decomposed
+    )
+    text = report(Suite.load(SUITE), rows, tmp_path, "python -m benchmarks.bench", 60.0, quick=False, pictures=False)
+    assert "| bound_fou_pix_zer | brokenbind | +15.0 | +9.0 | +10.0 | -4.0 |" in text
+    assert "| bound_fou_pix_zer | cmcr | +28.0 | +9.0 | +10.0 | +9.0 |" in text
+    assert "| bound_fou_fac_zer | brokenbind |" not in text

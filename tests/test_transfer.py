@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sklearn.kernel_ridge import KernelRidge as SkKernelRidge
 from sklearn.linear_model import Ridge as SkRidge
 
+from brokenbind.callbacks.diagnosis import transfer_error
 from brokenbind.errors import ConfigError
 from brokenbind.methods import BrokenBind, Impute
 from brokenbind.methods.impute import KERNEL_RIDGES, KERNEL_WIDTHS, PivotImputer
@@ -42,7 +43,7 @@ def data(seed: int, rows: int, k: int = 5, out: int = 3) -> tuple[torch.Tensor, 
     return x, y
 
 
-# -- regressors ---------------------------------------------------------------------------------------------------------
+# -- regressors --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ridge", [0.0, 0.3])
 def test_weighted_ridge_equals_sklearn_with_sample_weights(ridge):
     x, y = data(1, 40)
@@ -103,9 +104,11 @@ def test_importance_weights_of_indistinguishable_datasets_are_one():
 
 
 def test_coral_without_regulariser_gives_the_supporting_mean_and_covariance():
-    scored = torch.randn(300, 3, generator=GEN(11), dtype=torch.float64) @ torch.tensor(
-        [[2.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, -0.3, 0.2]], dtype=torch.float64
-    ) + 4.0
+    scored = (
+        torch.randn(300, 3, generator=GEN(11), dtype=torch.float64)
+        @ torch.tensor([[2.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, -0.3, 0.2]], dtype=torch.float64)
+        + 4.0
+    )
     supporting = torch.randn(200, 3, generator=GEN(12), dtype=torch.float64) * torch.tensor([0.5, 3.0, 1.0]) - 1.0
     matrix, shift = coral(scored, supporting, eps=0.0)
     moved = scored @ matrix + shift
@@ -263,3 +266,35 @@ def test_unit_pseudo_rows_from_the_regressor_are_the_embedded_imputed_features()
     assert {t: (p.origin, p.source, p.mod) for t, p in pseudo.items()} == {"c": ("b", "d2", None)}
     assert pseudo["c"].data is emb["d1"]["c"]
     assert F.normalize(pseudo["c"].data, dim=1).allclose(emb["d1"]["c"])
+
+
+# -- the transfer error (callbacks.diagnosis) --------------------------------------------------------------------------
+def mrr(pred: np.ndarray, real: np.ndarray) -> float:
+    """Instance mAP with one relevant item per query: the mean reciprocal rank of row i's own target by cosine."""
+    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    r = real / np.linalg.norm(real, axis=1, keepdims=True)
+    sims = p @ r.T
+    return float(np.mean([1.0 / (1 + np.sum(sims[i] > sims[i, i])) for i in range(len(sims))]))
+
+
+def test_transfer_error_against_sklearn_ridge_and_a_reciprocal_rank_loop():
+    layout_ = split_layout(40)
+    got = transfer_error(fake_encoder(layout_, []), "d1", ["d2"], "b", "c", ridges=(0.01, 1.0))
+
+    def best(train, val):
+        x, y, vx, vy = (arr(t) for t in (train["b"], train["c"], val["b"], val["c"]))
+        models = [SkRidge(alpha=r * len(x)).fit(x, y) for r in (0.01, 1.0)]
+        return min(models, key=lambda m: np.mean((m.predict(vx) - vy) ** 2))
+
+    supporting = best(layout_["d2"]["train"], layout_["d2"]["val"])
+    own = best(layout_["d1"]["train"], layout_["d1"]["val"])
+    expected = {}
+    for name, ds in (("supporting", "d2"), ("scored", "d1")):
+        vx, vy = arr(layout_[ds]["val"]["b"]), arr(layout_[ds]["val"]["c"])
+        expected[f"rel_mse_{name}"] = np.mean((supporting.predict(vx) - vy) ** 2) / np.mean((vy - vy.mean(0)) ** 2)
+    vx, vy = arr(layout_["d1"]["val"]["b"]), arr(layout_["d1"]["val"]["c"])
+    expected |= {"mAP_scored": mrr(supporting.predict(vx), vy), "mAP_own": mrr(own.predict(vx), vy)}
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-4), name
+    assert got["rel_mse_scored"] > got["rel_mse_supporting"]  # d1's pivot rows are shifted: the map transfers worse

@@ -14,6 +14,16 @@ training noise). Logged as ``val/diag/<D>/<p->r>/<name>``:
 - ``mAP_query_pivot``, ``mAP_query_pseudo``: from p to q and to pseudo r (the query→pivot alignment bounds both).
 
 The history travels in checkpoints (``bench`` plots it) and is drawn in TensorBoard (``figures/pivot_diagnosis``).
+
+Once per fit, before training, the **transfer error** of each such flow's pivot → target map (an analysis number: it
+reads the scored dataset's hidden pairs, which no method sees), from frozen backbone features: a ridge regressor
+q → r fitted on the training rows of the datasets observing both (λ chosen on their validation rows), then
+``transfer/<D>/<q->r>/<name>``, logged at step 0 and printed:
+
+- ``rel_mse_supporting``, ``rel_mse_scored``: its mean squared error over the target's variance on the validation rows
+  of the supporting datasets and of D (the growth is what the shift between datasets costs the map);
+- ``mAP_scored``, ``mAP_own``: instance mAP of retrieving D's real r from the predicted r on D's validation rows, for
+  that map and for the same regressor fitted on D's own training pairs (the map D would have if it observed r).
 """
 
 from collections import defaultdict
@@ -23,13 +33,18 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from brokenbind.callbacks.figures import curves
+from brokenbind.errors import ConfigError
 from brokenbind.losses.mox import recentre
+from brokenbind.methods.base import Encoder
 from brokenbind.methods.brokenbind import BrokenBind
+from brokenbind.methods.impute import DEFAULT_RIDGES
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.pairing import PairedData
+from brokenbind.transfer import Ridge, fit_ridge, predict_ridge
 
 
 class PivotDiagnosis(Callback):
@@ -44,6 +59,25 @@ class PivotDiagnosis(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = defaultdict(list, {k: [tuple(p) for p in v] for k, v in state["history"].items()})
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dm: PairedData = trainer.datamodule
+        for flow in dm.flows:
+            _, pivot, target = flow.modalities
+            holders = [d for d, spec in dm.datasets.items() if {pivot, target} <= set(spec.modalities)]
+            if target in dm.datasets[flow.dataset].modalities or not holders:
+                continue  # observed in training, or no dataset observes the pivot with the target (a chain)
+            try:
+                numbers = transfer_error(pl_module.frozen_features, flow.dataset, holders, pivot, target)
+            except ConfigError as error:  # trainable backbones: their features change while training
+                rank_zero_info(f"transfer error of {flow.dataset}: {pivot}->{target} not computed: {error}")
+                continue
+            key = f"{flow.dataset}/{pivot}->{target}"
+            rank_zero_info(f"transfer error {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
+            for name, value in numbers.items():
+                self.history[f"transfer/{key}/{name}"].append((0, value))
+            if trainer.logger is not None:
+                trainer.logger.log_metrics({f"transfer/{key}/{k}": v for k, v in numbers.items()}, step=0)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -60,8 +94,9 @@ class PivotDiagnosis(Callback):
                 self.history[key].append((trainer.current_epoch, value))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger) and self.history:
-            figure = curves(self.history, "epoch", "cosine / mAP")
+        history = {k: v for k, v in self.history.items() if not k.startswith("transfer/")}
+        if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger) and history:
+            figure = curves(history, "epoch", "cosine / mAP")
             trainer.logger.experiment.add_figure("figures/pivot_diagnosis", figure, trainer.global_step)
 
 
@@ -131,3 +166,42 @@ def extrapolate(
             rows = recentre(rows, others[pseudo.source][target].float().mean(0))
         parts.append(F.normalize(rows, dim=1)[start - first :])
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def transfer_error(
+    encode: Encoder,
+    scored: str,
+    holders: list[str],
+    pivot: str,
+    target: str,
+    ridges: tuple[float, ...] = DEFAULT_RIDGES,
+) -> dict[str, float]:
+    """The transfer-error numbers of one flow (module docstring) from ``encode`` (frozen backbone features)."""
+
+    def pairs(datasets: list[str], split: str) -> tuple[Tensor, Tensor]:
+        parts = [encode(d, split, [pivot, target]) for d in datasets]
+        return torch.cat([p[pivot] for p in parts]), torch.cat([p[target] for p in parts])
+
+    def fitted(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> Ridge:
+        models = [fit_ridge(x, y, r) for r in ridges]
+        return min(models, key=lambda m: (predict_ridge(m, vx) - vy).pow(2).mean().item())
+
+    def rel_mse(model: Ridge, x: Tensor, y: Tensor) -> float:
+        return ((predict_ridge(model, x) - y).pow(2).mean() / (y - y.mean(0)).pow(2).mean()).item()
+
+    def mean_ap(model: Ridge, x: Tensor, y: Tensor) -> float:
+        index = torch.arange(len(x))
+        return retrieval_metrics(F.normalize(predict_ridge(model, x), dim=1), F.normalize(y, dim=1), index, index,
+                                 ks=(1,))["mAP"]  # fmt: skip
+
+    supporting, supporting_val = pairs(holders, "train"), pairs(holders, "val")
+    own, scored_val = pairs([scored], "train"), pairs([scored], "val")
+    model = fitted(*supporting, *supporting_val)
+    own_model = fitted(*own, *scored_val)  # λ chosen on D's validation pairs too: an analysis reference only
+    return {
+        "rel_mse_supporting": rel_mse(model, *supporting_val),
+        "rel_mse_scored": rel_mse(model, *scored_val),
+        "mAP_scored": mean_ap(model, *scored_val),
+        "mAP_own": mean_ap(own_model, *scored_val),
+    }
