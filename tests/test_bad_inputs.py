@@ -239,9 +239,9 @@ CASES = [
     Case("experiment_file_not_found", lambda tmp: ["fit", "--config", "experiments/two_datset.yaml"],
          "ConfigError: Parser key \"config\": File does not exist: '{cwd}/experiments/two_datset.yaml'"),
     Case("misspelt_method_preset", mfeat_run("--method", "brokenbnd"),
-         "ConfigError: unknown method preset 'brokenbnd'; available: ['brokenbind', 'brokenbind_only_clip', "
-         "'brokenbind_paper', 'brokenbind_wo_cons', 'brokenbind_wo_fro', 'brokenbind_wo_mox', 'centrobind', "
-         "'cmcr', 'fabind', 'frozen', 'impute', 'oracle', 'pivot_ceiling', 'transitive']"),
+         "ConfigError: unknown method preset 'brokenbnd'; available: ['brokenbind', 'brokenbind_kernel', "
+         "'brokenbind_only_clip', 'brokenbind_paper', 'brokenbind_wo_cons', 'brokenbind_wo_fro', 'brokenbind_wo_mox', "
+         "'centrobind', 'cmcr', 'fabind', 'frozen', 'impute', 'oracle', 'pivot_ceiling', 'transitive']"),
     Case("misspelt_hardware_preset", mfeat_run("--hardware", "gpux"),
          "ConfigError: unknown hardware preset 'gpux'; available: ['cpu', 'ddp', 'ddp_cpu', 'gpu', 'multinode']"),
     Case("empty_experiment_file", experiment_file("# nothing yet\n"),

@@ -37,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from brokenbind.callbacks.figures import curves
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, DataError
 from brokenbind.losses.mox import recentre
 from brokenbind.methods.base import Encoder
 from brokenbind.methods.brokenbind import BrokenBind
@@ -69,7 +69,7 @@ class PivotDiagnosis(Callback):
                 continue  # observed in training, or no dataset observes the pivot with the target (a chain)
             try:
                 numbers = transfer_error(pl_module.frozen_features, flow.dataset, holders, pivot, target)
-            except ConfigError as error:  # trainable backbones: their features change while training
+            except (ConfigError, DataError) as error:  # trainable backbones (their features move), or no such rows
                 rank_zero_info(f"transfer error of {flow.dataset}: {pivot}->{target} not computed: {error}")
                 continue
             key = f"{flow.dataset}/{pivot}->{target}"
