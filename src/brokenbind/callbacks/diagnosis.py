@@ -53,12 +53,14 @@ class PivotDiagnosis(Callback):
     def __init__(self, seed: int = 0):
         self.seed = seed
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.transfer: dict[str, float] = {}  # "<D>/<q->r>/<name>" -> the transfer error numbers of this fit
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": dict(self.history)}
+        return {"history": dict(self.history), "transfer": self.transfer}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = defaultdict(list, {k: [tuple(p) for p in v] for k, v in state["history"].items()})
+        self.transfer = dict(state.get("transfer", {}))  # absent from checkpoints written before it existed
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm: PairedData = trainer.datamodule
@@ -74,8 +76,7 @@ class PivotDiagnosis(Callback):
                 continue
             key = f"{flow.dataset}/{pivot}->{target}"
             rank_zero_info(f"transfer error {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
-            for name, value in numbers.items():
-                self.history[f"transfer/{key}/{name}"].append((0, value))
+            self.transfer |= {f"{key}/{name}": value for name, value in numbers.items()}
             if trainer.logger is not None:
                 trainer.logger.log_metrics({f"transfer/{key}/{k}": v for k, v in numbers.items()}, step=0)
 
@@ -94,9 +95,8 @@ class PivotDiagnosis(Callback):
                 self.history[key].append((trainer.current_epoch, value))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        history = {k: v for k, v in self.history.items() if not k.startswith("transfer/")}
-        if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger) and history:
-            figure = curves(history, "epoch", "cosine / mAP")
+        if trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger) and self.history:
+            figure = curves(self.history, "epoch", "cosine / mAP")
             trainer.logger.experiment.add_figure("figures/pivot_diagnosis", figure, trainer.global_step)
 
 
