@@ -21,11 +21,13 @@ def run_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # logs/ is relative to the working directory
 
 
-# (method, experiment) pairs refused by design, with the start of the error: impute fits on frozen features (the
-# digits' audio backbone trains), transitive needs rows observing both pivot and target (a chain has none)
+# (method, experiment) pairs refused by design, with the start of the error: impute and brokenbind_kernel fit on
+# frozen features (the digits' audio backbone trains), transitive needs rows observing both pivot and target (a chain
+# has none)
 REFUSED = {
     ("impute", "digits_real"): "ConfigError: method 'impute' fits on backbone features before training",
     ("pivot_ceiling", "digits_real"): "ConfigError: method 'pivot_ceiling' fits on backbone features before training",
+    ("brokenbind_kernel", "digits_real"): "ConfigError: method 'brokenbind' fits on backbone features before training",
     ("transitive", "three_dataset"): "ConfigError: method 'transitive' retrieves through anchor rows",
 }
 
