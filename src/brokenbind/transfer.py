@@ -108,6 +108,15 @@ def predict(model: "Ridge | KernelRidge", x: Tensor) -> Tensor:
     return predict_kernel_ridge(model, x) if isinstance(model, KernelRidge) else predict_ridge(model, x)
 
 
+def choose(
+    regressor: Regressor, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, grid: list[tuple[float, float]]
+) -> tuple[tuple[float, float], dict[tuple[float, float], float]]:
+    """The (λ, γ) of ``grid`` whose ``regressor`` fitted on (``x``, ``y``) has the least mean squared error on the
+    validation pairs (``vx``, ``vy``), and every candidate's error (γ is unused by the ridge)."""
+    errors = {(r, g): (predict(fit_map(regressor, x, y, r, g), vx) - vy).pow(2).mean().item() for r, g in grid}
+    return min(errors, key=errors.__getitem__), errors
+
+
 def importance_weights(supporting: Tensor, scored: Tensor, inverse_regularisation: float = 0.01) -> Tensor:
     """Density ratio p_scored / p_supporting at each supporting row (module docstring), normalised to mean 1.
 

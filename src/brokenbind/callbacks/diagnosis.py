@@ -44,7 +44,7 @@ from brokenbind.methods.brokenbind import BrokenBind
 from brokenbind.methods.impute import DEFAULT_RIDGES
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.pairing import PairedData
-from brokenbind.transfer import Ridge, fit_ridge, predict_ridge
+from brokenbind.transfer import Ridge, choose, fit_ridge, predict_ridge
 
 
 class PivotDiagnosis(Callback):
@@ -109,15 +109,13 @@ def diagnose(
     training = pl_module.training
     pl_module.eval()
 
-    def embed(ds: str, split: str, modalities: list[str], rows: Tensor | None = None) -> dict[str, Tensor]:
-        features = pl_module.encode_split(ds, split, modalities, rows)
-        return {m: pl_module.project(m, f) for m, f in features.items()}
-
-    own = embed(dataset, "val", sorted({query, pivot, target} | set(dm.datasets[dataset].modalities)))
+    observed = dm.datasets[dataset].modalities
+    features = pl_module.encode_split(dataset, "val", sorted({query, pivot, target} | set(observed)))
+    own = {m: pl_module.project(m, f) for m, f in features.items()}
     method = pl_module.method if isinstance(pl_module.method, BrokenBind) else BrokenBind()
     if method.imputer is not None:  # the regressor transition: the pseudo target is the embedded imputed features
-        features = pl_module.encode_split(dataset, "val", list(dm.datasets[dataset].modalities))
-        pseudo = pl_module.project(target, method.complete({dataset: features})[dataset][target])
+        imputed = method.complete({dataset: {m: features[m] for m in observed}})[dataset][target]
+        pseudo = pl_module.project(target, imputed)
     else:
         pseudo = extrapolate(pl_module, method, own, dataset, target, seed)
     pl_module.train(training)
@@ -184,8 +182,8 @@ def transfer_error(
         return torch.cat([p[pivot] for p in parts]), torch.cat([p[target] for p in parts])
 
     def fitted(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> Ridge:
-        models = [fit_ridge(x, y, r) for r in ridges]
-        return min(models, key=lambda m: (predict_ridge(m, vx) - vy).pow(2).mean().item())
+        (ridge, _), _ = choose("ridge", x, y, vx, vy, [(r, 0.0) for r in ridges])
+        return fit_ridge(x, y, ridge)
 
     def rel_mse(model: Ridge, x: Tensor, y: Tensor) -> float:
         return ((predict_ridge(model, x) - y).pow(2).mean() / (y - y.mean(0)).pow(2).mean()).item()

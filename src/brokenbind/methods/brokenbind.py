@@ -350,13 +350,11 @@ class BrokenBind(BindingMethod):
     def imputed_pseudo(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
         """The regressor transition's pseudo embeddings of ``dataset``: its imputed modalities, each with the real
         modality its chain of steps starts from and the first dataset observing it."""
-        origin = {m: m for m in full[dataset]}
+        origin, imputed = {m: m for m in full[dataset]}, self.imputer.imputed()
         out = {}
         for ds, pivot, target in self.imputer.steps:
             if ds == dataset:
                 origin[target] = origin[pivot]
-                source = next(
-                    d for d, mods in full.items() if target in mods and target not in self.imputer.imputed().get(d, ())
-                )
+                source = next(d for d, mods in full.items() if target in mods and target not in imputed.get(d, ()))
                 out[target] = Pseudo(full[dataset][target], None, origin[target], source)
         return out

@@ -30,9 +30,8 @@ from brokenbind.transfer import (
     PivotMap,
     Regressor,
     Transfer,
-    fit_map,
+    choose,
     fit_pivot_map,
-    predict,
 )
 
 DEFAULT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -93,11 +92,7 @@ class PivotImputer:
                 x, y = x[keep], y[keep]
             pairs[pivot, target] = x, y
             vx, vy = (torch.cat([f[m] for f in val]) for m in (pivot, target))
-            errors = {
-                (r, g): (predict(fit_map(self.regressor, x, y, r, g), vx) - vy).pow(2).mean().item()
-                for r, g in self.grid(x)
-            }
-            best, self.chosen_gamma[pivot, target] = min(errors, key=errors.__getitem__)
+            (best, self.chosen_gamma[pivot, target]), errors = choose(self.regressor, x, y, vx, vy, self.grid(x))
             self.chosen_ridge[pivot, target] = best
             rank_zero_info(
                 f"{self.name}: {pivot}→{target} {self.regressor} regressor on {len(x)} training rows of {fit}, "
