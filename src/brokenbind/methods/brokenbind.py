@@ -97,9 +97,9 @@ class BrokenBind(BindingMethod):
             ridge pseudo-inverse of one batch's pivot rows), ``kernel`` (a softmax over pivot cosines with
             ``kernel_temperature``, C-MCR's retrieval, arXiv 2305.14381 §3.2) or ``regressor``: the transition fitted
             once, in closed form, on the backbone features of every training row of the supporting dataset (a map
-            pivot → target of kind ``regressor``, ``methods.impute.PivotImputer``) rather than on one batch, carried to the dataset
-            that lacks the target by ``transfer``; the target's head embeds the predicted features, and these are
-            the pseudo embeddings (needs frozen backbones). Neither ``kernel`` nor ``regressor`` has an X-mod form,
+            pivot → target of kind ``regressor``, ``methods.impute.PivotImputer``) rather than on one batch, carried
+            to the dataset that lacks the target by ``transfer``; the target's head embeds the predicted features,
+            and these are the pseudo embeddings (needs frozen backbones). Neither ``kernel`` nor ``regressor`` has an X-mod form,
             so R_Fro is not computed for them.
         transfer: with ``transition="regressor"``, the correction for the shift between the supporting and the scored
             dataset (``brokenbind.transfer``): ``none``, ``importance`` (covariate-shift weights of the supporting
