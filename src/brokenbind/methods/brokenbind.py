@@ -99,8 +99,8 @@ class BrokenBind(BindingMethod):
             once, in closed form, on the backbone features of every training row of the supporting dataset (a map
             pivot → target of kind ``regressor``, ``methods.impute.PivotImputer``) rather than on one batch, carried
             to the dataset that lacks the target by ``transfer``; the target's head embeds the predicted features,
-            and these are the pseudo embeddings (needs frozen backbones). Neither ``kernel`` nor ``regressor`` has an X-mod form,
-            so R_Fro is not computed for them.
+            and these are the pseudo embeddings (needs frozen backbones). Neither ``kernel`` nor ``regressor`` has
+            an X-mod form, so R_Fro is not computed for them.
         transfer: with ``transition="regressor"``, the correction for the shift between the supporting and the scored
             dataset (``brokenbind.transfer``): ``none``, ``importance`` (covariate-shift weights of the supporting
             rows), ``coral`` (second-order alignment of the scored pivot) or ``sinkhorn`` (optimal-transport pseudo
