@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, DataError
 from brokenbind.modality import ModalityInfo
 from brokenbind.world import world
 
@@ -159,6 +159,13 @@ class PairedDataModule(LightningDataModule, ABC):
                     spec.modalities = sorted(set(spec.modalities) | set(flow.modalities))
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("batch sizes must be positive")
+        if batch_size < 2:  # a row's only candidate is its own pair: every contrastive loss is exactly 0
+            raise ConfigError(
+                "data.init_args.batch_size is 1, but the contrastive terms of every method (CLIP, CyCLIP, MOX's pseudo "
+                "pairs, C-MCR's alignment) compare each row with the other rows of its batch: with one row there is "
+                "no negative, every such term is exactly 0 and the run would train nothing it could be named after. "
+                "Use a batch of 2 rows or more (64, the default, or the largest that fits in memory)"
+            )
         if num_workers < 0:
             raise ConfigError(
                 f"data.init_args.num_workers must be 0 (load in the main process) or a number of loader processes, "
@@ -274,6 +281,15 @@ class PairedDataModule(LightningDataModule, ABC):
                     f"dataset {name!r} has {len(splits['train'])} training instances, fewer than batch_size "
                     f"{self.batch_size}: with drop_last it would yield no batch; lower data.init_args.batch_size"
                 )
+        for name in self.eval_datasets:
+            for split in ("val", "test"):
+                if len(self.splits[name][split]) < 2:  # one candidate is always ranked first: AP 1 whatever the model
+                    raise DataError(
+                        f"dataset {name!r} has {len(self.splits[name][split])} {split} instance(s): retrieval ranks a "
+                        "gallery of the split's rows, and with fewer than two every query finds its match first "
+                        f"whatever the model (instance mAP 100 %). Give its {split} split two or more rows (the "
+                        "manifest's split column, or split_fractions)"
+                    )
 
     def modality_info(self) -> dict[str, ModalityInfo]:
         """Input shape and training inputs of every modality, for building backbones."""

@@ -5,6 +5,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from brokenbind.errors import ConfigError, DataError
 from datamodules.base import SPLITS
@@ -12,8 +13,15 @@ from datamodules.manifest_rows import Manifest
 
 UNLABELLED = -1
 SPLIT_DTYPE = f"<U{max(map(len, SPLITS))}"  # a split name per row as fixed-width chars, not a Python object
+# The missing-value spellings of pandas' readers (``na_values``), compared without case: a spreadsheet or a pandas
+# export writes them for an empty cell, and a CSV is read verbatim (``na_filter=False``), so a label cell holding one
+# is an unlabelled row, as an empty cell is, in every manifest format (a Parquet or JSON null arrives as "").
+MISSING_LABELS = frozenset(
+    s.lower() for s in ("", "N/A", "NA", "NaN", "-NaN", "null", "None", "<NA>", "#N/A", "#NA", "#N/A N/A", "n/a")
+)
 LABEL_RULE = (
-    "labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell marks an "
+    "labels must be all integer class ids (0, 1, 2, ...; 3.0 counts as 3, as pandas writes an integer column that "
+    "has a missing value) or all class names (cat, dog, ...); an empty cell, or N/A, NA, NaN, null or None, marks an "
     "unlabelled row"
 )
 
@@ -60,28 +68,48 @@ def assign_splits(labels: np.ndarray, fractions: tuple[float, ...], seed: int, n
     return out
 
 
+def labels_of(manifest: Manifest) -> pd.Series:
+    """A manifest's label cells, stripped, with every missing-value spelling (``MISSING_LABELS``) as ""."""
+    labels = manifest.stripped("label")
+    return labels.mask(labels.str.lower().isin(MISSING_LABELS), "")
+
+
+def class_id(value: str) -> int | None:
+    """The integer class id a label cell spells (``3``, or a whole number written as a float: ``3.0``, ``3e0``),
+    else None."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
 def _label_kind(value: str) -> str:
-    """``id`` (an integer), ``number`` (any other number: 3.0, NaN, inf, 1e3) or ``name``."""
-    for kind, parse in (("id", int), ("number", float)):
-        try:
-            parse(value)
-            return kind
-        except ValueError:
-            pass
-    return "name"
+    """``id`` (an integer class id, ``class_id``), ``number`` (any other number: 3.5, inf) or ``name``."""
+    if class_id(value) is not None:
+        return "id"
+    try:
+        float(value)
+    except ValueError:
+        return "name"
+    return "number"
 
 
 def label_mapping(manifests: list[Manifest]) -> dict[str, int] | None:
     """One label numbering for all ``manifests``: None when every label is an integer class id (kept as is), else the
-    sorted distinct class names numbered from 0. Labels must be all ids or all names: a number that is not an integer
-    (``3.0``, ``NaN``: what a spreadsheet or pandas writes for a missing value) or a mix of ids and names is a
-    ``DataError`` naming the value, the manifest and the row, instead of new classes and a silent renumbering."""
+    sorted distinct class names numbered from 0. Labels must be all ids or all names: a number that is not a whole
+    number (``3.5``, ``inf``) or a mix of ids and names is a ``DataError`` naming the value, the manifest and the row,
+    instead of new classes and a silent renumbering. Missing-value spellings are unlabelled rows (``labels_of``)."""
     first: dict[str, tuple[str, Manifest, int]] = {}  # kind -> value, manifest and row of its first label
     names: set[str] = set()
     for manifest in manifests:
         if "label" not in manifest.columns:
             continue
-        labels = manifest.stripped("label")
+        labels = labels_of(manifest)
         kinds = {value: _label_kind(value) for value in labels.unique() if value}  # each distinct label once
         names.update(kinds)
         for kind in sorted(set(kinds.values()) - set(first)):
@@ -106,8 +134,8 @@ def row_labels(manifest: Manifest, mapping: dict[str, int] | None) -> np.ndarray
     """The class id of every row under ``mapping`` (``label_mapping``'s); ``UNLABELLED`` for an empty cell."""
     labels = np.full(len(manifest), UNLABELLED, dtype=np.int64)
     if "label" in manifest.columns:
-        values = manifest.stripped("label")
-        codes = {v: mapping[v] if mapping is not None else int(v) for v in values.unique() if v}
+        values = labels_of(manifest)
+        codes = {v: mapping[v] if mapping is not None else class_id(v) for v in values.unique() if v}
         filled = values.ne("").to_numpy()
         labels[filled] = values[filled].map(codes).to_numpy(dtype=np.int64)
     return labels

@@ -21,6 +21,7 @@ import yaml
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from timm import __version__ as timm_version
 
+from brokenbind.api import method_presets
 from brokenbind.cli import cli
 
 from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
@@ -371,22 +372,32 @@ CASES = [
     Case("unknown_split_value", manifest_run(edit_rows=rows_of("sounds", r7={"split": "validation"})),
          "DataError: dataset 'sounds': manifest files/sounds.csv data row 8 (line 9): unknown split value "
          "'validation'; expected one of ['train', 'val', 'test']"),
-    Case("nan_label", manifest_run(edit_rows=rows_of("sounds", r5={"label": "NaN"})),
-         "DataError: label 'NaN' in manifest files/sounds.csv data row 6 (line 7), id 's5' is a number but not an "
-         "integer class id: labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); "
-         "an empty cell marks an unlabelled row"),
-    Case("float_label_among_integers", manifest_run(edit_rows=integer_labels(rows_of("captions", r3={"label": "3.0"}))),
-         "DataError: label '3.0' in manifest files/captions.csv data row 4 (line 5), id 'c3' is a number but not an "
-         "integer class id: labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); "
-         "an empty cell marks an unlabelled row"),
-    Case("nan_label_among_integers", manifest_run(edit_rows=integer_labels(rows_of("sounds", r4={"label": "NaN"}))),
-         "DataError: label 'NaN' in manifest files/sounds.csv data row 5 (line 6), id 's4' is a number but not an "
-         "integer class id: labels must be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); "
-         "an empty cell marks an unlabelled row"),
+    Case("fractional_label", manifest_run(edit_rows=rows_of("sounds", r5={"label": "2.5"})),
+         "DataError: label '2.5' in manifest files/sounds.csv data row 6 (line 7), id 's5' is a number but not an "
+         "integer class id: labels must be all integer class ids (0, 1, 2, ...; 3.0 counts as 3, as pandas writes an "
+         "integer column that has a missing value) or all class names (cat, dog, ...); an empty cell, or N/A, NA, NaN, "
+         "null or None, marks an unlabelled row"),
+    Case("infinite_label_among_integers",
+         manifest_run(edit_rows=integer_labels(rows_of("captions", r3={"label": "inf"}))),
+         "DataError: label 'inf' in manifest files/captions.csv data row 4 (line 5), id 'c3' is a number but not an "
+         "integer class id: labels must be all integer class ids (0, 1, 2, ...; 3.0 counts as 3, as pandas writes an "
+         "integer column that has a missing value) or all class names (cat, dog, ...); an empty cell, or N/A, NA, NaN, "
+         "null or None, marks an unlabelled row"),
+    Case("one_row_val_gallery",
+         manifest_run(edit_rows=rows_of("sounds", **{f"r{i}": {"split": "train"} for i in (8, 13, 18, 23, 28)})),
+         "DataError: dataset 'sounds' has 1 val instance(s): retrieval ranks a gallery of the split's rows, and with "
+         "fewer than two every query finds its match first whatever the model (instance mAP 100 %). Give its val "
+         "split two or more rows (the manifest's split column, or split_fractions)"),
+    Case("batch_of_one", mfeat_run("--data.init_args.batch_size=1"),
+         "ConfigError: data.init_args.batch_size is 1, but the contrastive terms of every method (CLIP, CyCLIP, MOX's "
+         "pseudo pairs, C-MCR's alignment) compare each row with the other rows of its batch: with one row there is "
+         "no negative, every such term is exactly 0 and the run would train nothing it could be named after. Use a "
+         "batch of 2 rows or more (64, the default, or the largest that fits in memory)"),
     Case("class_name_among_integers", manifest_run(edit_rows=integer_labels(rows_of("sounds", r6={"label": "cat"}))),
          "DataError: label 'cat' in manifest files/sounds.csv data row 7 (line 8), id 's6' is a class name, but "
          "label '0' in manifest files/captions.csv data row 1 (line 2), id 'c0' is an integer class id: labels must "
-         "be all integer class ids (0, 1, 2, ...) or all class names (cat, dog, ...); an empty cell marks an "
+         "be all integer class ids (0, 1, 2, ...; 3.0 counts as 3, as pandas writes an integer column that has a "
+         "missing value) or all class names (cat, dog, ...); an empty cell, or N/A, NA, NaN, null or None, marks an "
          "unlabelled row"),
     Case("empty_modality_cell", manifest_run(edit_rows=rows_of("sounds", r3={"emb": ""})),
          "DataError: dataset 'sounds': manifest files/sounds.csv data row 4 (line 5), id 's3': modality 'emb' is "
@@ -491,3 +502,14 @@ def test_bad_input_exits_2_with_one_clear_line(case, tmp_path, monkeypatch, caps
 
 def test_the_table_covers_the_required_cases():
     assert len(CASES) >= 60 and len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("method", method_presets())
+def test_a_batch_of_one_is_refused_for_every_method(method, tmp_path, monkeypatch, capsys):
+    """With one row a batch has no negative: every method's contrastive terms would be exactly 0."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli([*MFEAT, f"--method={method}", "--data.init_args.batch_size=1"])
+    assert exit_info.value.code == 2
+    assert "brokenbind: ConfigError: data.init_args.batch_size is 1" in capsys.readouterr().err
+    assert files_under(tmp_path / "logs") == []

@@ -139,7 +139,7 @@ def test_missing_espeak_gives_an_install_hint(tmp_path, monkeypatch):
 
 @needs_espeak
 def test_unknown_voice_is_reported(tmp_path):
-    dm = make_digits(tmp_path, per_class=1, voices=("xx-nonexistent",), speeds=(150,), pitches=(50,), batch_size=1)
+    dm = make_digits(tmp_path, per_class=1, voices=("xx-nonexistent",), speeds=(150,), pitches=(50,), batch_size=2)
     with pytest.raises(DataError, match=r"espeak-ng failed.*xx-nonexistent"):
         dm.prepare_data()
 

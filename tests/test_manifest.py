@@ -8,6 +8,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -252,6 +253,40 @@ def test_integer_labels_are_kept_and_missing_labels_are_minus_one(tmp_path, data
     module.setup()
     assert set(torch.cat([d.label for d in module.splits["captions"].values()]).tolist()) == {0, 3}
     assert set(torch.cat([d.label for d in module.splits["sounds"].values()]).tolist()) == {-1}
+
+
+MISSING_SPELLINGS = ["", "N/A", "NA", "null", "NaN", "None", "n/a", "<NA>"]
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet"])
+def test_missing_value_spellings_are_unlabelled_and_whole_floats_are_ids(tmp_path, data, form):
+    """What a spreadsheet or pandas writes for a missing label is an unlabelled row in every format; an integer
+    column with a missing value, which pandas stores as floats (CSV "2.0", Parquet 2.0 and null), keeps its ids."""
+    _, rows = data
+    labels = [str(i % 3) + ".0" for i in range(len(rows["captions"]))]
+    for i, spelling in enumerate(MISSING_SPELLINGS):
+        labels[3 * i] = spelling
+    captions = [{**r, "label": label} for r, label in zip(rows["captions"], labels, strict=True)]
+    sounds = [{**r, "label": str(i % 2)} for i, r in enumerate(rows["sounds"])]
+    if form == "csv":
+        manifests = {"captions": write_csv(tmp_path / "c.csv", captions)}
+        manifests["sounds"] = write_csv(tmp_path / "s.csv", sounds)
+    else:  # typed columns, as pandas writes them: float labels with nulls, int labels
+        frame = pd.DataFrame(captions)
+        frame["label"] = [None if v in MISSING_SPELLINGS else float(v) for v in labels]
+        frame.to_parquet(tmp_path / "c.parquet")
+        typed = pd.DataFrame(sounds).astype({"label": "int64"})
+        typed.to_parquet(tmp_path / "s.parquet")
+        manifests = {"captions": tmp_path / "c.parquet", "sounds": tmp_path / "s.parquet"}
+    module = make_dm(manifests)
+    module.setup()
+    got = {}
+    for split in module.splits["captions"].values():
+        for position, label in zip(split.rows.tolist(), split.label.tolist(), strict=True):
+            got[position] = label
+    expected = {i: -1 if label in MISSING_SPELLINGS else int(float(label)) for i, label in enumerate(labels)}
+    assert got == expected
+    assert sorted(set(torch.cat([d.label for d in module.splits["sounds"].values()]).tolist())) == [0, 1]
 
 
 def test_jsonl_and_csv_manifests_give_the_same_items(tmp_path, data):

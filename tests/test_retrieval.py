@@ -240,3 +240,9 @@ def test_repeated_gallery_ids_take_the_general_path() -> None:
     gallery = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1]])
     out = retrieval_metrics(query, gallery, torch.tensor([7]), torch.tensor([7, 7, 3]), ks=(1,))
     assert out["mAP"] == pytest.approx((1 / 1 + 2 / 3) / 2)  # relevant items at ranks 1 and 3
+
+
+def test_a_gallery_of_one_row_is_refused():
+    """A lone candidate ranks first whatever the scores: AP would be 1 for any model."""
+    with pytest.raises(ValueError, match="need at least two gallery rows to rank, got 1"):
+        retrieval_metrics(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([5]), torch.tensor([5]))

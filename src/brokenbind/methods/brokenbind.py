@@ -152,6 +152,11 @@ class BrokenBind(BindingMethod):
         weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
         check_non_negative(**{f"{k}_weight": v for k, v in weights.items()}, pinv_ridge=pinv_ridge,
                            push_away_weight=push_away_weight, pseudo_noise=pseudo_noise)  # fmt: skip
+        if not (clip_weight or sym_weight or mox_weight):  # R_Fro alone only makes transitions agree
+            raise ConfigError(
+                "clip_weight, sym_weight and mox_weight are all 0: no contrastive term is left and the run would not "
+                "bind anything; give at least one of them a positive weight"
+            )
         if consistency_epochs is not None and (isinstance(consistency_epochs, bool) or consistency_epochs < 0):
             raise ConfigError(f"consistency_epochs must be a non-negative number of epochs, got {consistency_epochs}")
         if not 0.0 <= consistency_fraction <= 1.0:

@@ -243,6 +243,8 @@ def retrieval_metrics(
         raise ValueError("query_ids and gallery_ids must be 1-D with one id per embedding row")
     if query.shape[0] == 0:
         raise ValueError("need at least one query")
+    if gallery.shape[0] < 2:  # a lone candidate ranks first whatever the scores: AP 1 measures nothing
+        raise ValueError(f"need at least two gallery rows to rank, got {gallery.shape[0]}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if any(k < 1 for k in ks):
