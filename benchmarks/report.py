@@ -1,7 +1,8 @@
 """Aggregate ``results.csv`` files over runs: mean ± std over seeds per (experiment, method, flow, stage).
 
 A run directory counts once per stage and flow: its latest row (``results.csv`` replaces a row scored again; a run
-whose best and last checkpoints were both tested, or that was extended, has several rows of one flow).
+whose best and last checkpoints were both tested, or that was extended, has several rows of one flow); a checkpoint
+scored again in another directory (a copy) counts once.
 
 python -m benchmarks.report logs/                 # every run under logs/
 python -m benchmarks.report logs/ --stage val     # validation rows (the best epoch of each run)
@@ -28,10 +29,16 @@ def collect(root: Path) -> list[dict[str, str]]:
 
 def latest_per_run(rows: list[dict[str, str]], stage: str) -> tuple[list[dict[str, str]], int]:
     """The rows of ``stage``, one per (run directory, dataset, flow): the latest; and how many earlier ones it left
-    out."""
+    out. A checkpoint scored again elsewhere (a copy, whose rows carry the same ``checkpoint`` digest) counts once,
+    where it was first scored."""
     latest: dict[tuple[str, str, str], dict[str, str]] = {}
+    scored: set[tuple[str, str, str]] = set()
     staged = [row for row in rows if row["stage"] == stage]
     for row in staged:
+        weights = (row.get("checkpoint") or "", row["dataset"], row["flow"])
+        if weights[0] and weights in scored:
+            continue
+        scored.add(weights)
         latest[row["run"], row["dataset"], row["flow"]] = row
     return list(latest.values()), len(staged) - len(latest)
 

@@ -2,10 +2,15 @@
 report counts a run directory once per stage and flow."""
 
 import csv
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+import yaml
+
 from benchmarks.report import collect, summarise
+from brokenbind.checkpoints import checkpoint_digest
 from brokenbind.cli import cli
 from brokenbind.results import ResultRow, write_csv
 
@@ -69,3 +74,29 @@ def test_repeating_test_validate_and_the_resume_command_leaves_each_row_once(tmp
     assert sorted((r["stage"], r["weights"], r["map_instance"]) for r in again) == sorted(
         (r["stage"], r["weights"], r["map_instance"]) for r in first
     )
+
+
+def test_a_copied_checkpoint_scored_twice_is_one_run_and_the_report_counts_it_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", "--config", str(ROOT / "experiments" / "two_dataset.yaml"), "--trainer.max_epochs=1",
+           "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    result = cli(fit)
+    best = Path(result.trainer.checkpoint_callback.best_model_path)
+    stored = torch.load(best, weights_only=True)["config"]["trainer"]
+    assert stored["logger"]["init_args"]["save_dir"] == "logs" and stored.get("default_root_dir") is None  # as given
+    config = yaml.safe_load((Path(result.trainer.log_dir) / "config.yaml").read_text())["trainer"]
+    assert config["logger"]["init_args"]["save_dir"] == "logs"
+    copy = tmp_path / "copy.ckpt"
+    shutil.copyfile(best, copy)
+    for _ in range(2):
+        cli(["test", "--ckpt_path", str(copy), "--trainer.enable_progress_bar=false"])
+    scored = tmp_path / "logs" / "two_dataset" / f"checkpoint_{checkpoint_digest(copy)}"
+    assert sorted(p.name for p in scored.parent.iterdir()) == [scored.name, "version_0"]  # not nested, one directory
+    copy_rows, original = read(scored / "results.csv"), read(Path(result.trainer.log_dir) / "results.csv")
+    assert [(r["stage"], r["weights"]) for r in copy_rows] == [("test", "copy.ckpt")]
+    assert copy_rows[0]["checkpoint"] == original[-1]["checkpoint"] == checkpoint_digest(best)
+    assert copy_rows[0]["map_instance"] == original[-1]["map_instance"]
+    assert original[0]["checkpoint"] == ""  # a validation epoch scored no checkpoint file
+    table = summarise(collect(tmp_path / "logs"), "test")
+    assert "| two_dataset | support→evaluation | fou->pix->zer* | brokenbind | 0 |" in table
+    assert "1 earlier rows of the same runs left out" in table

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError, DataError
@@ -159,3 +160,51 @@ def test_a_failed_start_removes_the_directories_it_created_and_nothing_else(
     assert failed.value.code == 2
     assert brokenbind_lines(capsys.readouterr().err) == ["brokenbind: DataError: broken data"]
     assert files_under(tmp_path / "logs") == left and Path("logs").exists() == bool(existing)
+
+
+@pytest.mark.slow
+def test_new_runs_started_together_each_get_their_own_directory(tmp_path):
+    """Two fits started at the same moment, three times: every run its own version_N (created exclusively), holding
+    its own configuration and only its own results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable,
+        "-m",
+        "brokenbind.cli",
+        "fit",
+        "--config",
+        TWO,
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--test_after_fit=false",
+    ]
+    seeds = iter(range(6))
+    for _ in range(3):
+        pair = [
+            subprocess.Popen(
+                [*command, f"--seed_everything={next(seeds)}"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for process in pair:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
+    runs = sorted((tmp_path / RUN.parent).iterdir())
+    assert [r.name for r in runs] == [f"version_{i}" for i in range(6)]
+    seeds_seen = []
+    for run in runs:
+        with (run / "results.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert [r["seed"] for r in rows] == [str(config["seed_everything"])]  # one run's rows, under its config
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+        for ckpt in (run / "checkpoints").iterdir():  # both checkpoints are this run's
+            assert torch.load(ckpt, weights_only=True)["config"]["seed_everything"] == config["seed_everything"]
+        seeds_seen.append(config["seed_everything"])
+    assert sorted(seeds_seen) == list(range(6))

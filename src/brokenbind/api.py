@@ -34,12 +34,12 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from brokenbind.callbacks.emergent import EmergentBinding
 from brokenbind.callbacks.faults import FaultTolerance
-from brokenbind.checkpoints import load_checkpoint, stored_config
+from brokenbind.checkpoints import checkpoint_digest, load_checkpoint, stored_config
 from brokenbind.errors import ConfigError, DataError, DivergenceError
 from brokenbind.messages import check_yaml_files, parse_error_message
 from brokenbind.module import BindingModule
@@ -128,6 +128,22 @@ def slurm_version() -> str | None:
 def next_version(root: Path) -> str:
     numbers = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     return f"version_{max(numbers, default=-1) + 1}"
+
+
+def claim_new_run(root: Path) -> tuple[Path, Path | None]:
+    """A new run directory ``root/version_N`` and the topmost directory this call created. The directory is created
+    exclusively: of two runs started together, one gets N and the other, finding it taken, the next number. Only the
+    process that will write (global rank 0: DDP's other ranks start from the same command line later) creates it."""
+    if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
+        return root / next_version(root), None
+    created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
+    while True:
+        run_dir = root / next_version(root)
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            continue  # another run took this number between the listing and the mkdir
+        return run_dir, created or run_dir
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -233,6 +249,7 @@ class BrokenBindCLI(LightningCLI):
                 callback.init_args.experiment, callback.init_args.method = name, config.method
         self.check_settings(config)
         logger = config.trainer.logger
+        self.user_paths = self.run_paths(config)
         save_dir = Path(logger.init_args.save_dir if logger and "save_dir" in (logger.init_args or {}) else "logs")
         check_save_dir(save_dir)
         self.run_dir, ckpt = self.resolve_run(config, save_dir / run_name)
@@ -246,6 +263,29 @@ class BrokenBindCLI(LightningCLI):
             # version it shows the last four characters, "on_0")
             number = re.fullmatch(r"version_(\d+)", self.run_dir.name)
             logger.init_args.version = int(number[1]) if number else self.run_dir.name
+
+    @staticmethod
+    def run_paths(config: Any) -> dict[str, Any]:
+        """The settings ``before_instantiate_classes`` points at the run directory: the logger's ``save_dir``,
+        ``name`` and ``version`` and the trainer's ``default_root_dir``."""
+        logger = config.trainer.logger
+        init_args = getattr(logger, "init_args", None) if logger else None
+        paths = {"default_root_dir": config.trainer.default_root_dir}
+        if init_args is not None:
+            paths |= {key: init_args.get(key) for key in ("save_dir", "name", "version")}
+        return paths
+
+    def restore_run_paths(self) -> None:
+        """Put the user's settings back once the logger and trainer are built: ``config.yaml`` and the checkpoints'
+        stored configuration hold what the user gave, so that a run started again from them (``brokenbind test
+        --ckpt_path`` of a copied checkpoint, ``--config config.yaml``) is placed as the original was, not one level
+        deeper (``logs/<experiment>/<experiment>``)."""
+        config = self.config[self.subcommand]
+        for key, value in self.user_paths.items():
+            if key == "default_root_dir":
+                config.trainer.default_root_dir = value
+            else:
+                config.trainer.logger.init_args[key] = value
 
     def check_settings(self, config: Any) -> None:
         """Settings that parse but cannot give an honest run."""
@@ -292,12 +332,22 @@ class BrokenBindCLI(LightningCLI):
                     return Path(written).parent, ckpt  # Lightning warns when a checkpoint's directory is renamed
                 relative = Path(os.path.relpath(parent.resolve()))
                 return (parent if relative.parts[:1] == ("..",) else relative), ckpt
-            return root / next_version(root), ckpt
+            if self.subcommand == "fit":  # a new run that starts from the weights of a copied checkpoint
+                return self.claim(root), ckpt
+            # scoring a checkpoint kept outside its run: one directory per checkpoint content, so scoring it again
+            # replaces its rows there rather than adding a run
+            return root / f"checkpoint_{checkpoint_digest(ckpt)}", ckpt
         version = slurm_version()
         if version is not None and self.subcommand == "fit":
             run_dir = root / version
             return run_dir, newest_checkpoint(run_dir)  # a requeued job resumes; a new job starts fresh
-        return root / next_version(root), None
+        return self.claim(root), None
+
+    def claim(self, root: Path) -> Path:
+        """A new run directory (``claim_new_run``), removed again if this start fails."""
+        run_dir, created = claim_new_run(root)
+        BrokenBindCLI.last_start = (run_dir, created)
+        return run_dir
 
     def check_checkpoint(self, ckpt: Path, max_epochs: int | None) -> None:
         """Refuse a checkpoint written under another model or data configuration, and a fit from it that would end
@@ -337,11 +387,14 @@ class BrokenBindCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        self.restore_run_paths()
         self.model.run_config = self.plain_config()
         self.faults = next((c for c in self.trainer.callbacks if isinstance(c, FaultTolerance)), None)
         if self.trainer.is_global_zero:  # one writer per run directory (brokenbind.runlock), before anything is written
             BrokenBindCLI.run_lock = RunLock(self.run_dir)
-            BrokenBindCLI.last_start = (self.run_dir, BrokenBindCLI.run_lock.acquire(self.subcommand))
+            created = BrokenBindCLI.run_lock.acquire(self.subcommand)
+            if BrokenBindCLI.last_start[0] != self.run_dir:  # else ``claim`` created it and said so
+                BrokenBindCLI.last_start = (self.run_dir, created)
 
     # -- running ---------------------------------------------------------------------------------------------------
     def _run_subcommand(self, subcommand: str) -> None:
@@ -375,6 +428,9 @@ class CheckedCLI(BrokenBindCLI):
     """Parses and checks a run's configuration (``before_instantiate_classes``), then stops: builds, writes and trains
     nothing."""
 
+    def claim(self, root: Path) -> Path:
+        return root / next_version(root)  # the name a run would take; a check creates nothing
+
     def instantiate_classes(self) -> None:
         pass
 
@@ -397,6 +453,9 @@ def _start(cli_class: type[BrokenBindCLI], args: Sequence[str], callbacks: Seque
     os.environ.pop("PL_GLOBAL_SEED", None)  # an earlier run in this process set it; this run seeds itself
     # a resumed run writes into its own checkpoints/ on purpose; a new run always gets a new directory
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # a checkpoint scored (or continued by a new run) outside the directory it was written in: its best-k bookkeeping
+    # belongs to its own run, and this run keeps its own
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
     # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     try:

@@ -1,5 +1,6 @@
 """Reading brokenbind checkpoints: the CLI resumes and tests from them, ``bound`` backbones encode with them."""
 
+import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,13 @@ def stored_config(path: str | Path) -> dict[str, Any]:
     if config is None:
         raise ConfigError(f"checkpoint {path} holds no run configuration; pass the experiment with --config")
     return config
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """The first 16 hex digits of a checkpoint file's SHA-256: the same weights wherever the file is copied, so a
+    checkpoint scored again, as a copy or under another name, is recognised (``results.ResultRow.checkpoint``)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:16]

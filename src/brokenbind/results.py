@@ -1,7 +1,9 @@
 """Results on disk and on screen: one row per (experiment, method, seed, stage, weights, dataset, flow).
 
 A row's identity is what was scored (``IDENTITY``): scoring it again (a repeated ``brokenbind test --ckpt_path X``, the
-resume command run again on a finished run) replaces the row instead of adding a second one. A metric that cannot be
+resume command run again on a finished run) replaces the row instead of adding a second one. A test row also carries
+the digest of the checkpoint file it scored (``checkpoint``), so that a copy of a checkpoint scored elsewhere is
+recognised as the same weights (``benchmarks.report`` counts them once). A metric that cannot be
 computed (class mAP without labels, or with one class) is NaN in a row, an empty cell in ``results.csv`` and "n/a" on
 screen, and means leave it out.
 """
@@ -31,6 +33,7 @@ class ResultRow:
     r1: float
     r5: float
     r10: float
+    checkpoint: str = ""  # the scored checkpoint file's digest (``checkpoints.checkpoint_digest``); "" for an epoch
 
 
 FIELDS = [field.name for field in fields(ResultRow)]

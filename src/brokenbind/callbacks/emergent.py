@@ -13,6 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from brokenbind.checkpoints import checkpoint_digest
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
 from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
@@ -119,6 +120,7 @@ class EmergentBinding(Callback):
     def _score(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         dm: PairedData = trainer.datamodule
         rows = []
+        digest = checkpoint_digest(trainer.ckpt_path) if stage == "test" and trainer.ckpt_path else ""
         for idx, dataset in enumerate(dm.eval_datasets):
             data = self._gather(pl_module, self._outputs[idx])
             self._check_health(trainer, pl_module, stage, dataset, data)
@@ -136,7 +138,7 @@ class EmergentBinding(Callback):
                         continue
                     # identical on every rank (gathered above); sync_dist only tells Lightning so
                     pl_module.log(f"{stage}/{name}/{dataset}/{flow.name}", value, sync_dist=True)
-                rows.append(self._row(trainer, pl_module, stage, flow, metrics))
+                rows.append(self._row(trainer, pl_module, stage, flow, metrics, digest))
         # the mean instance mAP over flows is what checkpoint selection monitors
         pl_module.log(f"{stage}/mAP", _mean_map(rows), sync_dist=True)
         self._last = rows
@@ -214,7 +216,7 @@ class EmergentBinding(Callback):
         )
 
     def _row(
-        self, trainer: Trainer, pl_module: LightningModule, stage: str, flow, metrics: dict[str, float]
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, flow, metrics: dict[str, float], digest: str
     ) -> ResultRow:
         dm: PairedData = trainer.datamodule
         query, _, target = flow.modalities
@@ -235,6 +237,7 @@ class EmergentBinding(Callback):
             r1=metrics.get("R@1", float("nan")),
             r5=metrics.get("R@5", float("nan")),
             r10=metrics.get("R@10", float("nan")),
+            checkpoint=digest,
         )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
