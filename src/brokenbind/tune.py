@@ -20,6 +20,17 @@ or trainer argument) mapped to a range or a list of choices, plus optional defau
       data.init_args.batch_size: {choices: [16, 32, 64]}
       model.embed_dim: {low: 64, high: 256, step: 64}          # two ints: an integer range
 
+Every entry of the space is built as an Optuna distribution when the file is read (low < high, no ``step`` with
+``log``, ...), so that a bad one stops the command before the study exists. ``--n_trials 0`` runs no trial: it
+rewrites the outputs of an existing study as it stands (e.g. after cluster jobs that share it).
+
+A study is tied to what it searches: the content of the experiment files, the method, the objective, the fixed
+arguments (``args`` and the extra ones) and the space are stored in it when it is created, and a later run with
+other ones is refused (its trials would not be comparable, and ``best.yaml`` would mix them); the seeds and the
+number of trials may change between runs. An ``enqueue`` point is queued on every run unless the study already
+evaluated it (a trial with its values COMPLETE or PRUNED) or holds it WAITING or RUNNING; a point whose trials all
+FAILED is queued again. The points not queued are printed with the reason.
+
 Each trial runs ``brokenbind fit`` in process, once per seed, with ``--test_after_fit=false`` and
 ``--trainer.limit_test_batches=0``: the test split is never scored. The trial's value is the mean over seeds of the
 objective at the validation epoch that checkpoint selection picks (best mean instance mAP, as in ``results.csv``).
@@ -36,6 +47,7 @@ experiment, the method preset and the best values; ``brokenbind fit --config bes
 
 import argparse
 import csv
+import json
 import math
 import statistics
 import time
@@ -50,11 +62,14 @@ from brokenbind import api
 from brokenbind.errors import ConfigError
 
 if TYPE_CHECKING:
-    from optuna import Trial
+    from optuna import Study, Trial
+    from optuna.distributions import BaseDistribution
+    from optuna.trial import FrozenTrial
 
 
 # -- the search space ------------------------------------------------------------------------------------------------
 def load_space(path: Path) -> dict[str, Any]:
+    """The space file's content, plus ``distributions``: its ``space`` as Optuna distributions."""
     spec = yaml.safe_load(Path(path).read_text()) or {}
     unknown = set(spec) - {"space", "objective", "class_weight", "n_trials", "seeds", "args", "method", "enqueue"}
     if unknown:
@@ -62,33 +77,72 @@ def load_space(path: Path) -> dict[str, Any]:
     space = spec.get("space") or {}
     if not space:
         raise ConfigError(f"{path}: no `space` to search")
-    for key, dist in space.items():
+    for key in space:
         if key.startswith("-"):
             raise ConfigError(f"{path}: space keys are dotted config keys without dashes, got {key!r}")
-        if not isinstance(dist, dict) or not ({"choices"} <= dist.keys() or {"low", "high"} <= dist.keys()):
-            raise ConfigError(f"{path}: {key} needs `choices: [...]` or `low:` and `high:`")
-        if "low" in dist and not dist["low"] <= dist["high"]:
-            raise ConfigError(f"{path}: {key} has low > high")
+    spec["distributions"] = {key: distribution(path, key, entry) for key, entry in space.items()}
     for point in spec.get("enqueue") or []:
         if not isinstance(point, dict) or set(point) - set(space):
             raise ConfigError(f"{path}: enqueue entries map keys of `space` to values, got {point!r}")
     return spec
 
 
-def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
-    """One value per key: a categorical for ``choices``, an int range for two ints, else a float range."""
+def distribution(path: Path, key: str, entry: Any) -> "BaseDistribution":
+    """The Optuna distribution of the space entry ``key``: categorical for ``choices``, else a range (``log``,
+    ``step``), of integers when low, high (and step) are ints. Built when the file is read, so that an entry Optuna
+    refuses stops the command before the study exists, not in its first trial."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not isinstance(entry, dict) or not (
+        set(entry) == {"choices"} or {"low", "high"} <= set(entry) <= {"low", "high", "log", "step"}
+    ):
+        raise ConfigError(
+            f"{path}: {key} needs `choices: [...]` or `low:` and `high:` (with optional `log:` and `step:`), "
+            f"got {entry!r}"
+        )
+    if "choices" in entry:
+        if not isinstance(entry["choices"], list) or not entry["choices"]:
+            raise ConfigError(f"{path}: {key}: `choices` must be a non-empty list, got {entry['choices']!r}")
+        return CategoricalDistribution(entry["choices"])
+    low, high, log, step = entry["low"], entry["high"], entry.get("log", False), entry.get("step")
+    for name, value in (("low", low), ("high", high), ("step", step)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            # PyYAML reads 1e-3 (no dot) as a string: the likeliest cause of a text here
+            hint = "; YAML reads 1e-3 as text, write 1.0e-3" if isinstance(value, str) else ""
+            raise ConfigError(f"{path}: {key}: `{name}` must be a number, got {value!r}{hint}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{path}: {key}: `log` must be true or false, got {log!r}")
+    if not low < high:
+        raise ConfigError(
+            f"{path}: {key} needs low < high, got low {low}, high {high} (a single value is not searched: put it in "
+            "`args` as --key=value)"
+        )
+    integers = isinstance(low, int) and isinstance(high, int)
+    if integers and not isinstance(step, int | None):
+        raise ConfigError(
+            f"{path}: {key}: low and high are ints (an integer range), so `step` must be an int, got {step!r}; "
+            f"for a float range write low: {float(low)}"
+        )
+    try:
+        if integers:
+            return IntDistribution(low, high, log=log, step=1 if step is None else step)
+        return FloatDistribution(float(low), float(high), log=log, step=step)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {key} {entry} is not a valid range: {error} Change this entry.") from None
+
+
+def suggest(trial: "Trial", distributions: dict[str, "BaseDistribution"]) -> dict[str, Any]:
+    """One value per key, from the distributions ``load_space`` built."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
     values = {}
-    for key, dist in space.items():
-        if "choices" in dist:
-            values[key] = trial.suggest_categorical(key, list(dist["choices"]))
-        elif isinstance(dist["low"], int) and isinstance(dist["high"], int) and not isinstance(dist["low"], bool):
-            values[key] = trial.suggest_int(
-                key, dist["low"], dist["high"], step=dist.get("step", 1), log=dist.get("log", False)
-            )
+    for key, dist in distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            values[key] = trial.suggest_categorical(key, list(dist.choices))
+        elif isinstance(dist, IntDistribution):
+            values[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
         else:
-            values[key] = trial.suggest_float(
-                key, float(dist["low"]), float(dist["high"]), log=dist.get("log", False), step=dist.get("step")
-            )
+            values[key] = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
     return values
 
 
@@ -228,12 +282,14 @@ def best_config(
     return merge(merge(config, nested(fixed)), nested(values))
 
 
-def write_trials(path: Path, study) -> None:
+def write_trials(path: Path, study: "Study") -> None:
+    """One row per trial, with the method and objective of the study's search (``tie``) and the trial's seeds."""
+    search = study.user_attrs[SEARCH]
     keys = sorted({k for t in study.trials for k in t.params})
     attrs = ["instance", "class", "seconds"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["number", "state", "value", *attrs, *keys])
+        writer.writerow(["number", "state", "value", *attrs, "seeds", "method", "objective", *keys])
         for t in study.trials:
             writer.writerow(
                 [
@@ -241,6 +297,9 @@ def write_trials(path: Path, study) -> None:
                     t.state.name,
                     "" if t.value is None else f"{t.value:.6f}",
                     *(t.user_attrs.get(a, "") for a in attrs),
+                    ",".join(str(seed) for seed in t.user_attrs.get("seeds", [])),
+                    search["method"] or "(experiment config)",
+                    search["objective"],
                     *(t.params.get(k, "") for k in keys),
                 ]
             )
@@ -295,6 +354,90 @@ def plot(path: Path, study, objective: str) -> None:
     plt.close(fig)
 
 
+# -- the study ------------------------------------------------------------------------------------------------------
+SEARCH = "brokenbind_search"  # the study's user attribute that records what it searches
+
+
+def search_of(
+    configs: list[str],
+    method: str | None,
+    objective: str,
+    hardware: list[str],
+    fixed: dict[str, Any],
+    space: dict[str, Any],
+) -> dict[str, Any]:
+    """What a study searches: its trials are comparable, and ``best.yaml`` right, only under the same experiment files
+    (their content), method, objective, fixed arguments (``fixed_arguments``) and space. Seeds may change."""
+    search = {
+        "experiment": best_config(configs, None, [], {}, {}),
+        "method": method,
+        "objective": objective,
+        "hardware": hardware,
+        "args": fixed,
+        "space": space,
+    }
+    return json.loads(json.dumps(search))  # as the storage returns it (JSON), so that it compares equal
+
+
+def differences(study: Any, now: Any, key: str = "") -> list[str]:
+    """Where two searches differ, as ``dotted.key: study X, now Y``."""
+    if not (isinstance(study, dict) and isinstance(now, dict)):
+        return [] if study == now else [f"{key}: study {study!r}, now {now!r}"]
+    out = []
+    for k in [*study, *(k for k in now if k not in study)]:
+        sub = f"{key}.{k}" if key else k
+        if k not in now:
+            out.append(f"{sub}: study {study[k]!r}, now unset")
+        elif k not in study:
+            out.append(f"{sub}: study unset, now {now[k]!r}")
+        else:
+            out += differences(study[k], now[k], sub)
+    return out
+
+
+def tie(study: "Study", search: dict[str, Any], storage: str) -> None:
+    """Records ``search`` in a new study; refuses a study that searches something else, or one with trials and no
+    record (made before brokenbind recorded it), whose trials could not be told apart."""
+    stored = study.user_attrs.get(SEARCH)
+    if stored is None:
+        if study.trials:
+            raise ConfigError(
+                f"study {study.study_name!r} in {storage} holds {len(study.trials)} trials but no record of what they "
+                "search (an earlier brokenbind made it), so this run's could not be told apart from them: start a new "
+                "study with another --out or --study_name"
+            )
+        study.set_user_attr(SEARCH, search)
+        stored = study.user_attrs[SEARCH]  # another job creating the same study may have recorded its own since
+    if diffs := differences(stored, search):
+        raise ConfigError(
+            f"study {study.study_name!r} in {storage} searches something else than this command: {'; '.join(diffs)}. "
+            "Its trials are not comparable with this search's and its best.yaml would mix them: give this search its "
+            "own --out (or --study_name), or resume the study with the arguments, experiment and space it was made with"
+        )
+
+
+def matches(trial: "FrozenTrial", point: dict[str, Any]) -> bool:
+    """Whether ``trial`` evaluates ``point``: the values an enqueued trial was given (Optuna's ``fixed_params``, set
+    before the trial runs), or the values a trial drew, equal the point's on its keys."""
+    values = trial.system_attrs.get("fixed_params", trial.params)
+    return all(key in values and values[key] == value for key, value in point.items())
+
+
+def enqueue(study: "Study", points: list[dict[str, Any]]) -> None:
+    """Queues each point the study has not evaluated: a point with a trial COMPLETE or PRUNED (evaluated), WAITING
+    (queued) or RUNNING (in another job, or left so by a killed one) is skipped with a printed reason; a point whose
+    trials all FAILED, or that has none, is queued."""
+    from optuna.trial import TrialState
+
+    kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+    for point in points:
+        trial = next((t for t in study.get_trials(deepcopy=False, states=kept) if matches(t, point)), None)
+        if trial is None:
+            study.enqueue_trial(point)
+        else:
+            print(f"enqueue point {point}: trial {trial.number} is {trial.state.name}, not queued again")
+
+
 # -- the command -----------------------------------------------------------------------------------------------------
 def main(args: list[str]) -> None:
     """``brokenbind tune [options] [-- extra fit arguments]``."""
@@ -304,7 +447,13 @@ def main(args: list[str]) -> None:
     parser.add_argument("--config", action="append", required=True, help="experiment config (repeatable)")
     parser.add_argument("--space", type=Path, required=True, help="search space YAML")
     parser.add_argument("--method", default=None, help="method preset (configs/methods), applied after --config")
-    parser.add_argument("--n_trials", type=int, default=None, help="trials to run now (default: the space file's)")
+    parser.add_argument(
+        "--n_trials",
+        type=int,
+        default=None,
+        help="trials to run now (default: the space file's, else 20); 0 runs none and rewrites the outputs of the "
+        "existing study as it stands",
+    )
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds per trial (default 0)")
     parser.add_argument("--objective", choices=["instance", "class", "mix"], default=None)
     parser.add_argument("--class_weight", type=float, default=None, help="mix: weight of class mAP (default 0.5)")
@@ -327,7 +476,12 @@ def main(args: list[str]) -> None:
     class_weight = args.class_weight if args.class_weight is not None else spec.get("class_weight", 0.5)
     if objective not in ("instance", "class", "mix") or not 0 <= class_weight <= 1:
         raise ConfigError(f"objective must be instance, class or mix with class_weight in [0, 1]; got {objective}")
-    n_trials = args.n_trials or spec.get("n_trials", 20)
+    n_trials = args.n_trials if args.n_trials is not None else spec.get("n_trials", 20)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
+        raise ConfigError(
+            f"n_trials (--n_trials, or n_trials in {args.space}) must be a number of trials to run, or 0 to rewrite "
+            f"the outputs of the existing study without running any; got {n_trials!r}"
+        )
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(spec.get("seeds", [0]))
     experiment = Path(args.config[-1]).stem
     out = args.out or Path("tune") / experiment
@@ -337,11 +491,24 @@ def main(args: list[str]) -> None:
     hardware, fixed_values = fixed_arguments(fixed)
     base = [*([f"--method={method}"] if method else []), *fixed, f"--experiment={experiment}"]
     api.check(args.config, trial_args(base, first_point(spec["space"]), seeds[0], out, 0))
+    objective_name = f"{objective}{f' (class weight {float(class_weight)})' if objective == 'mix' else ''}"
+    search = search_of(args.config, method, objective_name, hardware, fixed_values, spec["space"])
+    study_name = args.study_name or experiment
+    database = out / "study.db"
+    storage = args.storage or f"sqlite:///{database.resolve()}"
+    # opening a missing SQLite file creates it: look for the default one on disk first
+    if n_trials == 0 and (
+        (args.storage is None and not database.is_file()) or study_name not in optuna.get_all_study_names(storage)
+    ):
+        raise ConfigError(
+            f"--n_trials 0 rewrites the outputs of an existing study, and {storage} holds no study {study_name!r}: "
+            "give the --out (or --storage) and --study_name of the study, or a number of trials to run"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
-    def objective_fn(trial) -> float:
-        values = suggest(trial, spec["space"])
+    def objective_fn(trial: "Trial") -> float:
+        values = suggest(trial, spec["distributions"])
+        trial.set_user_attr("seeds", seeds)
         pruning = PruneOnValidation(trial, objective, class_weight)
         start, results = time.perf_counter(), []
         for i, seed in enumerate(seeds):  # the first seed's epochs are the intermediate values
@@ -356,17 +523,17 @@ def main(args: list[str]) -> None:
         return score(instance, klass, objective, class_weight)
 
     study = optuna.create_study(
-        study_name=args.study_name or experiment,
+        study_name=study_name,
         storage=storage,
         direction="maximize",
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
     )
-    if not study.trials:  # a new study: evaluate the enqueued points first
-        for point in spec.get("enqueue") or []:
-            study.enqueue_trial(point)
-    study.optimize(objective_fn, n_trials=n_trials)
+    tie(study, search, storage)
+    if n_trials:
+        enqueue(study, spec.get("enqueue") or [])
+        study.optimize(objective_fn, n_trials=n_trials)
     write_trials(out / "trials.csv", study)
     plot(out / "search.png", study, objective)
     if not any(t.value is not None for t in study.trials):
@@ -375,8 +542,8 @@ def main(args: list[str]) -> None:
     config = best_config(args.config, method, hardware, fixed_values, best.params)
     header = (
         f"# brokenbind tune: best of {len(study.trials)} trials on the validation split: trial {best.number}, "
-        f"objective {objective}{f' (class weight {class_weight})' if objective == 'mix' else ''} = "
-        f"{best.value:.4f} (mean over seeds {seeds}).\n# Run: brokenbind fit --config {out / 'best.yaml'}\n"
+        f"objective {objective_name} = {best.value:.4f} (mean over seeds {best.user_attrs['seeds']})."
+        f"\n# Run: brokenbind fit --config {out / 'best.yaml'}\n"
     )
     config = {"experiment": f"{experiment}_tuned", **config}
     (out / "best.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
