@@ -4,9 +4,12 @@ and nothing broken is ever scored or checkpointed."""
 
 import csv
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from unittest.mock import Mock
 
@@ -274,3 +277,57 @@ def test_the_pinned_lightning_has_the_signal_flag_that_request_stop_sets():
     assert trainer.received_sigterm is False
     request_stop(trainer)
     assert trainer.received_sigterm is True  # the public property Lightning's loops read to raise SIGTERMException
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A child's setup: no file it writes may grow beyond ``limit`` bytes (what a full disk does to a checkpoint being
+    written); writing past it fails with EFBIG instead of killing the process (SIGXFSZ ignored)."""
+
+    def setup() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return setup
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_exits_4_and_leaves_no_truncated_file(tmp_path):
+    command = [sys.executable, "-m", "brokenbind.cli", "fit", "--config", TWO, "--trainer.limit_train_batches=2",
+               "--trainer.enable_progress_bar=false", "--test_after_fit=false"]  # fmt: skip
+    first = subprocess.run([*command, "--trainer.max_epochs=1"], cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoints = tmp_path / RUN / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    assert sorted(before) == ["best-epoch000.ckpt", "last.ckpt"] and len(before["last.ckpt"]) > 1_000_000
+    resumed = subprocess.run([*command, "--trainer.max_epochs=2", "--ckpt_path=last"], cwd=tmp_path,
+                             capture_output=True, text=True, preexec_fn=_file_size_limit(1_000_000))  # fmt: skip
+    assert resumed.returncode == 4, resumed.stderr[-2000:]
+    assert "Traceback" not in resumed.stderr
+    lines = [line for line in resumed.stderr.splitlines() if line.startswith("brokenbind: ")]
+    assert len(lines) == 1
+    written = re.fullmatch(
+        rf"brokenbind: StorageError: could not write checkpoint {RUN}/checkpoints/(\S+\.ckpt): (.*)", lines[0]
+    )
+    assert written is not None, lines[0]
+    kept = "the earlier last.ckpt is intact" if written[1] == "last.ckpt" else f"no file named {written[1]} was left"
+    assert written[2] == (
+        "File too large (the disk is full, the file too large for its file system, or the directory not writable); "
+        f"{kept}. Free space or make {RUN}/checkpoints writable, then resume with "
+        "`brokenbind fit --ckpt_path last` (or run elsewhere: --trainer.logger.init_args.save_dir)"
+    )
+    after = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    assert after == before  # nothing truncated, nothing half-written under any name, the earlier files intact
+
+
+def test_a_log_directory_that_cannot_be_written_exits_4_naming_it(in_tmp, capsys):
+    if os.access("/sys", os.W_OK) and not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux sysfs, where no directory can be created, even by root")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", TWO, "--trainer.fast_dev_run=true", "--trainer.logger.init_args.save_dir=/sys/bb"])
+    assert stop.value.code == 4
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "brokenbind: StorageError: cannot write the run directory /sys/bb/two_dataset/version_0: Operation not "
+        "permitted (/sys/bb); runs are written under trainer.logger.init_args.save_dir: make that directory writable "
+        "(permissions, `lsattr` for the immutable attribute, free space) or name another with "
+        "--trainer.logger.init_args.save_dir"
+    )

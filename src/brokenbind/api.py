@@ -31,6 +31,7 @@ from unittest.mock import patch
 import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -39,8 +40,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from brokenbind.callbacks.emergent import EmergentBinding
 from brokenbind.callbacks.faults import FaultTolerance
-from brokenbind.checkpoints import checkpoint_digest, load_checkpoint, stored_config
-from brokenbind.errors import ConfigError, DataError, DivergenceError
+from brokenbind.checkpoints import AtomicCheckpointIO, checkpoint_digest, load_checkpoint, stored_config
+from brokenbind.errors import ConfigError, DivergenceError, StorageError, UserError
 from brokenbind.messages import check_yaml_files, parse_error_message
 from brokenbind.module import BindingModule
 from brokenbind.results import ResultRow
@@ -143,7 +144,19 @@ def claim_new_run(root: Path) -> tuple[Path, Path | None]:
             run_dir.mkdir(parents=True)
         except FileExistsError:
             continue  # another run took this number between the listing and the mkdir
+        except OSError as error:
+            raise unwritable(run_dir, error) from error
         return run_dir, created or run_dir
+
+
+def unwritable(path: Path, error: OSError) -> StorageError:
+    """The error of a run directory that cannot be created or written into."""
+    where = f" ({error.filename})" if error.filename else ""
+    return StorageError(
+        f"cannot write the run directory {path}: {error.strerror or error}{where}; runs are written under "
+        "trainer.logger.init_args.save_dir: make that directory writable (permissions, "
+        "`lsattr` for the immutable attribute, free space) or name another with --trainer.logger.init_args.save_dir"
+    )
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -387,12 +400,17 @@ class BrokenBindCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's own: a user's IO stays
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         self.restore_run_paths()
         self.model.run_config = self.plain_config()
         self.faults = next((c for c in self.trainer.callbacks if isinstance(c, FaultTolerance)), None)
         if self.trainer.is_global_zero:  # one writer per run directory (brokenbind.runlock), before anything is written
             BrokenBindCLI.run_lock = RunLock(self.run_dir)
-            created = BrokenBindCLI.run_lock.acquire(self.subcommand)
+            try:
+                created = BrokenBindCLI.run_lock.acquire(self.subcommand)
+            except OSError as error:
+                raise unwritable(self.run_dir, error) from error
             if BrokenBindCLI.last_start[0] != self.run_dir:  # else ``claim`` created it and said so
                 BrokenBindCLI.last_start = (self.run_dir, created)
 
@@ -514,8 +532,9 @@ def quiet_lightning() -> None:
 
 
 def _user_error(error: BaseException | None) -> Exception | None:
-    """The configuration or data error behind ``error``; jsonargparse wraps errors raised while instantiating."""
-    while error is not None and not isinstance(error, ConfigError | DataError | ArgumentError):
+    """The configuration, data or storage error behind ``error``; jsonargparse wraps errors raised while
+    instantiating."""
+    while error is not None and not isinstance(error, UserError | ArgumentError):
         error = error.__cause__ or error.__context__
     if isinstance(error, ArgumentError):
         return ConfigError(parse_error_message(str(error)))

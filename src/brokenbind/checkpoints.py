@@ -1,13 +1,16 @@
-"""Reading brokenbind checkpoints: the CLI resumes and tests from them, ``bound`` backbones encode with them."""
+"""Reading and writing brokenbind checkpoints: the CLI resumes and tests from them, ``bound`` backbones encode with
+them; every checkpoint is written whole or not at all (``AtomicCheckpointIO``)."""
 
 import hashlib
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, StorageError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
 
@@ -68,3 +71,30 @@ def checkpoint_digest(path: str | Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its name and renames it into place: a full disk or a killed writer leaves no
+    truncated file under a name that a resume or a test would load (the previous file of that name stays intact), and
+    a write that fails is a ``StorageError`` naming the file. (Lightning writes in place; a local path only: a URL is
+    written by Lightning as is.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # not *.ckpt: never listed as a checkpoint
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            partial.replace(path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            kept = f"the earlier {path.name} is intact" if path.is_file() else f"no file named {path.name} was left"
+            last = path.parent / "last.ckpt"
+            then = "resume with `brokenbind fit --ckpt_path last`" if last.is_file() else "start the run again"
+            raise StorageError(
+                f"could not write checkpoint {path}: {error.strerror or error} (the disk is full, the file too large "
+                f"for its file system, or the directory not writable); {kept}. Free space or make {path.parent} "
+                f"writable, then {then} (or run elsewhere: --trainer.logger.init_args.save_dir)"
+            ) from error

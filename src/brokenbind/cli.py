@@ -2,8 +2,9 @@
 and ``brokenbind embed``.
 
 Exit codes: 0 finished; 2 bad configuration or data (one paragraph naming the key or file; a run directory created by
-the failed start is removed); 3 training diverged (NaN/Inf); 128 + signal number when a signal stopped the run (its
-checkpoint is named).
+the failed start is removed); 3 training diverged (NaN/Inf); 4 a file could not be written (a full disk, a directory
+that is not writable: the file is named, and no truncated checkpoint is left); 128 + signal number when a signal stopped
+the run (its checkpoint is named).
 """
 
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from brokenbind.api import BrokenBindCLI, Stopped, run
-from brokenbind.errors import ConfigError, DataError, DivergenceError
+from brokenbind.errors import ConfigError, DataError, DivergenceError, StorageError
 
 
 @contextmanager
@@ -25,6 +26,9 @@ def exit_codes() -> Iterator[None]:
     except DivergenceError as error:
         print(f"brokenbind: DivergenceError: {error}", file=sys.stderr)
         raise SystemExit(3) from error
+    except StorageError as error:
+        print(f"brokenbind: StorageError: {error}", file=sys.stderr)
+        raise SystemExit(4) from error
     except (ConfigError, DataError) as error:
         print(f"brokenbind: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(2) from error

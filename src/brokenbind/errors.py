@@ -22,5 +22,9 @@ class DataError(UserError, RuntimeError):
     """Input data is missing, malformed or inconsistent."""
 
 
+class StorageError(UserError, OSError):
+    """A file the run must write cannot be written: the disk is full, the directory is not writable."""
+
+
 class DivergenceError(RuntimeError):
     """Training produced NaN or Inf: the run stops at once instead of training, checkpointing or scoring it."""
