@@ -331,3 +331,36 @@ def test_a_log_directory_that_cannot_be_written_exits_4_naming_it(in_tmp, capsys
         "(permissions, `lsattr` for the immutable attribute, free space) or name another with "
         "--trainer.logger.init_args.save_dir"
     )
+
+
+SLURM_JOB = {"SLURM_JOB_ID": "123", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NODELIST": "node1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("slurm", "args", "says"),
+    [
+        ({"SLURM_NTASKS_PER_NODE": "1"}, ["--hardware", "ddp_cpu"],
+         "SLURM runs 1 task(s) per node (SLURM_NTASKS_PER_NODE, from --ntasks-per-node=1), but trainer.devices is 2: "
+         "under SLURM each device is one task that SLURM starts. Make them equal: --ntasks-per-node=2 in the job "
+         "script (as scripts/slurm/*.sbatch do) or --trainer.devices=1"),
+        ({"SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2"}, ["--hardware", "ddp_cpu", "--trainer.devices=1"],
+         "SLURM allocated 2 node(s) (SLURM_NNODES, from --nodes=2), but trainer.num_nodes is 1. Make them equal: "
+         "--nodes=1 in the job script or --trainer.num_nodes=2"),
+    ],
+    ids=["tasks_per_node", "nodes"],
+)  # fmt: skip
+def test_slurm_settings_that_disagree_with_the_trainer_are_one_paragraph_and_leave_nothing(
+    slurm, args, says, in_tmp, monkeypatch, capsys
+):
+    for name, value in {**SLURM_JOB, **slurm}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(in_tmp / "bin"), os.environ["PATH"]]))
+    fake_slurm_commands(in_tmp / "bin")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", TWO, "--trainer.fast_dev_run=true", *args])
+    assert stop.value.code == 2
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("brokenbind: ")] == [
+        f"brokenbind: ConfigError: {says}"
+    ]
+    assert not (in_tmp / "logs").exists()  # no run directory, no writer.lock

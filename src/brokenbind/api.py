@@ -203,6 +203,34 @@ def check_accelerator(accelerator: Any) -> None:
     )
 
 
+def check_cluster(trainer: Trainer) -> None:
+    """The cluster's launcher and the trainer must agree on processes per node and nodes; Lightning checks this only
+    when it starts the processes, with a traceback. Here it is one paragraph before anything is written."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None:
+        return
+    try:
+        environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+    except ValueError as error:
+        tasks, nodes = os.environ.get("SLURM_NTASKS_PER_NODE"), os.environ.get("SLURM_NNODES")
+        if tasks is not None and int(tasks) != trainer.num_devices:
+            problem = (
+                f"SLURM runs {tasks} task(s) per node (SLURM_NTASKS_PER_NODE, from --ntasks-per-node={tasks}), but "
+                f"trainer.devices is {trainer.num_devices}: under SLURM each device is one task that SLURM starts. "
+                f"Make them equal: --ntasks-per-node={trainer.num_devices} in the job script (as "
+                f"scripts/slurm/*.sbatch do) or --trainer.devices={tasks}"
+            )
+        elif nodes is not None and int(nodes) != trainer.num_nodes:
+            problem = (
+                f"SLURM allocated {nodes} node(s) (SLURM_NNODES, from --nodes={nodes}), but trainer.num_nodes is "
+                f"{trainer.num_nodes}. Make them equal: --nodes={trainer.num_nodes} in the job script or "
+                f"--trainer.num_nodes={nodes}"
+            )
+        else:
+            problem = f"the cluster environment {type(environment).__name__} and the trainer disagree: {error}"
+        raise ConfigError(problem) from error
+
+
 def check_save_dir(save_dir: Path) -> None:
     """Runs go under ``save_dir``: it, or the nearest of its parents that exists, must be a directory."""
     existing = next(p for p in (save_dir, *save_dir.parents) if p.exists())
@@ -405,6 +433,7 @@ class BrokenBindCLI(LightningCLI):
         self.restore_run_paths()
         self.model.run_config = self.plain_config()
         self.faults = next((c for c in self.trainer.callbacks if isinstance(c, FaultTolerance)), None)
+        check_cluster(self.trainer)
         if self.trainer.is_global_zero:  # one writer per run directory (brokenbind.runlock), before anything is written
             BrokenBindCLI.run_lock = RunLock(self.run_dir)
             try:
