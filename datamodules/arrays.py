@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from torch import Tensor
 
 from brokenbind.errors import ConfigError, DataError
@@ -14,6 +15,7 @@ from datamodules.loaders import FeatureArray
 from datamodules.manifest_rows import DatasetTable
 
 ArraySources = dict[str, dict[str, tuple[Path, Path | None]]]  # dataset -> modality -> (array, ids file or None)
+EMBED_RECORD = "embed.yaml"  # brokenbind embed's record of its output OUT (arrays: OUT/<dataset>/<modality>.npy)
 
 
 def array_sources(arrays: dict, modalities: dict[str, str]) -> ArraySources:
@@ -47,6 +49,7 @@ def join_array(table: DatasetTable, m: str, path: Path, ids: Path | None) -> tup
         raise DataError(
             f"{where}: array not found: {path} (a relative path starts at the working directory, {Path.cwd()})"
         )
+    check_finished(path, where)
     array = FeatureArray(path, where)
     if ids is None:
         if array.shape[0] != len(manifest):
@@ -69,6 +72,28 @@ def join_array(table: DatasetTable, m: str, path: Path, ids: Path | None) -> tup
     if len(duplicated):
         raise DataError(f"{where}: {ids} names id {duplicated.iloc[0]!r} twice")
     return array, pd.Index(names).get_indexer(manifest.stripped("id"))
+
+
+def check_finished(path: Path, where: str) -> None:
+    """Refuse an array that ``brokenbind embed`` has not finished (it was stopped): the rows it has not encoded yet
+    are zeros, which would train and score as features. Read from embed's record next to the array, so the refusal
+    holds whichever configuration names the array."""
+    resolved = path.resolve()
+    record_file = resolved.parent.parent / EMBED_RECORD
+    if not record_file.is_file():
+        return
+    record = yaml.safe_load(record_file.read_text())
+    stored = (record.get("datasets") or {}) if isinstance(record, dict) else {}  # another program's embed.yaml
+    entry = stored.get(resolved.parent.name, {}).get(resolved.stem)
+    if entry is None or entry["complete"]:
+        return
+    command = record.get("command")
+    finish = f"`{command}` again in {record['directory']}" if command else "the brokenbind embed command that wrote it"
+    raise DataError(
+        f"{where}: {path} is unfinished: brokenbind embed was stopped before it encoded every row ({record_file} "
+        f"records it incomplete), and the rows not encoded yet are zeros. Finish it: run {finish} (it keeps the rows "
+        "already encoded), then train"
+    )
 
 
 class ArrayFeatures:

@@ -1,8 +1,10 @@
 """``brokenbind embed``: encode a user's manifests once with the frozen backbones (EfficientNet-Lite0, MiniLM), then
-train on the arrays through the CLI; a stopped encode continues where it stopped; a mismatched reuse is refused."""
+train on the arrays through the CLI; a stopped encode continues where it stopped, and a fit refuses its arrays until
+then; a mismatched reuse, a directory of other files and an experiment without files to encode are refused."""
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from .test_manifest import dm_args, make_data, write_csv
 from .test_shards import SPLIT_OF_ROW, shard_args, write_shards
 
 IMAGE = {"name": "timm", "model": "tf_efficientnet_lite0", "weights": "efficientnet_lite0_wheel", "image_size": 32}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def brokenbind(monkeypatch, *args: str) -> int:
@@ -57,6 +60,10 @@ def experiment(tmp_path, monkeypatch):
 def results(path: str) -> list[dict[str, str]]:
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def files_under(directory: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
 @pytest.mark.filterwarnings("ignore:embeddings of modality")  # two epochs on six rows: the collapse alarm is right
@@ -120,12 +127,26 @@ def test_a_stopped_embed_continues_and_ends_as_an_uninterrupted_one(experiment, 
     with monkeypatch.context() as patch:
         patch.setattr(ArrayWriter, "write_on_batch_end", stop_after_first_batch)
         assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "stopped") == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM after encoding 4 rows" in capsys.readouterr().err
+    command = shlex.join(["brokenbind", "embed", "--config", str(path), "--out", "stopped"])
+    stopped = f"brokenbind: stopped by SIGTERM after encoding 4 rows into stopped; resume with `{command}`"
+    assert stopped in capsys.readouterr().err.splitlines()
     todo = np.load("stopped/captions/caption.todo.npy")
     assert todo.sum() == len(todo) - 4 and not todo[:4].any()  # loader order: the first batch is rows 0-3
     assert not yaml.safe_load(Path("stopped/embed.yaml").read_text())["datasets"]["captions"]["caption"]["complete"]
 
+    # a fit on the unfinished arrays (zeros where not encoded yet) is refused, naming the command that finishes them
+    on_arrays = ["--config", path, "--config", "stopped/arrays.yaml", "--trainer.fast_dev_run=true"]
+    assert brokenbind(monkeypatch, "fit", *on_arrays) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "brokenbind: DataError: data.init_args.arrays.captions.caption: stopped/captions/caption.npy is unfinished: "
+        f"brokenbind embed was stopped before it encoded every row ({Path.cwd() / 'stopped' / 'embed.yaml'} records "
+        f"it incomplete), and the rows not encoded yet are zeros. Finish it: run `{command}` again in {Path.cwd()} (it "
+        "keeps the rows already encoded), then train"
+    )
+    assert not Path("logs").exists()  # the refused start left no run directory
+
     assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "stopped") == 0
+    assert brokenbind(monkeypatch, "fit", *on_arrays) == 0
     assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "whole") == 0
     for name in ("captions/caption", "captions/photo", "sounds/photo"):
         np.testing.assert_array_equal(np.load(f"stopped/{name}.npy"), np.load(f"whole/{name}.npy"))
@@ -136,6 +157,33 @@ def test_a_stopped_embed_continues_and_ends_as_an_uninterrupted_one(experiment, 
     again = embed(path, "whole")
     assert again.complete and again.rows_encoded == 0
     assert "captions/photo: 30 x 1280 float32 in whole/captions/photo.npy (complete)" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_an_embed_with_exit_code_130_and_the_same_command_continues(experiment, monkeypatch, capsys):
+    path, _ = experiment
+    encode = ["embed", "--config", path, "--modalities=[caption]", "--out"]
+    write = ArrayWriter.write_on_batch_end
+
+    def ctrl_c_at_second_batch(self, trainer, *args, **kwargs):
+        if self.rows_encoded == 4:  # KeyboardInterrupt at once: the first batch is written, the second is not
+            os.kill(os.getpid(), signal.SIGINT)
+        write(self, trainer, *args, **kwargs)
+
+    handler = signal.getsignal(signal.SIGINT)
+    with monkeypatch.context() as patch:
+        patch.setattr(ArrayWriter, "write_on_batch_end", ctrl_c_at_second_batch)
+        assert brokenbind(monkeypatch, *encode, "stopped") == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning set it to ignore Ctrl-C; embed gives it back
+    command = shlex.join(["brokenbind", "embed", "--config", str(path), "--modalities=[caption]", "--out", "stopped"])
+    stopped = f"brokenbind: stopped by SIGINT after encoding 4 rows into stopped; resume with `{command}`"
+    assert stopped in capsys.readouterr().err.splitlines()
+    todo = np.load("stopped/captions/caption.todo.npy")
+    assert todo.sum() == len(todo) - 4 and not todo[:4].any()
+
+    assert brokenbind(monkeypatch, *encode, "stopped") == 0
+    assert brokenbind(monkeypatch, *encode, "whole") == 0
+    np.testing.assert_array_equal(np.load("stopped/captions/caption.npy"), np.load("whole/captions/caption.npy"))
+    assert not list((path.parent / "stopped").rglob("*.todo.npy"))
 
 
 def test_reusing_an_output_directory_with_another_encoder_or_dtype_is_refused(experiment, monkeypatch, capsys):
@@ -152,6 +200,21 @@ def test_reusing_an_output_directory_with_another_encoder_or_dtype_is_refused(ex
     assert refused in capsys.readouterr().err
     np.testing.assert_array_equal(np.load("emb/captions/caption.npy"), before)
 
+    # OUT is this experiment's: another experiment file, or another layer on top of this one, is refused untouched
+    written = files_under(Path("emb"))
+    Path("theirs.yaml").write_text(path.read_text())
+    Path("more.yaml").write_text("trainer: {max_epochs: 3}\n")
+    for configs in (["theirs.yaml"], [path, "more.yaml"]):
+        given = [a for config in configs for a in ("--config", config)]
+        assert brokenbind(monkeypatch, "embed", *given, "--out", "emb", "--modalities=[caption]") == 2
+        this_run = ", ".join(str(Path(config).resolve()) for config in configs)
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"brokenbind: ConfigError: --out emb is the embed output of another experiment: emb/embed.yaml names "
+            f"{path.resolve()}, this run {this_run}; its arrays.yaml and manifests are that experiment's. Name another "
+            "--out for this one (or delete emb to encode this one there)"
+        )
+    assert files_under(Path("emb")) == written
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -165,6 +228,45 @@ def test_embed_refuses_what_it_cannot_encode(experiment, monkeypatch, capsys, ar
     path, _ = experiment
     assert brokenbind(monkeypatch, "embed", "--config", path, "--out", "emb", *args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (
+            "emb",
+            "--out emb holds files that brokenbind embed did not write (arrays.yaml, captions, notes.txt; no "
+            "embed.yaml of its own), and embed would replace any <dataset>/manifest.csv and arrays.yaml there; name a "
+            "new or empty directory for the arrays",
+        ),
+        ("emb/notes.txt", "--out emb/notes.txt: emb/notes.txt is a file, not a directory; name a directory for the "
+         "arrays (it is created if missing)"),
+        ("emb/notes.txt/arrays", "--out emb/notes.txt/arrays: emb/notes.txt is a file, not a directory; name a "
+         "directory for the arrays (it is created if missing)"),
+    ],
+)  # fmt: skip
+def test_embed_refuses_an_out_of_other_files_and_writes_nothing(experiment, monkeypatch, capsys, out, message):
+    path, _ = experiment
+    mine = {"captions/manifest.csv": "id,label\nx,1\n", "arrays.yaml": "data: {}\n", "notes.txt": "my notes\n"}
+    for name, text in mine.items():
+        (Path("emb") / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path("emb") / name).write_text(text)
+    before = files_under(path.parent)
+    assert brokenbind(monkeypatch, "embed", "--config", path, "--out", out) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"brokenbind: ConfigError: {message}"
+    assert files_under(path.parent) == before
+
+
+def test_embed_of_an_experiment_without_files_to_encode_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert brokenbind(monkeypatch, "embed", "--config", ROOT / "experiments" / "two_dataset.yaml", "--out", "emb") == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "brokenbind" in line or "Union" in line] == [
+        "brokenbind: ConfigError: data.class_path is MfeatDataModule, which holds its inputs in memory as features "
+        "already: brokenbind embed encodes the files of a ManifestDataModule (manifests, shards, the built-in "
+        "digits); train this experiment with brokenbind fit as it is"
+    ]
+    assert not Path("emb").exists()
 
 
 class ClipEnergy(torch.nn.Module):

@@ -6,8 +6,9 @@ arXiv 2305.05665 §4): encode once, train heads many times.
 A Lightning predict run over the experiment's datamodule (manifests, shards, the built-in digits): ``--hardware ddp``
 splits the rows over devices and nodes. What it writes into OUT::
 
-    embed.yaml                    per dataset and modality: backbone spec and fingerprint, data fingerprint, rows,
-                                  width, dtype, complete or not (a mismatched reuse of OUT is refused)
+    embed.yaml                    the experiment files OUT belongs to, the command that (re)writes it; per dataset
+                                  and modality: backbone spec and fingerprint, data fingerprint, rows, width, dtype,
+                                  complete or not (a fit refuses an incomplete array; a mismatched reuse is refused)
     arrays.yaml                   a config layer: ``brokenbind fit --config E.yaml --config OUT/arrays.yaml``
     <dataset>/manifest.csv        id, label, split of every row (the datamodule's own split, so training on the
                                   arrays scores the same rows) and the cells of the modalities not encoded
@@ -17,10 +18,16 @@ splits the rows over devices and nodes. What it writes into OUT::
 
 A modality is encoded when its backbone is a fixed function (frozen, no LoRA, a fingerprint) and its kind is image,
 audio or text; features modalities are features already. The others keep their backbone and their manifest column.
+
+OUT is new, empty, or an embed output of the same experiment files (which continues); anything else is refused before
+a file is written. SIGTERM stops after the batch being written, Ctrl-C at once; both exit 128 + the signal number, and
+the same command continues.
 """
 
 import hashlib
 import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from brokenbind.api import (
+    PRESETS,
     SIGNAL_EXIT,
     Config,
     Stopped,
@@ -53,7 +61,8 @@ from brokenbind.api import (
 from brokenbind.backbones import Backbone, BackboneSpec, build_backbone
 from brokenbind.errors import ConfigError
 from brokenbind.module import BindingModule, silence_known_warnings
-from datamodules.base import SPLITS
+from datamodules.arrays import EMBED_RECORD
+from datamodules.base import SPLITS, PairedDataModule
 from datamodules.manifest import ManifestDataModule, ManifestDataset
 
 ENCODED_KINDS = ("image", "audio", "text")
@@ -153,6 +162,60 @@ def data_fingerprint(source: ManifestDataModule, dataset: str, modality: str) ->
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+# -- the output directory ----------------------------------------------------------------------------------------------
+def experiment_of(args: Sequence[str]) -> list[str]:
+    """What an embed output belongs to: the ``--config`` layers of ``args`` (presets expanded) in order, a file by its
+    resolved path, an inline configuration by a digest of its text; not the presets (a run may continue on other
+    ``--hardware``)."""
+    layers = []
+    for flag, arg in zip(["", *args], args, strict=False):  # (previous argument, argument)
+        if flag in ("--config", "-c"):
+            layer = arg
+        elif arg.startswith("--config="):
+            layer = arg.partition("=")[2]
+        else:
+            continue
+        if not os.path.isfile(layer):  # os.path: the text of an inline configuration is no valid path
+            layers.append(f"inline configuration sha256:{hashlib.sha256(layer.encode()).hexdigest()[:16]}")
+        elif Path(layer).parent not in PRESETS.values():
+            layers.append(str(Path(layer).resolve()))
+    return layers
+
+
+def check_out(out: Path, experiment: list[str]) -> None:
+    """Refuse, before anything is written, an ``--out`` that embed cannot write into: a file, a directory of files
+    embed did not write (it would replace a manifest.csv or arrays.yaml there), another experiment's embed output."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"--out {out}: {existing} is a file, not a directory; name a directory for the arrays (it is created if "
+            "missing)"
+        )
+    partial_record = (out / EMBED_RECORD).with_suffix(".tmp")  # a first start stopped while writing its record
+    if existing != out or not any(p != partial_record for p in out.iterdir()):
+        return
+    record_file = out / EMBED_RECORD
+    record = yaml.safe_load(record_file.read_text()) if record_file.is_file() else None
+    if not isinstance(record, dict) or "datasets" not in record:
+        names = sorted(p.name for p in out.iterdir())
+        raise ConfigError(
+            f"--out {out} holds files that brokenbind embed did not write ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}; no {EMBED_RECORD} of its own), and embed would replace any "
+            "<dataset>/manifest.csv and arrays.yaml there; name a new or empty directory for the arrays"
+        )
+    if record.get("experiment") != experiment:
+        raise ConfigError(
+            f"--out {out} is the embed output of another experiment: {record_file} names "
+            f"{describe(record.get('experiment'))}, this run {describe(experiment)}; its arrays.yaml and manifests are "
+            f"that experiment's. Name another --out for this one (or delete {out} to encode this one there)"
+        )
+
+
+def describe(experiment: list[str] | None) -> str:
+    """``experiment_of``'s layers for a message (a record written before embed named them has none)."""
+    return ", ".join(experiment or []) or "no experiment file"
+
+
 # -- the predict run ---------------------------------------------------------------------------------------------------
 class EncodeRows(Dataset):
     """The rows of one (dataset, modality) still to encode: ``{"x": input, "row": array row}``."""
@@ -215,6 +278,7 @@ class ArrayWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.layout = layout
         self.rows_encoded = 0
+        self.interrupted = False  # by Ctrl-C: Lightning's KeyboardInterrupt handling ends in sys.exit(1)
 
     def write_on_batch_end(
         self,
@@ -233,11 +297,18 @@ class ArrayWriter(BasePredictionWriter):
         todo[rows] = False
         self.rows_encoded += len(rows)
         if trainer.received_sigterm:  # Lightning's predict loop runs on after SIGTERM: stop here, the batch written
-            raise Stopped(
-                f"stopped by SIGTERM after encoding {self.rows_encoded} rows into {self.layout.out}; run the same "
-                "command again to encode the rest",
-                SIGNAL_EXIT["SIGTERM"],
-            )
+            raise self.stopped("SIGTERM")
+
+    def stopped(self, signal_name: str) -> Stopped:
+        """The stop by ``signal_name`` (exit code 128 + its number), naming the command that continues."""
+        return Stopped(
+            f"stopped by {signal_name} after encoding {self.rows_encoded} rows into {self.layout.out}; resume with "
+            f"`{self.layout.command}`",
+            SIGNAL_EXIT[signal_name],
+        )
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.layout.flush()
@@ -249,10 +320,20 @@ class ArrayWriter(BasePredictionWriter):
 class Layout:
     """The files of OUT (see the module docstring) and their state."""
 
-    def __init__(self, out: Path, targets: list[Target], specs: dict[str, BackboneSpec], dtype: Dtype):
+    def __init__(
+        self,
+        out: Path,
+        targets: list[Target],
+        specs: dict[str, BackboneSpec],
+        dtype: Dtype,
+        experiment: list[str],
+        command: str,
+    ):
         """``specs``: the backbone of every modality the datasets use (the encoded ones are read as ``identity`` in
-        arrays.yaml, the others keep theirs)."""
+        arrays.yaml, the others keep theirs); ``experiment``: what OUT belongs to (``experiment_of``); ``command``:
+        the one that continues OUT after a stop."""
         self.out, self.targets, self.specs, self.dtype = out, targets, specs, dtype
+        self.experiment, self.command = experiment, command
         self.active: list[Target] = []  # the targets with rows left, in the order of the predict loaders
         self._open: dict[Target, tuple[np.memmap, np.memmap]] = {}
         self._entries: dict[Target, dict[str, Any]] = {}
@@ -268,11 +349,11 @@ class Layout:
 
     @property
     def record_file(self) -> Path:
-        return self.out / "embed.yaml"
+        return self.out / EMBED_RECORD
 
     def record(self) -> dict[str, Any]:
         if not self.record_file.is_file():
-            return {"version": 1, "datasets": {}}
+            return {"version": 1, "experiment": self.experiment, "datasets": {}}
         return yaml.safe_load(self.record_file.read_text())
 
     def todo(self, dataset: str, modality: str) -> np.ndarray:
@@ -330,20 +411,24 @@ class Layout:
         return pending
 
     def prepare(self, source: ManifestDataModule, backbones: dict[str, Backbone]) -> None:
-        """Create what is missing (arrays and their todo lists, ids files) and write the manifests, arrays.yaml and
-        embed.yaml; a stopped run's arrays are kept (``pending`` checked them)."""
-        record = self.record()
+        """Write embed.yaml first (it makes OUT this experiment's embed output and records the arrays to write
+        incomplete, so that a stop at any later point leaves what the same command continues), then create what is
+        missing (arrays and their todo lists, ids files) and write the manifests and arrays.yaml; a stopped run's
+        arrays are kept (``pending`` checked them)."""
+        record, missing = self.record(), []
+        record.update(command=self.command, directory=str(Path.cwd()))
         for target in self.pending(source, backbones):
+            entry = {**self.entry(source, backbones, target), "complete": False}
+            if record["datasets"].get(target[0], {}).get(target[1]) != entry or not self.todo_file(*target).is_file():
+                missing.append(target)
+            record["datasets"].setdefault(target[0], {})[target[1]] = entry
+        self._write_record(record)
+        for target in missing:
             entry = self.entry(source, backbones, target)
-            if record["datasets"].get(target[0], {}).get(target[1]) != {**entry, "complete": False} or not (
-                self.todo_file(*target).is_file()
-            ):
-                self._create(source, *target, entry["rows"], entry["width"])
-            record["datasets"].setdefault(target[0], {})[target[1]] = {**entry, "complete": False}
+            self._create(source, *target, entry["rows"], entry["width"])
         for dataset in source.datasets:  # every one: arrays.yaml reads all datasets from OUT
             self._write_manifest(source, dataset)
         self._write_layer(source)
-        self._write_record(record)
 
     def _create(self, source: ManifestDataModule, dataset: str, modality: str, rows: int, width: int) -> None:
         directory = self.out / dataset
@@ -353,9 +438,12 @@ class Layout:
             "".join(f"{ids[row]}\n" for row in array_rows(source, dataset, modality))
         )
         np.lib.format.open_memmap(self.array(dataset, modality), "w+", self.dtype, (rows, width)).flush()
-        todo = np.lib.format.open_memmap(self.todo_file(dataset, modality), "w+", np.bool_, (rows,))
+        # the todo list appears whole (a stop while it is filled must not leave rows marked done): the array before it
+        partial = self.todo_file(dataset, modality).with_suffix(".tmp")
+        todo = np.lib.format.open_memmap(partial, "w+", np.bool_, (rows,))
         todo[:] = True
         todo.flush()
+        partial.replace(self.todo_file(dataset, modality))
 
     def _write_manifest(self, source: ManifestDataModule, dataset: str) -> None:
         """id, label, split of every row and the cells of the modalities that stay raw (file paths made absolute)."""
@@ -461,8 +549,9 @@ class EmbedCLI(LightningCLI):
         self.datamodule, self.model = self.config_init.data, self.config_init.model
         if not isinstance(self.datamodule, ManifestDataModule):
             raise ConfigError(
-                f"brokenbind embed reads manifests, shards and the built-in digits (a ManifestDataModule); "
-                f"{type(self.datamodule).__name__} holds its inputs in memory already"
+                f"data.class_path is {type(self.datamodule).__name__}, which holds its inputs in memory as features "
+                "already: brokenbind embed encodes the files of a ManifestDataModule (manifests, shards, the built-in "
+                "digits); train this experiment with brokenbind fit as it is"
             )
 
     def predict_trainer(self, writer: "ArrayWriter") -> Trainer:
@@ -492,12 +581,13 @@ def run(args: Sequence[str]) -> Embedded:
     silence_known_warnings()
     # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    command = shlex.join(["brokenbind", "embed", *args])  # the one that continues after a stop
     try:
         args = expand_presets(list(args))
         with patch.object(sys, "argv", [sys.argv[0], *args]):  # LightningCLI reads the command line
             cli = EmbedCLI(
                 BindingModule,
-                ManifestDataModule,
+                PairedDataModule,  # any, as fit parses it: EmbedCLI refuses the others in one paragraph
                 subclass_mode_data=True,
                 parser_kwargs=parser_kwargs(),
                 save_config_callback=None,
@@ -506,7 +596,9 @@ def run(args: Sequence[str]) -> Embedded:
             )
         # Lightning's DDP launcher starts the other ranks by re-running the command line: give it this command
         with patch.object(sys, "argv", [sys.argv[0], "embed", *args]):
-            return _encode(cli)
+            return _encode(cli, command, experiment_of(args))
+    except KeyboardInterrupt as stop:  # Ctrl-C outside the predict run: reading the data, building the encoders
+        raise Stopped(f"stopped by SIGINT; resume with `{command}`", SIGNAL_EXIT["SIGINT"]) from stop
     except Exception as error:
         cause = _user_error(error)
         if cause is None or cause is error:
@@ -514,19 +606,27 @@ def run(args: Sequence[str]) -> Embedded:
         raise cause from error
 
 
-def _encode(cli: EmbedCLI) -> Embedded:
+def _encode(cli: EmbedCLI, command: str, experiment: list[str]) -> Embedded:
     source, model, out = cli.datamodule, cli.model, Path(cli.config.out)
+    check_out(out, experiment)  # every rank, before any writes: the ranks meet in the predict run
     source.prepare_data()  # every rank: a datamodule that makes its data (the digits) writes it atomically
     source.setup("predict")
     backbones, skipped = choose(source, model, cli.config.modalities)
     targets = [(d, m) for d in sorted(source.datasets) for m in source.needed_modalities(d) if m in backbones]
     check_raw_files(source, targets)
     used = sorted({m for d in source.datasets for m in source.needed_modalities(d)})
-    layout = Layout(out, targets, {m: spec_of(model, m) for m in used}, cli.config.dtype)
+    layout = Layout(out, targets, {m: spec_of(model, m) for m in used}, cli.config.dtype, experiment, command)
     writer = ArrayWriter(layout)
     trainer = cli.predict_trainer(writer)
     if layout.pending(source, backbones):  # refuses a mismatched OUT before any process starts
-        trainer.predict(Encoders(backbones, layout), datamodule=EmbedData(source, layout), return_predictions=False)
+        ctrl_c = signal.getsignal(signal.SIGINT)
+        try:
+            trainer.predict(Encoders(backbones, layout), datamodule=EmbedData(source, layout), return_predictions=False)
+        except SystemExit as stop:  # Lightning ends a Ctrl-C with sys.exit(1), the writer told of the interrupt
+            if not writer.interrupted:
+                raise
+            signal.signal(signal.SIGINT, ctrl_c)  # Lightning ignores Ctrl-C after one; a library caller goes on
+            raise writer.stopped("SIGINT") from stop
     remaining = layout.remaining()
     configs = " ".join(f"--config {p}" for p in experiment_files(cli.config))
     name = experiment_name(cli.config)
