@@ -76,8 +76,8 @@ def short(setting: str) -> str:
 
 
 def flow_label(dataset: str, flow: str) -> str:
-    query, _, target = flow.split("->")
-    return f"{query}→{target} on {dataset}"
+    parts = flow.split("->")  # query->pivot->target, or query->target
+    return f"{parts[0]}→{parts[-1]} on {dataset}"
 
 
 def method_table(df: pd.DataFrame, settings: list[str], methods: list[str], metric: str, by_flow: bool) -> list[str]:

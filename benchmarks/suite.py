@@ -288,8 +288,8 @@ def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[s
     history = next((c.history for c in result.trainer.callbacks if isinstance(c, PivotDiagnosis)), {})
     rows = []
     for row in result.stage(stage):
-        query, _, target = row.flow.split("->")
-        last = {name: history.get(f"{row.dataset}/{query}->{target}/{name}") for name in DIAGNOSIS}
+        parts = row.flow.split("->")  # query->pivot->target, or query->target
+        last = {name: history.get(f"{row.dataset}/{parts[0]}->{parts[-1]}/{name}") for name in DIAGNOSIS}
         diagnosis = {name: f"{points[-1][1]:.4f}" if points else "" for name, points in last.items()}
         rows.append({k: str(v) for k, v in csv_cells(row).items()} | diagnosis)
     if not rows:

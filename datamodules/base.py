@@ -47,17 +47,27 @@ class DatasetSpec:
 
 @dataclass
 class Flow:
-    """A modality flow ``query->pivot->target`` evaluated on ``dataset`` (BrokenBind §4.1)."""
+    """A modality flow ``query->pivot->target`` evaluated on ``dataset`` (BrokenBind §4.1), or ``query->target``: a
+    flow without a pivot, as in a one-dataset experiment, where the query and the target are observed together."""
 
     dataset: str
     flow: str
 
     @property
-    def modalities(self) -> tuple[str, str, str]:
+    def modalities(self) -> tuple[str, str | None, str]:
+        """(query, pivot, target); the pivot is None in a ``query->target`` flow."""
         parts = tuple(p.strip() for p in self.flow.split("->"))
-        if len(parts) != 3 or not all(parts):
-            raise ConfigError(f"flow {self.flow!r} must read 'query->pivot->target', e.g. 'fou->pix->zer'")
-        return parts
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ConfigError(
+                f"flow {self.flow!r} must read 'query->pivot->target' (e.g. 'fou->pix->zer') or 'query->target' "
+                "(e.g. 'fou->zer')"
+            )
+        return (parts[0], None, parts[1]) if len(parts) == 2 else parts
+
+    @property
+    def named_modalities(self) -> set[str]:
+        """The modalities the flow names: query and target, and its pivot if it has one."""
+        return {m for m in self.modalities if m is not None}
 
     @property
     def name(self) -> str:
@@ -134,8 +144,8 @@ class PairedDataModule(LightningDataModule, ABC):
     def __init__(
         self,
         datasets: dict[str, DatasetSpec],
-        pivot: str | list[str],
         flows: list[Flow],
+        pivot: str | list[str] | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 512,
         sampling: Literal["min_size", "max_size_cycle"] = "min_size",
@@ -149,14 +159,14 @@ class PairedDataModule(LightningDataModule, ABC):
         self.datasets = {
             name: DatasetSpec(list(spec.modalities)) for name, spec in specs.items()
         }  # a copy: never mutate the config
-        self.pivots = [pivot] if isinstance(pivot, str) else list(pivot)
+        self.pivots = [pivot] if isinstance(pivot, str) else list(pivot or [])
         self.flows = [f if isinstance(f, Flow) else Flow(**f) for f in flows]
         self.oracle = oracle
         if oracle:  # the upper bound: each evaluation dataset also observes its flows' modalities in training
             for flow in self.flows:
                 if flow.dataset in self.datasets:
                     spec = self.datasets[flow.dataset]
-                    spec.modalities = sorted(set(spec.modalities) | set(flow.modalities))
+                    spec.modalities = sorted(set(spec.modalities) | flow.named_modalities)
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("batch sizes must be positive")
         if batch_size < 2:  # a row's only candidate is its own pair: every contrastive loss is exactly 0
@@ -190,6 +200,12 @@ class PairedDataModule(LightningDataModule, ABC):
                 raise ConfigError(f"dataset {name!r}: unknown modalities {sorted(unknown)}; available: {sorted(known)}")
         for pivot in self.pivots:
             holders = [name for name, spec in self.datasets.items() if pivot in spec.modalities]
+            if len(self.datasets) == 1:
+                raise ConfigError(
+                    f"pivot {pivot!r}: a pivot links datasets, and this experiment has one "
+                    f"({next(iter(self.datasets))!r}); leave data.init_args.pivot out and score flows 'query->target' "
+                    "(e.g. 'fou->zer')"
+                )
             if len(holders) < 2:
                 raise ConfigError(
                     f"pivot {pivot!r} must be observed by every dataset it links (at least two); observed by {holders}"
@@ -206,7 +222,7 @@ class PairedDataModule(LightningDataModule, ABC):
                 )
             if flow.dataset not in self.datasets:
                 raise ConfigError(f"flow {flow.flow!r}: unknown dataset {flow.dataset!r}; have {sorted(self.datasets)}")
-            if pivot not in self.pivots:
+            if pivot is not None and pivot not in self.pivots:
                 raise ConfigError(f"flow {flow.flow!r}: {pivot!r} is not a configured pivot {self.pivots}")
             for m in (query, target):
                 if m not in known:
@@ -260,7 +276,7 @@ class PairedDataModule(LightningDataModule, ABC):
         """Training sees only observed modalities; val/test add the flows' query and target modalities, for scoring."""
         mods = set(self.datasets[dataset].modalities)
         if split != "train":
-            mods |= {m for flow in self.flows if flow.dataset == dataset for m in flow.modalities}
+            mods |= {m for flow in self.flows if flow.dataset == dataset for m in flow.named_modalities}
         return sorted(mods)
 
     # -- data ------------------------------------------------------------------------------------------------------

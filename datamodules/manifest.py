@@ -320,7 +320,7 @@ class ManifestDataModule(PairedDataModule):
 
     def _oracle_hint(self, name: str, split: str, modality: str) -> str:
         """Why a training row needs a modality its dataset does not observe: the oracle trains on the flows'."""
-        flows = {m for flow in self.flows if flow.dataset == name for m in flow.modalities}
+        flows = {m for flow in self.flows if flow.dataset == name for m in flow.named_modalities}
         if not (self.oracle and split == "train" and modality in flows):
             return ""
         return (

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TWO_DATASET = str(ROOT / "experiments" / "two_dataset.yaml")
 FOU_FAC_ZER = str(ROOT / "experiments" / "two_dataset_fou_fac_zer.yaml")
 THREE_DATASET = str(ROOT / "experiments" / "three_dataset.yaml")
+ONE_DATASET = str(ROOT / "experiments" / "one_dataset.yaml")
 MFEAT = ["fit", "--config", TWO_DATASET, "--trainer.fast_dev_run=true"]
 SPLIT_OF_ROW = ("train", "train", "train", "val", "test")  # row i of every manifest: SPLIT_OF_ROW[i % 5]
 
@@ -272,8 +273,17 @@ CASES = [
     Case("pivot_not_shared", mfeat_run("--data.init_args.pivot=fou"),
          "ConfigError: pivot 'fou' must be observed by every dataset it links (at least two); observed by "
          "['evaluation']"),
-    Case("flow_with_two_parts", mfeat_run("--data.init_args.flows=[{dataset: evaluation, flow: fou->zer}]"),
-         "ConfigError: flow 'fou->zer' must read 'query->pivot->target', e.g. 'fou->pix->zer'"),
+    Case("flow_with_four_parts", mfeat_run("--data.init_args.flows=[{dataset: evaluation, flow: fou->pix->zer->kar}]"),
+         "ConfigError: flow 'fou->pix->zer->kar' must read 'query->pivot->target' (e.g. 'fou->pix->zer') or "
+         "'query->target' (e.g. 'fou->zer')"),
+    Case("pivot_in_one_dataset", lambda tmp: ["fit", "--config", ONE_DATASET, "--data.init_args.pivot=pix"],
+         "ConfigError: pivot 'pix': a pivot links datasets, and this experiment has one ('paired'); leave "
+         "data.init_args.pivot out and score flows 'query->target' (e.g. 'fou->zer')"),
+    Case("extrapolation_method_on_one_dataset", lambda tmp: ["fit", "--config", ONE_DATASET, "--method=brokenbind",
+                                                              "--trainer.fast_dev_run=true"],
+         "ConfigError: MOX found no dataset with a modality to extrapolate through a shared pivot; every dataset "
+         "observes every modality it could reach (one fully paired dataset?): bind it with --method fabind or "
+         "centrobind"),
     Case("flow_whose_query_is_its_target",
          mfeat_run("--data.init_args.flows=[{dataset: evaluation, flow: fou->pix->fou}]"),
          "ConfigError: flow 'fou->pix->fou' retrieves 'fou' from itself; a flow retrieves one modality from another "

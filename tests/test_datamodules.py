@@ -122,7 +122,14 @@ def test_max_size_cycle_is_an_explicit_policy(seeded):
         ({"datasets": {**TWO_DATASETS, "support": {"modalities": ["pix", "xyz"]}}}, "unknown modalities ['xyz']"),
         ({"datasets": {**TWO_DATASETS, "support": {"modalities": []}}}, "observes no modality"),
         ({"flows": [{"dataset": "nowhere", "flow": "fou->pix->zer"}]}, "unknown dataset 'nowhere'"),
-        ({"flows": [{"dataset": "evaluation", "flow": "fou->zer"}]}, "must read 'query->pivot->target'"),
+        ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->zer->kar"}]}, "must read 'query->pivot->target'"),
+        (
+            {
+                "datasets": {"paired": {"modalities": ["fou", "zer"]}},
+                "flows": [{"dataset": "paired", "flow": "fou->zer"}],
+            },
+            "pivot 'pix': a pivot links datasets, and this experiment has one ('paired')",
+        ),
         ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->abc"}]}, "unknown modality 'abc'"),
         ({"flows": [{"dataset": "evaluation", "flow": "fou->pix->kar"}]}, "'kar' is observed by no training dataset"),
         ({"flows": [{"dataset": "evaluation", "flow": "fou->zer->pix"}]}, "'zer' is not a configured pivot"),
@@ -210,3 +217,20 @@ def test_datamodules_are_what_the_callbacks_read(mfeat):
     assert read == members
     assert isinstance(mfeat, PairedData)
     assert not isinstance(object(), PairedData)
+
+
+def test_one_dataset_is_an_experiment_with_query_to_target_flows():
+    """One fully paired dataset: no pivot, flows of two modalities, every split carrying the dataset's modalities."""
+    dm = make_mfeat(
+        datasets={"paired": {"modalities": ["fou", "pix", "zer"]}},
+        pivot=None,
+        flows=[{"dataset": "paired", "flow": "fou->zer"}, {"dataset": "paired", "flow": "pix->fou"}],
+    )
+    assert dm.pivots == [] and [f.modalities for f in dm.flows] == [("fou", None, "zer"), ("pix", None, "fou")]
+    assert [f.name for f in dm.flows] == ["fou->zer", "pix->fou"]
+    assert dm.observed_together("fou", "zer") and dm.chain("paired", "zer") == ["paired"]
+    dm.setup()
+    assert {split: sorted(d.features) for split, d in dm.splits["paired"].items()} == {
+        split: ["fou", "pix", "zer"] for split in ("train", "val", "test")
+    }
+    assert sum(len(d) for d in dm.splits["paired"].values()) == 2000  # one dataset holds every instance

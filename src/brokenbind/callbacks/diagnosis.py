@@ -67,8 +67,8 @@ class PivotDiagnosis(Callback):
         for flow in dm.flows:
             _, pivot, target = flow.modalities
             holders = [d for d, spec in dm.datasets.items() if {pivot, target} <= set(spec.modalities)]
-            if target in dm.datasets[flow.dataset].modalities or not holders:
-                continue  # observed in training, or no dataset observes the pivot with the target (a chain)
+            if pivot is None or target in dm.datasets[flow.dataset].modalities or not holders:
+                continue  # no pivot, observed in training, or no dataset observes the pivot with the target (a chain)
             try:
                 numbers = transfer_error(pl_module.frozen_features, flow.dataset, holders, pivot, target)
             except (ConfigError, DataError) as error:  # trainable backbones (their features move), or no such rows
@@ -86,8 +86,8 @@ class PivotDiagnosis(Callback):
         dm: PairedData = trainer.datamodule
         for flow in dm.flows:
             query, pivot, target = flow.modalities
-            if target in dm.datasets[flow.dataset].modalities:
-                continue  # observed in training: nothing is extrapolated
+            if pivot is None or target in dm.datasets[flow.dataset].modalities:
+                continue  # no pivot, or observed in training: nothing is extrapolated
             for name, value in diagnose(pl_module, flow.dataset, query, pivot, target, self.seed).items():
                 key = f"{flow.dataset}/{query}->{target}/{name}"
                 # identical on every rank (each computes it from the whole split); sync_dist only tells Lightning so

@@ -287,6 +287,11 @@ class EmergentBinding(Callback):
 def anchor_holder(pl_module: LightningModule, flow) -> str:
     """The first training dataset observing a flow's pivot and target: the anchor rows of transitive retrieval."""
     _, pivot, target = flow.modalities
+    if pivot is None:
+        raise ConfigError(
+            f"method {pl_module.method.name!r} retrieves through anchor rows observing a flow's pivot and target, and "
+            f"flow {flow.flow!r} has no pivot; score it with another method, or name a pivot ('query->pivot->target')"
+        )
     dm: PairedData = pl_module.trainer.datamodule
     datasets = dm.datasets
     holders = [ds for ds, spec in datasets.items() if {pivot, target} <= set(spec.modalities)]

@@ -295,7 +295,11 @@ class BrokenBind(BindingMethod):
                     residual = frobenius(pseudo.mod, pseudo.data)
                     fro = fro + (residual / pseudo.data.numel() if self.fro_reduction == "mean" else residual)
         if isinstance(mox, float):
-            raise ConfigError("MOX found no dataset with a modality to extrapolate through a shared pivot")
+            raise ConfigError(
+                "MOX found no dataset with a modality to extrapolate through a shared pivot;"
+                " every dataset observes every modality it could "
+                "reach (one fully paired dataset?): bind it with --method fabind or centrobind"
+            )
         return mox, fro if isinstance(fro, Tensor) else torch.zeros_like(mox)
 
     def mox_candidates(self, pseudo: Pseudo, real_target: Tensor) -> Tensor:

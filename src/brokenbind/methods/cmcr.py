@@ -124,7 +124,11 @@ class CMCR(BindingMethod):
                     for m, f in mods.items()
                 ) / len(mods)  # fmt: skip
         if isinstance(pseudo, float):
-            raise ConfigError("cmcr found no dataset lacking a modality that a shared pivot links it to")
+            raise ConfigError(
+                "cmcr found no dataset lacking a modality that a shared pivot links it to;"
+                " every dataset observes every modality it could "
+                "reach (one fully paired dataset?): bind it with --method fabind or centrobind"
+            )
         intra = sum((batch.local[ds][m] - batch.local[ds][n]).pow(2).sum(1).mean() for ds, m, n in pairs) / len(pairs)
         terms = {"clip": clip, "pseudo": self.pseudo_weight * pseudo}
         if self.intra_weight:

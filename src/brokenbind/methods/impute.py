@@ -79,7 +79,11 @@ class PivotImputer:
     def fit(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
         self.steps = plan(datasets)
         if not self.steps:
-            raise ConfigError(f"{self.name} found no dataset lacking a modality that a shared pivot links it to")
+            raise ConfigError(
+                f"{self.name} found no dataset lacking a modality that a shared pivot links it to;"
+                " every dataset observes every modality it could "
+                "reach (one fully paired dataset?): bind it with --method fabind or centrobind"
+            )
         pairs: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
         for pivot, target in dict.fromkeys((p, t) for _, p, t in self.steps):
             holders = [d for d, mods in datasets.items() if {pivot, target} <= set(mods)]
