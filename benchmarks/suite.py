@@ -20,9 +20,10 @@ A suite is a YAML file (``benchmarks/suites/*.yaml``)::
     pretrain:                  # name -> a run trained once (seed 0) before the settings that name it
       mfeat_pool: {config: ../../experiments/pretrain/mfeat_pool.yaml}
       # settings write {pretrain:mfeat_pool} where the path of its best checkpoint goes (a bound backbone)
-    methods:                   # name -> a preset (configs/methods) plus arguments
+    methods:                   # name -> a preset (configs/methods) plus arguments, or a class of your own
       fabind: {preset: fabind}
       brokenbind_none: {preset: brokenbind, args: ["--model.method.init_args.push_away=none"]}
+      mine: {class_path: my_methods.Mine, init_args: {margin: 0.2}}   # a BindingMethod importable from your code
 
 Each run is one in-process ``brokenbind.api.fit(configs, overrides)`` call; the rows it returns of the suite's stage
 (val: the epoch that checkpoint selection picks; test: that checkpoint on the test split) are written to
@@ -43,6 +44,7 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -111,6 +113,15 @@ class Suite:
             for name, value in spec[kind].items():
                 if not isinstance(value, dict):
                     raise ConfigError(f"{path}: {kind[:-1]} {name!r} must be a mapping")
+        for name, method in spec["methods"].items():
+            unknown = set(method) - {"preset", "args", "class_path", "init_args"}
+            both = "preset" in method and "class_path" in method
+            if unknown or both or ("init_args" in method and "class_path" not in method):
+                raise ConfigError(
+                    f"{path}: method {name!r}: a method is a preset ({{preset: fabind}}) or a class of your own "
+                    "({class_path: my_methods.Mine, init_args: {...}}), each with optional args; got keys "
+                    f"{sorted(method)}"
+                )
         for name, setting in spec["settings"].items():
             unknown = set(setting) - {"config", "experiment", "args", "methods", "runs"}
             missing = set(setting.get("methods", [])) - set(spec["methods"])
@@ -190,6 +201,7 @@ class Suite:
         what = {
             "setting": self._with_contents(self.settings[setting]),
             "method": self.methods[method],
+            "method_source": method_source(self.methods[method]),
             "args": self.args,
             "stage": self.stage,
             "seed": seed,
@@ -235,6 +247,10 @@ class Suite:
         args = [*self.args, *flat(s.get("args", []))]
         if m.get("preset"):
             args += ["--method", m["preset"]]
+        if m.get("class_path"):  # the user's BindingMethod, as --model.method would name it on the command line
+            args.append(
+                f"--model.method={json.dumps({'class_path': m['class_path'], 'init_args': m.get('init_args', {})})}"
+            )
         args += [
             *m.get("args", []),
             f"--experiment={setting}",
@@ -247,6 +263,24 @@ class Suite:
             f"--test_after_fit={'true' if self.stage == 'test' else 'false'}",
         ]
         return self.configs(setting, s, save_dir), args
+
+
+def method_source(method: dict) -> str | None:
+    """The source text of a user's method module (a changed file makes its runs stale; brokenbind's own code is in
+    ``code_hash``), None for a preset. A module that cannot be imported is named here, before any run starts."""
+    if not method.get("class_path"):
+        return None
+    module, _, name = method["class_path"].rpartition(".")
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except ImportError:
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            f"method class_path {method['class_path']!r}: module {module!r} is not importable; put its directory on "
+            "PYTHONPATH (or run from it) so that `import " + (module or name) + "` works"
+        )
+    return Path(spec.origin).read_text() if spec.origin.endswith(".py") else spec.origin
 
 
 def digest(what: object) -> str:

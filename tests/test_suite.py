@@ -345,3 +345,57 @@ def test_a_pretraining_run_is_trained_again_when_its_config_changes(tmp_path, mo
     pool.write_text(yaml.safe_dump({**TWO, "trainer": {"max_epochs": 3}}))
     run_pretraining(Suite.load(spec), out, ["a"])
     assert len(trained) == 2 and pretrained_checkpoint(out, "pool").read_text() == "1"
+
+
+MY_METHOD = '''
+from brokenbind.losses.clip import symmetric_info_nce
+from brokenbind.methods.base import BindingMethod, modality_pairs
+
+
+class Mine(BindingMethod):
+    """Fine-tuning's loss over the pairs without modality ``skip``: with none skipped it must score as fabind does."""
+
+    name = "mine"
+
+    def __init__(self, skip: str | None = None):
+        super().__init__()
+        self.skip = skip
+
+    def terms(self, batch, epoch, max_epochs):
+        local, full = batch.local, batch.full
+        return {"mine": sum(
+            symmetric_info_nce(local[d][m], local[d][n], self.scale(m), self.scale(n), full[d][m], full[d][n],
+                               batch.offset)
+            for d, m, n in modality_pairs(local) if self.skip not in (m, n)
+        )}
+'''
+
+
+def test_a_method_of_your_own_from_your_own_file_enters_a_suite_and_its_table(tmp_path, monkeypatch):
+    (tmp_path / "my_methods.py").write_text(MY_METHOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(
+        "stage: val\nseeds: [0, 1]\nsplit_seeds: [0, 1]\npair_seeds: true\nbaseline: fabind\n"
+        'args: ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3"]\n'
+        f"settings:\n  two: {{experiment: {TWO}}}\n"
+        "methods:\n  fabind: {preset: fabind}\n"
+        "  mine: {class_path: my_methods.Mine}\n"
+        "  mine_zer: {class_path: my_methods.Mine, init_args: {skip: zer}}\n"
+    )
+    out = tmp_path / "out"
+    main([str(spec), "--out", str(out)])
+    with (out / "runs.csv").open() as f:
+        rows = {(r["method"], r["seed"]): r["map_instance"] for r in csv.DictReader(f)}
+    assert rows[("mine", "0")] == rows[("fabind", "0")] and rows[("mine", "1")] == rows[("fabind", "1")]
+    assert rows[("mine_zer", "0")] != rows[("fabind", "0")]  # its init_args reached the method
+    summary = (out / "summary.md").read_text()
+    assert "| two | mine | 2 |" in summary and "| two | mine_zer | 2 |" in summary
+    assert "| mine | 2 |" in summary  # the W/T/L table against the baseline
+    suite = Suite.load(spec)
+    before = suite.fingerprint("two", "mine", 0, 0)
+    (tmp_path / "my_methods.py").write_text(MY_METHOD.replace("Fine-tuning's", "Fine-tuning's own"))
+    assert suite.fingerprint("two", "mine", 0, 0) != before  # an edited method file makes its runs stale
+    spec.write_text(spec.read_text().replace("my_methods.Mine}", "your_methods.Mine}"))
+    with pytest.raises(ConfigError, match="module 'your_methods' is not importable"):
+        Suite.load(spec).fingerprint("two", "mine", 0, 0)
