@@ -7,6 +7,7 @@ from datamodules.fashion_views import FashionViewsDataModule
 from datamodules.manifest import ManifestDataModule, ManifestDataset
 from datamodules.mfeat import MfeatDataModule
 from datamodules.shards import ShardDataModule
+from datamodules.synthetic import SyntheticDataModule
 
 __all__ = [
     "DatasetSpec",
@@ -19,4 +20,5 @@ __all__ = [
     "MfeatDataModule",
     "PairedDataModule",
     "ShardDataModule",
+    "SyntheticDataModule",
 ]
