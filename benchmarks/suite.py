@@ -47,6 +47,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -61,7 +62,7 @@ from pathlib import Path
 import yaml
 
 from brokenbind import api
-from brokenbind.callbacks import PivotDiagnosis
+from brokenbind.callbacks import PivotDiagnosis, RepresentationMetrics
 from brokenbind.errors import ConfigError, DivergenceError, UserError
 from brokenbind.provenance import code_hash, commit
 from brokenbind.results import csv_cells, interval_text, markdown_table, metric, paired_difference, replace_csv
@@ -71,6 +72,10 @@ SCORES = ["stage", "dataset", "flow", "map_instance", "map_class", "r1", "r5", "
 # the pivot diagnosis at the last validation epoch (callbacks/diagnosis.py), per flow whose target is extrapolated
 DIAGNOSIS = ["cos_pseudo_pivot", "cos_pseudo_target", "mAP_pivot_target", "mAP_pseudo_target"]
 RUN_FIELDS = [*RUN_KEY, *SCORES, *DIAGNOSIS, "seconds", "config_hash", "code_hash", "commit"]
+# the rows of a RepresentationMetrics callback (kNN, probe, zero-shot accuracies, all-pairs retrieval), when a setting
+# adds it: <out>/representation.csv, replaced run by run with runs.csv
+REPRESENTATION_FIELDS = [*RUN_KEY, "dataset", "metric", "modality", "value"]
+REPRESENTATION_METRICS = ("knn", "probe", "zero_shot", "mAP", "mAP_class")
 
 
 @dataclass
@@ -314,9 +319,13 @@ def run_pretraining(suite: Suite, out: Path, settings: list[str], log=print) -> 
         log(f"pretrained {name}: {target} ({time.perf_counter() - start:.0f} s)")
 
 
-def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
+Rows = list[dict[str, str]]
+
+
+def run_one(configs: list[str], overrides: list[str], stage: str) -> tuple[Rows, Rows]:
     """One in-process fit; its rows of ``stage`` as ``runs.csv`` cells (as its ``results.csv`` has them), with the
-    pivot diagnosis of the row's flow at the last validation epoch (empty where nothing was extrapolated)."""
+    pivot diagnosis of the row's flow at the last validation epoch (empty where nothing was extrapolated); and its
+    representation metrics of ``stage`` (none unless the setting adds the ``RepresentationMetrics`` callback)."""
     with contextlib.redirect_stdout(io.StringIO()):  # its tables: the suite logs one line a run, results.csv has them
         result = api.fit(configs, overrides)
     history = next((c.history for c in result.trainer.callbacks if isinstance(c, PivotDiagnosis)), {})
@@ -328,7 +337,18 @@ def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[s
         rows.append({k: str(v) for k, v in csv_cells(row).items()} | diagnosis)
     if not rows:
         raise RuntimeError(f"run scored no {stage} rows: {configs} {overrides}")
-    return rows
+    measured = next((c.rows for c in result.trainer.callbacks if isinstance(c, RepresentationMetrics)), [])
+    representation = [
+        {
+            "dataset": r.dataset,
+            "metric": r.metric,
+            "modality": r.modality,
+            "value": "" if math.isnan(r.value) else str(r.value),
+        }
+        for r in measured
+        if r.stage == stage
+    ]
+    return rows, representation
 
 
 def load_runs(path: Path) -> list[dict[str, str]]:
@@ -382,9 +402,7 @@ def provenance(rows: list[dict[str, str]]) -> str:
     return "Runs by the code that produced them: " + ", ".join(f"{c}: {n}" for c, n in counts.most_common()) + "."
 
 
-def _timed_run(
-    configs: list[str], overrides: list[str], stage: str, threads: int
-) -> tuple[list[dict[str, str]], float]:
+def _timed_run(configs: list[str], overrides: list[str], stage: str, threads: int) -> tuple[Rows, Rows, float]:
     """One run in a worker process (``--jobs``): its own torch thread count, quiet Lightning."""
     import torch
 
@@ -392,10 +410,10 @@ def _timed_run(
     api.quiet_lightning()
     start = time.perf_counter()
     try:
-        rows = run_one(configs, overrides, stage)
+        rows, representation = run_one(configs, overrides, stage)
     except (UserError, DivergenceError, api.Stopped) as error:  # re-raised in the suite's process: say which run
         raise RuntimeError(f"run failed: {type(error).__name__}: {error} ({configs} {overrides})") from None
-    return rows, time.perf_counter() - start
+    return rows, representation, time.perf_counter() - start
 
 
 def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 1) -> list[dict[str, str]]:
@@ -412,8 +430,12 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
     )
     run_pretraining(suite, out, list(dict.fromkeys(run[0] for run in todo)), log)
 
-    def record(i: int, run: tuple[str, str, int, int], rows: list[dict[str, str]], seconds: float) -> None:
+    def record(i: int, run: tuple[str, str, int, int], rows: Rows, representation: Rows, seconds: float) -> None:
         setting, method, seed, split_seed = run
+        key = dict(zip(RUN_KEY, run_key(run), strict=True))
+        kept = [r for r in load_representation(out) if run_key(r) != run_key(run)]
+        if representation or len(kept) < len(load_representation(out)):
+            replace_csv(out / "representation.csv", REPRESENTATION_FIELDS, kept + [key | r for r in representation])
         produced = {"config_hash": suite.fingerprint(*run), "code_hash": code_hash(), "commit": commit()}
         new = [{**dict(zip(RUN_KEY, run_key(run), strict=True)), **{k: r[k] for k in SCORES + DIAGNOSIS},
                 "seconds": f"{seconds:.1f}", **produced} for r in rows]  # fmt: skip
@@ -428,8 +450,7 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
     if jobs <= 1:
         for i, run in enumerate(todo, 1):
             start = time.perf_counter()
-            rows = run_one(*suite.run_args(*run, out), suite.stage)
-            record(i, run, rows, time.perf_counter() - start)
+            record(i, run, *run_one(*suite.run_args(*run, out), suite.stage), time.perf_counter() - start)
     else:
         # spawn: a fresh interpreter per worker (no forked Lightning/torch state). No max_tasks_per_child: Python 3.11's
         # executor stops when its workers retire with work still queued.
@@ -439,6 +460,15 @@ def run_suite(suite: Suite, out: Path, log=print, jobs: int = 1, threads: int = 
             for i, future in enumerate(as_completed(futures), 1):
                 record(i, futures[future], *future.result())
     return suite_rows(suite, runs_csv)
+
+
+def load_representation(out: Path) -> Rows:
+    """The rows of ``out/representation.csv`` (none when no run measured representations)."""
+    path = out / "representation.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
 
 
 def suite_rows(suite: Suite, runs_csv: Path) -> list[dict[str, str]]:
@@ -501,6 +531,48 @@ def summarise(rows: list[dict[str, str]], baseline: str | None = "fabind") -> st
     return "\n".join([*lines, *markdown_table(header, body)]) + "\n"
 
 
+def summarise_representation(rows: Rows, baseline: str | None = "fabind") -> str:
+    """Markdown: per (setting, method) each representation metric averaged over the run's modalities (or modality
+    pairs), mean ± 95 % half-width over runs and W/T/L against the baseline; then the instance mAP of every ordered
+    pair, a column per method. Empty without rows."""
+    if not rows:
+        return ""
+    runs: dict[tuple[str, str], dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    values: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["value"]:
+            values[r["setting"], r["method"], r["seed"], r["split_seed"], r["metric"]].append(float(r["value"]))
+    for (setting, method, seed, split_seed, name), got in values.items():
+        runs[setting, method][seed, split_seed].append((name, statistics.fmean(got)))
+    per_run_metrics = {
+        key: {run: tuple(dict(pairs).get(m, math.nan) for m in REPRESENTATION_METRICS) for run, pairs in got.items()}
+        for key, got in runs.items()
+    }
+    body = []
+    for (setting, method), got in per_run_metrics.items():
+        cells = []
+        for i in range(len(REPRESENTATION_METRICS)):
+            text = interval_text([v[i] for v in got.values() if not math.isnan(v[i])], 100, 1)
+            if baseline and method != baseline and (setting, baseline) in per_run_metrics:
+                text += f" ({paired_difference(got, per_run_metrics[setting, baseline], i)[2]})"
+            cells.append(text)
+        body.append([setting, method, str(len(got)), *cells])
+    header = ["setting", "method", "runs", "kNN acc %", "probe acc %", "zero-shot acc %", "pairs instance mAP %",
+              "pairs class mAP %"]  # fmt: skip
+    lines = [f"Representation metrics (mean over modalities or ordered pairs; W/T/L vs {baseline}):", "",
+             *markdown_table(header, body), ""]  # fmt: skip
+    pairs: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["metric"] == "mAP" and r["value"]:
+            pairs[r["setting"], r["dataset"], r["modality"]][r["method"]].append(float(r["value"]))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    body = [[s, d, pair, *(interval_text(got.get(m, []), 100, 1) or "-" for m in methods)]
+            for (s, d, pair), got in pairs.items()]  # fmt: skip
+    lines += ["Instance mAP % of every ordered pair (query->target):", "",
+              *markdown_table(["setting", "dataset", "pair", *methods], body)]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def pivot(rows: list[dict[str, str]]) -> str:
     """Markdown: a row per setting, a column per method, cells ``instance / class`` (mean ± 95 % half-width)."""
     runs = per_run(rows)
@@ -553,7 +625,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = run_suite(suite, out, log=lambda msg: print(msg, flush=True), jobs=args.jobs, threads=args.threads)
     if not rows:
         raise SystemExit(f"no runs in {out / 'runs.csv'}")
-    summary = summarise(rows, suite.baseline) + "\n" + pivot(rows) + "\n" + provenance(rows) + "\n"
+    wanted = {run_key(r) for r in suite.runs()}
+    representation = [r for r in load_representation(out) if run_key(r) in wanted]
+    summary = "\n".join(
+        [summarise(rows, suite.baseline), pivot(rows), summarise_representation(representation, suite.baseline)]
+    )
+    summary += "\n" + provenance(rows) + "\n"
     (out / "summary.md").write_text(summary)
     print(summary)
 
