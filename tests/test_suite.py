@@ -2,6 +2,7 @@
 
 import csv
 import math
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from benchmarks.suite import (
     run_pretraining,
     run_suite,
     summarise,
+    summarise_representation,
 )
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError
@@ -399,3 +401,24 @@ def test_a_method_of_your_own_from_your_own_file_enters_a_suite_and_its_table(tm
     spec.write_text(spec.read_text().replace("my_methods.Mine}", "your_methods.Mine}"))
     with pytest.raises(ConfigError, match="module 'your_methods' is not importable"):
         Suite.load(spec).fingerprint("two", "mine", 0, 0)
+
+
+def test_representation_rows_are_summarised_per_metric_with_intervals_and_pairs():
+    def row(method, seed, metric, modality, value):
+        return {"setting": "s", "method": method, "seed": seed, "split_seed": seed, "dataset": "d",
+                "metric": metric, "modality": modality, "value": value}  # fmt: skip
+
+    rows = [
+        row(method, seed, metric, modality, str(value + shift + (0.01 if method == "new" else 0.0)))
+        for method in ("base", "new")
+        for seed, shift in (("0", 0.0), ("1", 0.02), ("2", 0.04))
+        for metric, modality, value in (("knn", "a", 0.5), ("knn", "b", 0.7), ("mAP", "a->b", 0.3))
+    ] + [row("base", "0", "mAP_class", "a->b", "")]  # a missing value: left out
+    text = summarise_representation(rows, baseline="base")
+    # knn: mean over modalities a, b per run (0.60, 0.62, 0.64), then mean ± t half-width over runs; new is +1 pp in
+    # every run: its paired difference has no spread, a win
+    half = stats.t.ppf(0.975, 2) * statistics.stdev([60.0, 62.0, 64.0]) / math.sqrt(3)
+    assert f"| s | base | 3 | 62.0 ± {half:.1f} | " in text
+    assert f"| s | new | 3 | 63.0 ± {half:.1f} (W) | " in text
+    assert f"| s | d | a->b | 32.0 ± {half:.1f} | 33.0 ± {half:.1f} |" in text
+    assert summarise_representation([]) == ""
