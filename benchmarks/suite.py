@@ -573,6 +573,63 @@ def summarise_representation(rows: Rows, baseline: str | None = "fabind") -> str
     return "\n".join(lines) + "\n"
 
 
+def method_anchors(suite: Suite) -> dict[str, str]:
+    """Method name -> the fixed anchor modality its arguments set (``--model.method.init_args.anchor=M``)."""
+    anchors = {}
+    for name, spec in suite.methods.items():
+        for arg in spec.get("args", []):
+            if (found := re.fullmatch(r"--model\.method\.init_args\.anchor=(\S+)", str(arg))) is not None:
+                anchors[name] = found[1]
+    return anchors
+
+
+def non_anchor_pairs(rows: Rows, anchors: dict[str, str], baseline: str) -> str:
+    """Markdown: each fixed-anchor method against the baseline on the ordered pairs that do not contain its anchor
+    (what a fixed anchor binds only through itself): mean instance and class mAP over those pairs per run, the paired
+    difference (method − baseline, 95 % half-width) and W/T/L. Empty without such methods."""
+    per: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["metric"] in ("mAP", "mAP_class") and r["value"]:
+            per[r["setting"], r["method"], r["seed"], r["split_seed"]][r["metric"], r["modality"]].append(
+                float(r["value"])
+            )
+    body = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        for method, anchor in anchors.items():
+            runs = {k[2:]: v for k, v in per.items() if k[:2] == (setting, method)}
+            base = {k[2:]: v for k, v in per.items() if k[:2] == (setting, baseline)}
+            if not runs or not base:
+                continue
+
+            got = {run: _pairs_without(v, anchor) for run, v in runs.items()}
+            ref = {run: _pairs_without(v, anchor) for run, v in base.items()}
+            cells = []
+            for i in (0, 1):
+                diff, half, verdict = paired_difference(got, ref, i)
+                cells += [
+                    interval_text([v[i] for v in got.values()], 100, 1),
+                    f"{100 * diff:+.1f} ± {100 * half:.1f} ({verdict})",
+                ]
+            body.append([setting, method, anchor, str(len(got)), *cells])
+    if not body:
+        return ""
+    header = ["setting", "method", "anchor", "runs", "non-anchor pairs instance mAP %", f"− {baseline}",
+              "non-anchor pairs class mAP %", f"− {baseline}"]  # fmt: skip
+    return "\n".join([f"Fixed anchors on the pairs without their anchor, against {baseline} on the same pairs:", "",
+                      *markdown_table(header, body)]) + "\n"  # fmt: skip
+
+
+def _pairs_without(values: dict[tuple[str, str], list[float]], anchor: str) -> tuple[float, float]:
+    """(instance, class) mAP of one run averaged over the ordered pairs (``(metric, "q->t")`` keys) without
+    ``anchor``."""
+    return tuple(
+        statistics.fmean(
+            statistics.fmean(v) for (m, pair), v in values.items() if m == name and anchor not in pair.split("->")
+        )
+        for name in ("mAP", "mAP_class")
+    )
+
+
 def pivot(rows: list[dict[str, str]]) -> str:
     """Markdown: a row per setting, a column per method, cells ``instance / class`` (mean ± 95 % half-width)."""
     runs = per_run(rows)
@@ -628,7 +685,12 @@ def main(argv: list[str] | None = None) -> None:
     wanted = {run_key(r) for r in suite.runs()}
     representation = [r for r in load_representation(out) if run_key(r) in wanted]
     summary = "\n".join(
-        [summarise(rows, suite.baseline), pivot(rows), summarise_representation(representation, suite.baseline)]
+        [
+            summarise(rows, suite.baseline),
+            pivot(rows),
+            summarise_representation(representation, suite.baseline),
+            non_anchor_pairs(representation, method_anchors(suite), suite.baseline),
+        ]
     )
     summary += "\n" + provenance(rows) + "\n"
     (out / "summary.md").write_text(summary)

@@ -16,6 +16,8 @@ from benchmarks.suite import (
     Suite,
     load_runs,
     main,
+    method_anchors,
+    non_anchor_pairs,
     pretrained_checkpoint,
     run_key,
     run_pretraining,
@@ -422,3 +424,30 @@ def test_representation_rows_are_summarised_per_metric_with_intervals_and_pairs(
     assert f"| s | new | 3 | 63.0 ± {half:.1f} (W) | " in text
     assert f"| s | d | a->b | 32.0 ± {half:.1f} | 33.0 ± {half:.1f} |" in text
     assert summarise_representation([]) == ""
+
+
+def test_fixed_anchors_are_compared_on_the_pairs_without_their_anchor(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"settings:\n  s: {{experiment: {TWO}}}\nmethods:\n  centro: {{preset: centrobind}}\n"
+        "  a_x: {preset: fabind, args: [--model.method.init_args.anchor=x]}\n  plain: {preset: fabind}\n"
+    )
+    anchors = method_anchors(Suite.load(spec))
+    assert anchors == {"a_x": "x"}
+
+    def row(method, seed, metric, pair, value):
+        return {"setting": "s", "method": method, "seed": seed, "split_seed": seed, "dataset": "d",
+                "metric": metric, "modality": pair, "value": str(value)}  # fmt: skip
+
+    rows = []
+    for seed, shift in (("0", 0.0), ("1", 0.1)):
+        for pair, centro, fixed in (("y->z", 0.5, 0.4), ("z->y", 0.7, 0.5), ("x->y", 0.2, 0.9)):  # x->y: left out
+            for metric in ("mAP", "mAP_class"):
+                rows += [
+                    row("centro", seed, metric, pair, centro + shift),
+                    row("a_x", seed, metric, pair, fixed + shift),
+                ]
+    text = non_anchor_pairs(rows, anchors, "centro")
+    # a_x on y->z and z->y: 0.45 and 0.55 (runs), centro 0.60 and 0.70: a difference of exactly −15 pp, a loss
+    assert "| s | a_x | x | 2 | 50.0 ± 63.5 | -15.0 ± 0.0 (L) | 50.0 ± 63.5 | -15.0 ± 0.0 (L) |" in text
+    assert non_anchor_pairs(rows, {}, "centro") == ""
