@@ -1,5 +1,5 @@
 """The encoder families by name (open_clip, hf, import), built offline from small random-initialised models: an
-open_clip config JSON, BERT / ViT / wav2vec2 directories written with ``save_pretrained``, the README's worked
+open_clip config JSON, BERT / ViT / wav2vec2 directories written with ``save_pretrained``, the encoders page's worked
 ``import`` example. Each is checked alone, through ``BindingModule`` (cache keys), and trained through the CLI."""
 
 import json
@@ -23,7 +23,7 @@ from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
 
 pytestmark = CUT_AUDIO
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ENCODERS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "encoders.md"
 TINY_CLIP = {
     "embed_dim": 24,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
@@ -67,15 +67,15 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 
 def readme_encoder_module() -> str:
-    """The README's worked ``import`` example, verbatim."""
-    match = re.search(r"```python\n(# my_encoders\.py.*?)```", README.read_text(), re.S)
-    assert match, "README lost its my_encoders.py example"
+    """The worked ``import`` example of the encoders page (docs/encoders.md), verbatim."""
+    match = re.search(r"```python\n(# my_encoders\.py.*?)```", ENCODERS_PAGE.read_text(), re.S)
+    assert match, "docs/encoders.md lost its my_encoders.py example"
     return match.group(1)
 
 
 @pytest.fixture
 def my_encoders(tmp_path, monkeypatch) -> Path:
-    """``my_encoders.py`` from the README on sys.path (what PYTHONPATH=. does for the CLI), and weights for it."""
+    """``my_encoders.py`` from the encoders page on sys.path (what PYTHONPATH=. does for the CLI), and weights for it."""
     (tmp_path / "my_encoders.py").write_text(readme_encoder_module())
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_encoders", None)

@@ -18,6 +18,7 @@ RESULTS = (
     "unseen",
     "prior_art",
     "transfer",
+    "centrobind",
     "pool_size",
     "tuned_digit_views",
     "tune_digit_views",
