@@ -574,10 +574,11 @@ def summarise_representation(rows: Rows, baseline: str | None = "fabind") -> str
 
 
 def method_anchors(suite: Suite) -> dict[str, str]:
-    """Method name -> the fixed anchor modality its arguments set (``--model.method.init_args.anchor=M``)."""
+    """Method name -> the fixed anchor modality of each fabind method whose arguments set one
+    (``--model.method.init_args.anchor=M``; other methods' ``anchor`` means something else)."""
     anchors = {}
     for name, spec in suite.methods.items():
-        for arg in spec.get("args", []):
+        for arg in spec.get("args", []) if spec.get("preset") == "fabind" else []:
             if (found := re.fullmatch(r"--model\.method\.init_args\.anchor=(\S+)", str(arg))) is not None:
                 anchors[name] = found[1]
     return anchors

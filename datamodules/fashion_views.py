@@ -52,8 +52,8 @@ class FashionViewsDataModule(MfeatDataModule):
 
     Args:
         per_class: images per class (first in file order of the test set).
-        The rest: those of ``MfeatDataModule`` (``class_shift``, ``split_fractions``, ``split_seed``,
-        ``train_fraction``, the pretraining pool, and the pairing).
+        **kwargs: those of ``MfeatDataModule`` (``class_shift``, ``split_fractions``, ``split_seed``,
+            ``train_fraction``, the pretraining pool, and the pairing).
     """
 
     available_modalities = tuple(VIEWS)

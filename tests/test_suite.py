@@ -431,6 +431,7 @@ def test_fixed_anchors_are_compared_on_the_pairs_without_their_anchor(tmp_path):
     spec.write_text(
         f"settings:\n  s: {{experiment: {TWO}}}\nmethods:\n  centro: {{preset: centrobind}}\n"
         "  a_x: {preset: fabind, args: [--model.method.init_args.anchor=x]}\n  plain: {preset: fabind}\n"
+        "  loo: {preset: centrobind, args: [--model.method.init_args.anchor=leave_one_out]}\n"
     )
     anchors = method_anchors(Suite.load(spec))
     assert anchors == {"a_x": "x"}

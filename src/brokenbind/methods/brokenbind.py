@@ -113,8 +113,8 @@ class BrokenBind(BindingMethod):
         mox_subspace: ``full`` (the paper) contrasts a query with the pseudo embeddings as they are; ``orthogonal``
             (default) only in the subspace orthogonal to the query row's own pivot embedding (after EmergentBridge,
             arXiv 2604.11043), so that L_MOX cannot repeat what L_CLIP already aligns through the pivot; the pivot's
-            own term stays ``full``. Chosen on validation (benchmarks/suites/prior_art.yaml): +1.5 instance and +2.0
-            class mAP points over ``full``, better in 10 of 10 runs on 5 settings.
+            own term stays ``full``. Chosen on validation (benchmarks/suites/prior_art.yaml; the numbers are in
+            docs/choosing.md).
         sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
             against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
