@@ -75,7 +75,7 @@ def readme_encoder_module() -> str:
 
 @pytest.fixture
 def my_encoders(tmp_path, monkeypatch) -> Path:
-    """``my_encoders.py`` from the encoders page on sys.path (what PYTHONPATH=. does for the CLI), and weights for it."""
+    """``my_encoders.py`` from the encoders page on sys.path (what PYTHONPATH=. does for the CLI), and its weights."""
     (tmp_path / "my_encoders.py").write_text(readme_encoder_module())
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_encoders", None)
