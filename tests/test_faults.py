@@ -3,6 +3,7 @@ signals exit non-zero with a checkpoint, SLURM preemption is resumed by its own 
 and nothing broken is ever scored or checkpointed."""
 
 import csv
+import errno
 import os
 import re
 import resource
@@ -364,3 +365,23 @@ def test_slurm_settings_that_disagree_with_the_trainer_are_one_paragraph_and_lea
         f"brokenbind: ConfigError: {says}"
     ]
     assert not (in_tmp / "logs").exists()  # no run directory, no writer.lock
+
+
+def test_a_full_disk_at_any_write_is_a_storage_error_naming_the_file(in_tmp, monkeypatch, capsys):
+    """Beyond checkpoints: results.csv at the end of a fit, where the disk filled up meanwhile."""
+
+    def full_disk(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("brokenbind.callbacks.emergent.write_csv", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", TWO, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+              "--trainer.enable_progress_bar=false", "--test_after_fit=false"])  # fmt: skip
+    assert stop.value.code == 4
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"brokenbind: StorageError: the file system refused {RUN}/results.csv: No space left on device (a full disk, "
+        "a quota, a read-only or unwritable directory); free space or fix the permissions, then resume with "
+        "`brokenbind fit --ckpt_path last` if the run has a last.ckpt, or start it again (or run elsewhere: "
+        "--trainer.logger.init_args.save_dir)"
+    )
+    assert (in_tmp / RUN / "checkpoints" / "last.ckpt").is_file()  # what was written stays: the run can resume

@@ -15,6 +15,7 @@ and whenever a signal stops the run). A run started with ``--ckpt_path`` continu
 directory has one writer at a time: the process that writes locks it (``brokenbind.runlock``).
 """
 
+import errno
 import logging
 import os
 import re
@@ -560,10 +561,22 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# What a file system answers when it does not take a write: full, over quota, read-only, too large, not permitted.
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
 def _user_error(error: BaseException | None) -> Exception | None:
     """The configuration, data or storage error behind ``error``; jsonargparse wraps errors raised while
-    instantiating."""
+    instantiating. A file system's refusal anywhere in a run (results.csv, TensorBoard events, config.yaml) is a
+    ``StorageError`` naming the file, as a checkpoint's is (``checkpoints.AtomicCheckpointIO``)."""
     while error is not None and not isinstance(error, UserError | ArgumentError):
+        if isinstance(error, OSError) and error.errno in REFUSED_WRITES:
+            return StorageError(
+                f"the file system refused {error.filename or 'a file of the run'}: {error.strerror} (a full disk, a "
+                "quota, a read-only or unwritable directory); free space or fix the permissions, then resume with "
+                "`brokenbind fit --ckpt_path last` if the run has a last.ckpt, or start it again (or run elsewhere: "
+                "--trainer.logger.init_args.save_dir)"
+            )
         error = error.__cause__ or error.__context__
     if isinstance(error, ArgumentError):
         return ConfigError(parse_error_message(str(error)))
