@@ -23,13 +23,24 @@ def run_in_tmp(tmp_path, monkeypatch):
 
 # (method, experiment) pairs refused by design, with the start of the error: impute and brokenbind_kernel fit on
 # frozen features (the digits' audio backbone trains), transitive needs rows observing both pivot and target (a chain
-# has none)
+# has none), and the extrapolating methods need a modality to extrapolate (a one-dataset experiment has none)
 REFUSED = {
     ("impute", "digits_real"): "ConfigError: method 'impute' fits on backbone features before training",
     ("pivot_ceiling", "digits_real"): "ConfigError: method 'pivot_ceiling' fits on backbone features before training",
     ("brokenbind_kernel", "digits_real"): "ConfigError: method 'brokenbind' fits on backbone features before training",
     ("transitive", "three_dataset"): "ConfigError: method 'transitive' retrieves through anchor rows",
 }
+# one fully paired dataset: nothing to extrapolate, and no pivot to retrieve through
+for one_dataset in ("one_dataset", "synthetic"):
+    REFUSED |= {
+        **{(m, one_dataset): "ConfigError: MOX found no dataset with a modality to extrapolate"
+           for m in ("brokenbind", "brokenbind_paper", "brokenbind_wo_cons", "brokenbind_wo_fro")},
+        **{(m, one_dataset): f"ConfigError: {name} found no dataset lacking a modality"
+           for m, name in (("brokenbind_kernel", "brokenbind"), ("cmcr", "cmcr"), ("impute", "impute"),
+                           ("pivot_ceiling", "pivot_ceiling"))},
+        ("transitive", one_dataset): "ConfigError: method 'transitive' retrieves through anchor rows observing a "
+        "flow's pivot and target, and flow",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)

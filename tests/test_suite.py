@@ -253,11 +253,11 @@ def scored_without_training(monkeypatch) -> list[list[str]]:
     """Replace each run by one row of fixed scores; returns (config files, overrides) of the runs made."""
     made = []
 
-    def run_one(configs: list[str], overrides: list[str], stage: str) -> list[dict[str, str]]:
+    def run_one(configs: list[str], overrides: list[str], stage: str) -> tuple[list[dict[str, str]], list]:
         made.append((configs, overrides))
         scores = {"map_instance": "0.5", "map_class": "0.5", "r1": "0", "r5": "0", "r10": "0", "weights": "epoch 1"}
         diagnosis = dict.fromkeys(DIAGNOSIS, "0.5")
-        return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores, **diagnosis}]
+        return [{"stage": stage, "dataset": "evaluation", "flow": "fou->pix->zer", **scores, **diagnosis}], []
 
     monkeypatch.setattr("benchmarks.suite.run_one", run_one)
     return made

@@ -16,7 +16,8 @@ class ObservedModalities(Protocol):
 
 
 class ScoredFlow(Protocol):
-    """A flow ``query->pivot->target`` scored on ``dataset`` (BrokenBind §4.1)."""
+    """A flow ``query->pivot->target`` (or ``query->target``, without a pivot) scored on ``dataset`` (BrokenBind
+    §4.1)."""
 
     @property
     def dataset(self) -> str: ...
@@ -25,7 +26,7 @@ class ScoredFlow(Protocol):
     def flow(self) -> str: ...
 
     @property
-    def modalities(self) -> tuple[str, str, str]: ...
+    def modalities(self) -> tuple[str, str | None, str]: ...
 
 
 class Split(Protocol):
@@ -66,6 +67,10 @@ class PairedData(Protocol):
 
     def observed_together(self, first: str, second: str) -> bool:
         """Whether some training dataset observes both modalities (else their binding is emergent)."""
+
+    def split_modalities(self, dataset: str, split: str) -> list[str]:
+        """The modalities a split of ``dataset`` carries: those it observes in training, and in val/test also the
+        modalities its flows score."""
 
     def instance_ids(self, index: Tensor) -> list[str]:
         """The user-facing id of each instance."""

@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +31,6 @@ from brokenbind.metrics.representation import (
 )
 from brokenbind.pairing import PairedData
 from brokenbind.results import replace_csv
-
-
-class _Data(PairedData, Protocol):
-    """What this callback reads beyond ``PairedData``: the modalities each split carries (``PairedDataModule``)."""
-
-    def split_modalities(self, dataset: str, split: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +121,7 @@ class RepresentationMetrics(Callback):
 
     # -- score -----------------------------------------------------------------------------------------------------
     def _score(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        dm: _Data = trainer.datamodule
+        dm: PairedData = trainer.datamodule
         log_dir = trainer.log_dir  # a collective under DDP (a broadcast): read on every rank
         gathered = [self._gather(pl_module, self._outputs[idx]) for idx in range(len(dm.eval_datasets))]  # collective
         self._outputs.clear()
@@ -155,7 +149,7 @@ class RepresentationMetrics(Callback):
 
     @torch.no_grad()
     def _dataset_values(
-        self, pl_module: LightningModule, dm: _Data, stage: str, dataset: str, data: dict[str, Tensor]
+        self, pl_module: LightningModule, dm: PairedData, stage: str, dataset: str, data: dict[str, Tensor]
     ) -> dict[tuple[str, str], float]:
         """(metric, modality or pair) -> value on one dataset's gathered ``stage`` split ``data``."""
         scored = dm.split_modalities(dataset, stage)
