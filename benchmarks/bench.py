@@ -48,6 +48,7 @@ from brokenbind.checkpoints import load_checkpoint
 from brokenbind.losses.mox import pivot_pinv, x_data
 from brokenbind.provenance import commit
 from brokenbind.results import interval_text, markdown_table, paired_difference, t_interval
+from brokenbind.settings import PRESETS
 
 SUITE = Path(__file__).parent / "suites" / "bench.yaml"
 QUICK = {  # the quick benchmark: a subset of the full one, fewer epochs
@@ -463,7 +464,7 @@ def report(
             "",
             "![pivot diagnosis](pivot_diagnosis.png)",
         ]
-    recipe = (api.PRESETS["method"] / "brokenbind.yaml").read_text()
+    recipe = (PRESETS["method"] / "brokenbind.yaml").read_text()
     lines += [
         "",
         "## The recipe the papers leave open",

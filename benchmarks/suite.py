@@ -63,7 +63,7 @@ import yaml
 
 from brokenbind import api
 from brokenbind.callbacks import PivotDiagnosis, RepresentationMetrics
-from brokenbind.errors import ConfigError, DivergenceError, UserError
+from brokenbind.errors import ConfigError, DivergenceError, Stopped, UserError
 from brokenbind.provenance import code_hash, commit
 from brokenbind.results import csv_cells, interval_text, markdown_table, metric, paired_difference, replace_csv
 
@@ -411,7 +411,7 @@ def _timed_run(configs: list[str], overrides: list[str], stage: str, threads: in
     start = time.perf_counter()
     try:
         rows, representation = run_one(configs, overrides, stage)
-    except (UserError, DivergenceError, api.Stopped) as error:  # re-raised in the suite's process: say which run
+    except (UserError, DivergenceError, Stopped) as error:  # re-raised in the suite's process: say which run
         raise RuntimeError(f"run failed: {type(error).__name__}: {error} ({configs} {overrides})") from None
     return rows, representation, time.perf_counter() - start
 

@@ -21,8 +21,8 @@ import yaml
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from timm import __version__ as timm_version
 
-from brokenbind.api import method_presets
 from brokenbind.cli import cli
+from brokenbind.settings import method_presets
 
 from .test_manifest import CUT_AUDIO, dm_args, make_data, write_csv
 

@@ -9,8 +9,8 @@ import yaml
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from brokenbind.api import config_differences, method_presets, with_checkpoint_config
 from brokenbind.cli import cli as main
+from brokenbind.settings import config_differences, method_presets, with_checkpoint_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -17,12 +17,12 @@ from unittest.mock import Mock
 import pytest
 import torch
 
-from brokenbind.api import expand_presets
 from brokenbind.callbacks import EmergentBinding
 from brokenbind.cli import cli as main
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.losses.temperature import LogitScale
 from brokenbind.metrics.retrieval import recall_at_k, retrieval_metrics
+from brokenbind.settings import expand_presets
 from tests.helpers import fake_slurm_commands
 
 ROOT = Path(__file__).resolve().parents[1]

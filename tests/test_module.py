@@ -127,8 +127,8 @@ def test_unknown_backbone_is_a_clear_error(mfeat):
 def test_a_module_built_from_python_takes_the_optimiser_of_the_defaults_file():
     import yaml
 
-    from brokenbind.api import DEFAULTS
     from brokenbind.module import default_optimizer
+    from brokenbind.settings import DEFAULTS
 
     spec = yaml.safe_load(DEFAULTS.read_text())["model"]["optimizer"]
     optimizer = default_optimizer([torch.nn.Parameter(torch.zeros(2))])

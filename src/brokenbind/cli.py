@@ -11,8 +11,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from brokenbind.api import BrokenBindCLI, Stopped, run
-from brokenbind.errors import ConfigError, DataError, DivergenceError, StorageError
+from brokenbind.api import RunResult, run
+from brokenbind.errors import ConfigError, DataError, DivergenceError, Stopped, StorageError
 
 
 @contextmanager
@@ -34,7 +34,7 @@ def exit_codes() -> Iterator[None]:
         raise SystemExit(2) from error
 
 
-def cli(args: list[str] | None = None) -> BrokenBindCLI:
+def cli(args: list[str] | None = None) -> RunResult:
     """Parse ``args`` (default: the command line), build everything and run the subcommand. Errors a user can fix
     exit with code 2 and one paragraph; see the module docstring for the other exit codes."""
     with exit_codes():

@@ -28,41 +28,43 @@ import hashlib
 import os
 import shlex
 import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
-from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
+from jsonargparse import Namespace
+from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from brokenbind.api import (
+from brokenbind.api import fresh_process_state, user_errors
+from brokenbind.backbones import Backbone, BackboneSpec, build_backbone
+from brokenbind.errors import SIGNAL_EXIT, ConfigError, Stopped
+from brokenbind.module import BindingModule, silence_known_warnings
+from brokenbind.settings import (
+    DEFAULTS,
     PRESETS,
-    SIGNAL_EXIT,
     Config,
-    Stopped,
-    _user_error,
+    Overrides,
+    add_run_arguments,
     check_accelerator,
     config_args,
     expand_presets,
     experiment_files,
     experiment_name,
-    parser_kwargs,
+    new_parser,
+    override_args,
 )
-from brokenbind.backbones import Backbone, BackboneSpec, build_backbone
-from brokenbind.errors import ConfigError
-from brokenbind.module import BindingModule, silence_known_warnings
 from datamodules.arrays import EMBED_RECORD
-from datamodules.base import SPLITS, PairedDataModule
+from datamodules.base import SPLITS
 from datamodules.manifest import ManifestDataModule, ManifestDataset
 
 ENCODED_KINDS = ("image", "audio", "text")
@@ -529,35 +531,15 @@ class Layout:
 
 
 # -- the command -------------------------------------------------------------------------------------------------------
-class EmbedCLI(LightningCLI):
+def parser() -> LightningArgumentParser:
     """The experiment's configuration, parsed as ``brokenbind fit`` parses it (defaults, presets, unknown keys are
-    errors), plus embed's own options; builds the model (for its backbone specs), the datamodule and a predict
-    trainer without logger, checkpoints or the experiment's callbacks."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--out", type=str, required=True, help="directory of the arrays (see brokenbind.embed)")
-        parser.add_argument("--modalities", type=list[str] | None, default=None, help="default: every one that can")
-        parser.add_argument("--dtype", type=Dtype, default="float32", help="of the arrays (float16 halves them)")
-        parser.add_argument("--experiment", type=str | None, default=None, help="accepted as in fit; unused")
-        parser.add_argument("--method", type=str | None, default=None, help="accepted as in fit; unused")
-
-    def before_instantiate_classes(self) -> None:
-        check_accelerator(self.config.trainer.accelerator)
-
-    def instantiate_classes(self) -> None:
-        self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule, self.model = self.config_init.data, self.config_init.model
-        if not isinstance(self.datamodule, ManifestDataModule):
-            raise ConfigError(
-                f"data.class_path is {type(self.datamodule).__name__}, which holds its inputs in memory as features "
-                "already: brokenbind embed encodes the files of a ManifestDataModule (manifests, shards, the built-in "
-                "digits); train this experiment with brokenbind fit as it is"
-            )
-
-    def predict_trainer(self, writer: "ArrayWriter") -> Trainer:
-        return self.instantiate_trainer(
-            callbacks=[writer], logger=False, enable_checkpointing=False, default_root_dir=self.config.out
-        )
+    errors), plus embed's own options."""
+    parser = new_parser(default_config_files=[str(DEFAULTS)], parser_mode="omegaconf")
+    add_run_arguments(parser)
+    parser.add_argument("--out", type=str, required=True, help="directory of the arrays (see brokenbind.embed)")
+    parser.add_argument("--modalities", type=list[str] | None, default=None, help="default: every one that can")
+    parser.add_argument("--dtype", type=Dtype, default="float32", help="of the arrays (float16 halves them)")
+    return parser
 
 
 def embed(
@@ -565,11 +547,11 @@ def embed(
     out: str | Path,
     modalities: Sequence[str] | None = None,
     dtype: Dtype = "float32",
-    overrides: Sequence[str] = (),
+    overrides: Overrides = (),
 ) -> Embedded:
     """Encode an experiment's datasets into ``out`` (see the module docstring); the same as
     ``brokenbind embed --config CONFIG --out OUT [--modalities ...] [--dtype ...] [OVERRIDES]``."""
-    args = [*config_args(config), f"--out={out}", f"--dtype={dtype}", *overrides]
+    args = [*config_args(config), f"--out={out}", f"--dtype={dtype}", *override_args(overrides)]
     if modalities is not None:
         args.append(f"--modalities={list(modalities)}")
     return run(args)
@@ -577,47 +559,45 @@ def embed(
 
 def run(args: Sequence[str]) -> Embedded:
     """``brokenbind embed ARGS`` in this process. A configuration or data error raises ``ConfigError`` /
-    ``DataError`` (jsonargparse's parse errors become a ``ConfigError`` in one paragraph)."""
+    ``DataError`` (jsonargparse's parse errors become a ``ConfigError`` in one paragraph). Under DDP, Lightning starts
+    the other ranks by running this process's command line again (``brokenbind embed ...``, or the calling script)."""
     silence_known_warnings()
-    # Lightning 2.6's CLI calls jsonargparse APIs deprecated in 4.49 (its own switch); nothing a user can change
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    fresh_process_state()
     command = shlex.join(["brokenbind", "embed", *args])  # the one that continues after a stop
     try:
-        args = expand_presets(list(args))
-        with patch.object(sys, "argv", [sys.argv[0], *args]):  # LightningCLI reads the command line
-            cli = EmbedCLI(
-                BindingModule,
-                PairedDataModule,  # any, as fit parses it: EmbedCLI refuses the others in one paragraph
-                subclass_mode_data=True,
-                parser_kwargs=parser_kwargs(),
-                save_config_callback=None,
-                auto_configure_optimizers=False,
-                run=False,
-            )
-        # Lightning's DDP launcher starts the other ranks by re-running the command line: give it this command
-        with patch.object(sys, "argv", [sys.argv[0], "embed", *args]):
-            return _encode(cli, command, experiment_of(args))
+        with user_errors():
+            reader = parser()
+            config = reader.parse_args(expand_presets(list(args)))
+            check_accelerator(config.trainer.accelerator)
+            seed_everything(None if config.seed_everything is True else config.seed_everything, workers=True)
+            built = reader.instantiate_classes(config)
+            if not isinstance(built.data, ManifestDataModule):
+                raise ConfigError(
+                    f"data.class_path is {type(built.data).__name__}, which holds its inputs in memory as features "
+                    "already: brokenbind embed encodes the files of a ManifestDataModule (manifests, shards, the "
+                    "built-in digits); train this experiment with brokenbind fit as it is"
+                )
+            return _encode(config, built, command, experiment_of(list(args)))
     except KeyboardInterrupt as stop:  # Ctrl-C outside the predict run: reading the data, building the encoders
         raise Stopped(f"stopped by SIGINT; resume with `{command}`", SIGNAL_EXIT["SIGINT"]) from stop
-    except Exception as error:
-        cause = _user_error(error)
-        if cause is None or cause is error:
-            raise
-        raise cause from error
 
 
-def _encode(cli: EmbedCLI, command: str, experiment: list[str]) -> Embedded:
-    source, model, out = cli.datamodule, cli.model, Path(cli.config.out)
+def _encode(config: Namespace, built: Namespace, command: str, experiment: list[str]) -> Embedded:
+    source, model, out = built.data, built.model, Path(config.out)
     check_out(out, experiment)  # every rank, before any writes: the ranks meet in the predict run
     source.prepare_data()  # every rank: a datamodule that makes its data (the digits) writes it atomically
     source.setup("predict")
-    backbones, skipped = choose(source, model, cli.config.modalities)
+    backbones, skipped = choose(source, model, config.modalities)
     targets = [(d, m) for d in sorted(source.datasets) for m in source.needed_modalities(d) if m in backbones]
     check_raw_files(source, targets)
     used = sorted({m for d in source.datasets for m in source.needed_modalities(d)})
-    layout = Layout(out, targets, {m: spec_of(model, m) for m in used}, cli.config.dtype, experiment, command)
+    layout = Layout(out, targets, {m: spec_of(model, m) for m in used}, config.dtype, experiment, command)
     writer = ArrayWriter(layout)
-    trainer = cli.predict_trainer(writer)
+    # a predict trainer without logger, checkpoints or the experiment's callbacks
+    trainer = Trainer(
+        **{**built.trainer, "callbacks": [writer], "logger": False, "enable_checkpointing": False},
+        default_root_dir=config.out,
+    )
     if layout.pending(source, backbones):  # refuses a mismatched OUT before any process starts
         ctrl_c = signal.getsignal(signal.SIGINT)
         try:
@@ -628,8 +608,8 @@ def _encode(cli: EmbedCLI, command: str, experiment: list[str]) -> Embedded:
             signal.signal(signal.SIGINT, ctrl_c)  # Lightning ignores Ctrl-C after one; a library caller goes on
             raise writer.stopped("SIGINT") from stop
     remaining = layout.remaining()
-    configs = " ".join(f"--config {p}" for p in experiment_files(cli.config))
-    name = experiment_name(cli.config)
+    configs = " ".join(f"--config {p}" for p in experiment_files(config))
+    name = experiment_name(config)
     embedded = Embedded(
         out=out,
         arrays={d: {m: (layout.array(d, m), layout.ids(d, m)) for dd, m in targets if dd == d} for d, _ in targets},

@@ -1,5 +1,9 @@
 """Errors a user can fix: printed as one clear paragraph by the CLI instead of a traceback."""
 
+import signal
+
+SIGNAL_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "SIGUSR1": 128 + signal.SIGUSR1, "SIGINT": 128 + signal.SIGINT}
+
 
 class UserError(Exception):
     """Base of the errors a user can fix. A DataLoader worker's error reaches the main process re-created as
@@ -24,6 +28,15 @@ class DataError(UserError, RuntimeError):
 
 class StorageError(UserError, OSError):
     """A file the run must write cannot be written: the disk is full, the directory is not writable."""
+
+
+class Stopped(Exception):
+    """A signal stopped the run; ``code`` is the exit code (128 + the signal's number) and the message says where its
+    checkpoint is."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 class DivergenceError(RuntimeError):

@@ -3,6 +3,7 @@ key or class, instead of jsonargparse's raw text (a union of accepted types and 
 
 import ast
 import difflib
+import errno
 import importlib
 import inspect
 import os
@@ -10,8 +11,31 @@ import re
 from pathlib import Path
 
 import yaml
+from jsonargparse import ArgumentError
 
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, StorageError, UserError
+
+# What a file system answers when it does not take a write: full, over quota, read-only, too large, not permitted.
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
+def user_error(error: BaseException | None) -> Exception | None:
+    """The configuration, data or storage error behind ``error`` (None when it is none of these: a bug, which keeps
+    its traceback); jsonargparse wraps errors raised while instantiating. A file system's refusal anywhere in a run
+    (results.csv, TensorBoard events, config.yaml) is a ``StorageError`` naming the file, as a checkpoint's is
+    (``checkpoints.AtomicCheckpointIO``); jsonargparse's parse errors become a ``ConfigError`` in one paragraph."""
+    while error is not None and not isinstance(error, UserError | ArgumentError):
+        if isinstance(error, OSError) and error.errno in REFUSED_WRITES:
+            return StorageError(
+                f"the file system refused {error.filename or 'a file of the run'}: {error.strerror} (a full disk, a "
+                "quota, a read-only or unwritable directory); free space or fix the permissions, then resume with "
+                "`brokenbind fit --ckpt_path last` if the run has a last.ckpt, or start it again (or run elsewhere: "
+                "--trainer.logger.init_args.save_dir)"
+            )
+        error = error.__cause__ or error.__context__
+    if isinstance(error, ArgumentError):
+        return ConfigError(parse_error_message(str(error)))
+    return error
 
 
 def check_yaml_files(args: list[str]) -> None:

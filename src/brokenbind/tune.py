@@ -60,6 +60,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from brokenbind import api
 from brokenbind.errors import ConfigError
+from brokenbind.settings import PRESETS, presets
 
 if TYPE_CHECKING:
     from optuna import Study, Trial
@@ -256,12 +257,12 @@ def fixed_arguments(args: list[str]) -> tuple[list[str], dict[str, Any]]:
         if arg == "--hardware" and rest:
             arg = f"--hardware={rest.pop(0)}"
         key, sep, value = arg.removeprefix("--").partition("=")
-        if key == "hardware" and value in api.presets("hardware"):
+        if key == "hardware" and value in presets("hardware"):
             hardware.append(value)  # a config layer, as on the command line
         elif not arg.startswith("--") or not sep or "+" in key or key in ("hardware", "method", "config"):
             raise ConfigError(
                 f"fixed arguments must read --key=value with a config key, or --hardware NAME (one of "
-                f"{api.presets('hardware')}), got {arg!r}: best.yaml holds them. Give the method with --method and "
+                f"{presets('hardware')}), got {arg!r}: best.yaml holds them. Give the method with --method and "
                 "experiment files with --config; to add a callback, put it in the experiment file"
             )
         else:
@@ -276,8 +277,8 @@ def best_config(
     values, merged in the order the command line applies them."""
     config: dict = {}
     layers = [Path(c) for c in configs]
-    layers += [api.PRESETS["method"] / f"{method}.yaml"] if method else []
-    for path in layers + [api.PRESETS["hardware"] / f"{name}.yaml" for name in hardware]:
+    layers += [PRESETS["method"] / f"{method}.yaml"] if method else []
+    for path in layers + [PRESETS["hardware"] / f"{name}.yaml" for name in hardware]:
         config = merge(config, yaml.safe_load(path.read_text()) or {})
     return merge(merge(config, nested(fixed)), nested(values))
 
