@@ -7,6 +7,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"brokenbind": ROOT / "src" / "brokenbind", "datamodules": ROOT / "datamodules",
             "benchmarks": ROOT / "benchmarks"}  # fmt: skip
 LOW = ("brokenbind.losses", "brokenbind.metrics", "brokenbind.errors", "brokenbind.world")  # the bottom layer
+# The application (open_clip_train to the library's open_clip): the command line, settings and presets, run
+# directories and their lock, message rewriting, embed and tune. The rest of brokenbind is the library.
+APPLICATION = ("brokenbind.api", "brokenbind.cli", "brokenbind.settings", "brokenbind.rundir", "brokenbind.runlock",
+               "brokenbind.messages", "brokenbind.embed", "brokenbind.tune")  # fmt: skip
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -72,3 +76,31 @@ def test_datamodules_import_no_loss_method_module_backbone_or_callback():
         if m.startswith("datamodules")
     }
     assert {m: deps for m, deps in found.items() if deps} == {}
+
+
+def test_the_library_imports_no_application_module_and_no_datamodule():
+    library = [m for m in GRAPH if m.startswith("brokenbind") and m != "brokenbind" and m not in APPLICATION]
+    assert "brokenbind.module" in library and "brokenbind.methods.brokenbind" in library
+    found = {m: sorted(d for d in GRAPH[m] if d in APPLICATION or d.startswith("datamodules")) for m in library}
+    assert {m: deps for m, deps in found.items() if deps} == {}
+
+
+def test_only_the_application_imports_concrete_datamodules():
+    concrete = {m for m in GRAPH if m.startswith("datamodules.") and m != "datamodules.base"}
+    found = {m: sorted(GRAPH[m] & concrete) for m in GRAPH if m.startswith("brokenbind") and m not in APPLICATION}
+    assert {m: deps for m, deps in found.items() if deps} == {}
+
+
+def test_a_run_is_no_lightning_cli_and_patches_no_command_line():
+    """The run is a function (``brokenbind.api._run``), not a LightningCLI subclass with overridden private methods,
+    and it hands its arguments to the parser instead of patching ``sys.argv``."""
+    for package, folder in PACKAGES.items():
+        if package != "brokenbind":
+            continue
+        for path in folder.rglob("*.py"):
+            tree = ast.parse(path.read_text(), str(path))
+            names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+                a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+            }
+            assert "LightningCLI" not in names, path
+            assert not any(isinstance(n, ast.ImportFrom) and n.module == "unittest.mock" for n in ast.walk(tree)), path
