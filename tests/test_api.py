@@ -1,6 +1,7 @@
 """``brokenbind.api`` from Python: a run's result rows, checkpoints and configuration come back as objects."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,9 @@ import yaml
 from lightning.pytorch import Callback
 
 from brokenbind import api
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, DataError
 from brokenbind.results import ResultRow, identity
+from brokenbind.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = ROOT / "experiments" / "two_dataset.yaml"
@@ -101,3 +103,36 @@ def test_check_returns_the_configuration_fit_would_run_with_and_builds_and_write
     with pytest.raises(ConfigError, match=r"^trainer.max_epochs=0 trains nothing"):  # fit's checks, before building
         api.check(TWO, ["--trainer.max_epochs=0"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overrides_as_a_mapping_are_the_same_as_command_line_arguments(tmp_path):
+    as_args = api.check(TWO, ["--method=fabind", "--trainer.max_epochs=3", "--evaluation.ks=[1, 20]",
+                              "--experiment=two words"])  # fmt: skip
+    as_mapping = api.check(TWO, {"method": "fabind", "trainer.max_epochs": 3, "evaluation.ks": [1, 20],
+                                 "experiment": "two words"})  # fmt: skip
+    assert as_mapping == as_args
+    assert (as_mapping["trainer"]["max_epochs"], as_mapping["evaluation"]["ks"]) == (3, [1, 20])
+    assert as_mapping["model"]["method"]["class_path"] == "brokenbind.methods.FABind"
+    with pytest.raises(ConfigError, match=r"--trainer\.max_epochz=3 \(did you mean 'max_epochs'\?\)"):
+        api.check(TWO, {"trainer.max_epochz": 3})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_directory_is_removed_after_a_failed_start_it_created_and_kept_otherwise(tmp_path):
+    def start(created: bool, error: Exception, checkpoint: bool = False) -> bool:
+        path = tmp_path / "logs" / "exp" / "version_0"
+        path.mkdir(parents=True)
+        if checkpoint:
+            (path / "checkpoints").mkdir()
+            (path / "checkpoints" / "last.ckpt").write_bytes(b"")
+        with pytest.raises(type(error)), RunDir(path, created=tmp_path / "logs" if created else None):
+            raise error
+        kept = path.exists()
+        shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+        return kept
+
+    assert not start(created=True, error=DataError("bad rows"))  # an error a user can fix: nothing left
+    assert not (tmp_path / "logs").exists()  # nor the directories above it that the start created
+    assert start(created=True, error=RuntimeError("a bug"))  # a bug keeps what it wrote, for its traceback
+    assert start(created=False, error=DataError("bad rows"))  # a directory it did not create (a resume) stays
+    assert start(created=True, error=DataError("bad rows"), checkpoint=True)  # a checkpoint is never removed
