@@ -73,7 +73,10 @@ class BindingMethod(nn.Module, ABC):
     def forward(self, embeddings: Embeddings, epoch: int, max_epochs: int | None = None) -> MethodOutput:
         """The output for one batch. ``epoch`` and the run length ``max_epochs`` (the trainer's; None or -1 when the
         run has no epoch limit) drive schedules such as MOX's consistency pre-training."""
-        return MethodOutput(self.terms(Batch.gather(embeddings), epoch, max_epochs), self.diagnostics(embeddings))
+        terms = self.terms(Batch.gather(embeddings), epoch, max_epochs)
+        # a diverged batch has nothing to diagnose: the LightningModule stops on its terms (check_finite)
+        finite = all(torch.isfinite(value).all() for value in terms.values())
+        return MethodOutput(terms, self.diagnostics(embeddings) if finite else {})
 
     def prepare(self, encode: Encoder, graph: PairingGraph) -> None:
         """Called once at the start of fit with the frozen backbones' ``encode`` function and the pairing of the
