@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from brokenbind.errors import ConfigError, DataError
+from brokenbind.graph import PairingGraph
 from brokenbind.modality import ModalityInfo
 from brokenbind.world import world
 
@@ -167,6 +168,7 @@ class PairedDataModule(LightningDataModule, ABC):
                 if flow.dataset in self.datasets:
                     spec = self.datasets[flow.dataset]
                     spec.modalities = sorted(set(spec.modalities) | flow.named_modalities)
+        self.graph = PairingGraph({name: spec.modalities for name, spec in self.datasets.items()}, self.pivots)
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("batch sizes must be positive")
         if batch_size < 2:  # a row's only candidate is its own pair: every contrastive loss is exactly 0
@@ -212,7 +214,7 @@ class PairedDataModule(LightningDataModule, ABC):
                 )
         if not self.flows:
             raise ConfigError("no evaluation flow configured")
-        trained = self.trained_modalities()
+        trained = self.graph.modalities()
         for flow in self.flows:
             query, pivot, target = flow.modalities
             if query == target:
@@ -232,41 +234,11 @@ class PairedDataModule(LightningDataModule, ABC):
                         f"flow {flow.flow!r}: modality {m!r} is observed by no training dataset; add it to a dataset's "
                         "modalities (data.init_args.datasets) or score another modality"
                     )
-            if target not in self.reachable(flow.dataset):
+            if target not in self.graph.reachable(flow.dataset):
                 raise ConfigError(
                     f"flow {flow.flow!r}: no chain of datasets linked by shared modalities leads from "
                     f"{flow.dataset!r} to a dataset observing {target!r}"
                 )
-
-    def chain(self, dataset: str, target: str) -> list[str]:
-        """The shortest path of datasets, linked by shared modalities, from one observing ``target`` to ``dataset``."""
-        paths = [[dataset]]
-        while paths:
-            path = paths.pop(0)
-            if target in self.datasets[path[-1]].modalities and path[-1] != dataset:
-                return path[::-1]
-            shared = set(self.datasets[path[-1]].modalities)
-            paths += [[*path, n] for n, s in self.datasets.items() if n not in path and shared & set(s.modalities)]
-        return [dataset]
-
-    def reachable(self, dataset: str) -> set[str]:
-        """Modalities ``dataset`` can reach: its own, then those of every dataset sharing one it can reach."""
-        have = set(self.datasets[dataset].modalities)
-        grown = True
-        while grown:
-            grown = False
-            for spec in self.datasets.values():
-                if have & set(spec.modalities) and not set(spec.modalities) <= have:
-                    have |= set(spec.modalities)
-                    grown = True
-        return have
-
-    def trained_modalities(self) -> set[str]:
-        return {m for spec in self.datasets.values() for m in spec.modalities}
-
-    def observed_together(self, first: str, second: str) -> bool:
-        """Whether some training dataset observes both modalities (else their binding is emergent)."""
-        return any({first, second} <= set(spec.modalities) for spec in self.datasets.values())
 
     @property
     def eval_datasets(self) -> list[str]:
@@ -311,7 +283,7 @@ class PairedDataModule(LightningDataModule, ABC):
         """Input shape and training inputs of every modality, for building backbones."""
         self.setup()
         info = {}
-        for m in sorted(self.trained_modalities()):
+        for m in sorted(self.graph.modalities()):
             inputs = torch.cat([s["train"].features[m] for s in self.splits.values() if m in s["train"].features])
             info[m] = ModalityInfo(kind="features", shape=tuple(inputs.shape[1:]), train_inputs=inputs)
         return info
@@ -355,6 +327,18 @@ class PairedDataModule(LightningDataModule, ABC):
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, generator=torch.Generator()
         )
+
+    def loader(self, dataset: str, split: str, modalities: list[str], rows: Tensor | None = None) -> DataLoader:
+        """Every row of one dataset split carrying ``modalities`` (also ones the dataset's training split does not
+        observe: they are loaded for this call only), in row order; with ``rows`` (positions in the split), those rows
+        only, in that order. Batches of ``eval_batch_size`` in the main process; its own generator keeps it off the
+        global RNG."""
+        data = self.splits[dataset][split]
+        if not set(modalities) <= set(self.split_modalities(dataset, split)):
+            data = self.load_split(dataset, split, modalities)
+        if rows is not None:
+            data = torch.utils.data.Subset(data, rows.tolist())
+        return DataLoader(data, batch_size=self.eval_batch_size, generator=torch.Generator())
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [self._loader(self.splits[name][split]) for name in self.eval_datasets]

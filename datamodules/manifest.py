@@ -444,7 +444,7 @@ class ManifestDataModule(PairedDataModule):
         their stacked training inputs (for backbones fitted to data), audio its sample rate."""
         self.setup()
         info = {}
-        for m in sorted(self.trained_modalities()):
+        for m in sorted(self.graph.modalities()):
             kind = self.modalities[m]
             train = [s["train"] for s in self.splits.values() if m in s["train"].modalities]
             if kind == "text":

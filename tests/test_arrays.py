@@ -258,7 +258,7 @@ def test_cli_trains_on_arrays(tmp_path, monkeypatch):
         ["fit", "--config", "arrays.yaml", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
     )
     assert fitted.trainer.state.finished
-    backbone = fitted.model.backbones["z"]
+    backbone = fitted.model.model.backbones["z"]
     assert type(backbone).__name__ == "Standardize"  # the default, fitted from the array's statistics
     with (tmp_path / "logs" / "arrays" / "version_0" / "results.csv").open() as f:
         results = list(csv.DictReader(f))

@@ -256,12 +256,12 @@ def test_binding_module_caches_every_family_with_weights(models, my_encoders):
     }  # fmt: skip
     info = {"photo": RGB, "caption": TEXT, "sound": AUDIO, "depth": RGB}
     module = BindingModule(FABind(), embed_dim=8, backbones=specs)
-    module.build(info, data_fingerprint="data-v1")
-    assert sorted(module.cache_keys) == sorted(specs) and len(set(module.cache_keys.values())) == 4
+    module.model.build(info, data_fingerprint="data-v1")
+    assert sorted(module.model.cache_keys) == sorted(specs) and len(set(module.model.cache_keys.values())) == 4
     inputs = {"photo": torch.rand(3, 3, 16, 16), "caption": ["a cat", "a dog", "a bird"],
               "sound": torch.randn(3, 4000), "depth": torch.rand(3, 3, 16, 16)}  # fmt: skip
-    first = module.embed(inputs, torch.arange(3))
-    again = module.embed(inputs, torch.arange(3))  # from the cache now
+    first = module.model.embed(inputs, torch.arange(3))
+    again = module.model.embed(inputs, torch.arange(3))  # from the cache now
     for m, e in first.items():
         assert e.shape == (3, 8) and torch.allclose(e.norm(dim=-1), torch.ones(3))
         torch.testing.assert_close(again[m], e)

@@ -67,8 +67,8 @@ def test_cache_computes_each_instance_once_across_epochs(tmp_path):
     dm = FingerprintedMfeat.make()
     model = BindingModule(FABind(), default_backbone="probe")
     fit(tmp_path, model, dm, epochs=3)
-    assert sorted(model.cache_keys) == ["fou", "pix", "zer"]
-    seen = {m: set(t) for m, t in ((m, model.cache.tables[k]) for m, k in model.cache_keys.items())}
+    assert sorted(model.model.cache_keys) == ["fou", "pix", "zer"]
+    seen = {m: set(t) for m, t in ((m, model.model.cache.tables[k]) for m, k in model.model.cache_keys.items())}
     assert Probe.calls == sum(len(ids) for ids in seen.values())  # every instance encoded once, however many epochs
 
 
@@ -76,11 +76,11 @@ def test_cached_features_equal_the_backbone_output(tmp_path):
     dm = FingerprintedMfeat.make()
     dm.setup()
     model = BindingModule(FABind(), default_backbone="probe")
-    model.build(dm.modality_info(), dm.data_fingerprint())
+    model.model.build(dm.modality_info(), dm.data_fingerprint())
     batch = dm.splits["evaluation"]["test"]
     x, index = batch.features["fou"][:5], batch.index[:5]
-    first = model.features("fou", x, index)
-    again = model.features("fou", x * 0, index)  # inputs ignored: served from the cache
+    first = model.model.features("fou", x, index)
+    again = model.model.features("fou", x * 0, index)  # inputs ignored: served from the cache
     torch.testing.assert_close(first, again)
     assert Probe.calls == 5
 
@@ -91,18 +91,18 @@ def test_cache_key_changes_with_backbone_and_data(tmp_path):
     keys = []
     for tag, data in (("v1", "a"), ("v2", "a"), ("v1", "b")):
         model = BindingModule(FABind(), default_backbone={"name": "probe", "tag": tag})
-        model.build(dm.modality_info(), data)
-        keys.append(model.cache_keys["fou"])
+        model.model.build(dm.modality_info(), data)
+        keys.append(model.model.cache_keys["fou"])
     assert len(set(keys)) == 3
 
 
 def test_no_cache_without_data_fingerprint_or_for_trainable_backbones(mfeat):
     model = BindingModule(FABind(), default_backbone="probe")
-    model.build(mfeat.modality_info(), None)
-    assert model.cache_keys == {}
+    model.model.build(mfeat.modality_info(), None)
+    assert model.model.cache_keys == {}
     model = BindingModule(FABind(), default_backbone={"name": "probe", "trainable": True})
-    model.build(mfeat.modality_info(), "data")
-    assert model.cache_keys == {}
+    model.model.build(mfeat.modality_info(), "data")
+    assert model.model.cache_keys == {}
 
 
 def test_cache_persists_to_disk_and_reloads(tmp_path):
@@ -120,10 +120,10 @@ def test_trainable_backbone_trains_and_is_checkpointed(tmp_path):
     model = BindingModule(FABind(), default_backbone={"name": "probe", "trainable": True})
     trainer = fit(tmp_path, model, dm)
     before = Probe(dm.modality_info()["fou"]).proj.weight
-    assert not torch.equal(model.backbones["fou"].proj.weight, before)
+    assert not torch.equal(model.model.backbones["fou"].proj.weight, before)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     state = torch.load(tmp_path / "m.ckpt", weights_only=True)["state_dict"]
-    assert "backbones.fou.proj.weight" in state
+    assert "model.backbones.fou.proj.weight" in state
 
 
 def test_lora_stages_probe_heads_first_then_train_adapters_and_checkpoint_only_them(tmp_path):
@@ -132,15 +132,15 @@ def test_lora_stages_probe_heads_first_then_train_adapters_and_checkpoint_only_t
     spec = {"name": "probe", "lora": {"r": 2, "target_modules": ["proj"]}}
     model = BindingModule(FABind(), default_backbone=spec, lora_start_epoch=1)
     trainer = fit(tmp_path, model, dm, epochs=1)
-    adapters = {m: [p.detach().clone() for p in lora_parameters(b)] for m, b in model.backbones.items()}
-    assert all(not p.requires_grad for p in lora_parameters(model.backbones["fou"]))
-    lora_b = [p for n, p in model.backbones["fou"].named_parameters() if "lora_B" in n]
+    adapters = {m: [p.detach().clone() for p in lora_parameters(b)] for m, b in model.model.backbones.items()}
+    assert all(not p.requires_grad for p in lora_parameters(model.model.backbones["fou"]))
+    lora_b = [p for n, p in model.model.backbones["fou"].named_parameters() if "lora_B" in n]
     assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # probing saw the exact pretrained backbone
     trainer.save_checkpoint(tmp_path / "probe.ckpt")
 
     resumed = BindingModule(FABind(), default_backbone=spec, lora_start_epoch=1)
     trainer = fit(tmp_path, resumed, dm, epochs=2, ckpt_path=tmp_path / "probe.ckpt")
-    for m, backbone in resumed.backbones.items():
+    for m, backbone in resumed.model.backbones.items():
         after = lora_parameters(backbone)
         assert all(p.requires_grad for p in after)
         assert any(not torch.equal(a, b) for a, b in zip(after, adapters[m], strict=True)), (
@@ -150,4 +150,4 @@ def test_lora_stages_probe_heads_first_then_train_adapters_and_checkpoint_only_t
     trainer.save_checkpoint(tmp_path / "lora.ckpt")
     state = torch.load(tmp_path / "lora.ckpt", weights_only=True)["state_dict"]
     assert [k for k in state if "lora_" in k]
-    assert not [k for k in state if k.startswith("backbones.") and "lora_" not in k]
+    assert not [k for k in state if k.startswith("model.backbones.") and "lora_" not in k]

@@ -16,6 +16,8 @@ from brokenbind.errors import ConfigError
 from brokenbind.losses.distributed import Batch
 from brokenbind.methods import CentroBind
 
+from .binding import run
+
 B, D = 5, 7
 SCALES = {"a": 2.0, "b": 5.0, "c": 3.0, "e": 1.5}  # one per modality, so that a wrong modality's scale shows
 LAYOUT = {"d1": ["a", "b"], "d2": ["b", "c", "e"], "d3": ["c"]}  # d3 observes one modality: it binds nothing
@@ -76,7 +78,7 @@ def reference(
 def test_loss_matches_the_loop_reference_for_every_switch(anchor, renormalize, detach_anchor):
     emb = embeddings(0, LAYOUT)
     method = CentroBind(renormalize=renormalize, detach_anchor=detach_anchor, anchor=anchor, modality_scales=SCALES)
-    terms = method(emb, epoch=0)
+    terms = run(method, emb, epoch=0)
     assert list(terms) == ["centro"]
     assert terms["centro"].item() == pytest.approx(reference(emb, anchor, renormalize), rel=1e-6)
 
@@ -117,7 +119,7 @@ def test_gradients_flow_through_the_anchor_only_without_stop_gradient(anchor, de
     leaves = [f.requires_grad_(True) for mods in emb.values() for f in mods.values()]
     method = CentroBind(detach_anchor=detach_anchor, anchor=anchor, modality_scales=SCALES)
     assert all(a.requires_grad != detach_anchor for a in method.anchors(emb["d2"]).values())
-    got = torch.autograd.grad(method(emb, epoch=0)["centro"], leaves, allow_unused=True)
+    got = torch.autograd.grad(run(method, emb, epoch=0)["centro"], leaves, allow_unused=True)
     expected = torch.autograd.grad(torch_reference(emb, anchor, detach_anchor), leaves, allow_unused=True)
     for g, e in zip(got, expected, strict=True):
         if e is None:  # d3's embedding: the one-modality dataset adds no term
@@ -131,7 +133,9 @@ def test_the_stop_gradient_changes_the_gradient():
     emb = embeddings(3, {"d1": ["a", "b"]})
     b = emb["d1"]["b"].requires_grad_(True)
     grads = {
-        detach: torch.autograd.grad(CentroBind(detach_anchor=detach, anchor="leave_one_out")(emb, epoch=0)["centro"], b)
+        detach: torch.autograd.grad(
+            run(CentroBind(detach_anchor=detach, anchor="leave_one_out"), emb, epoch=0)["centro"], b
+        )
         for detach in (True, False)
     }
     assert not torch.allclose(grads[True][0], grads[False][0])
@@ -139,8 +143,8 @@ def test_the_stop_gradient_changes_the_gradient():
 
 def test_a_dataset_observing_one_modality_adds_no_term():
     emb = embeddings(4, LAYOUT)
-    with_single = CentroBind(modality_scales=SCALES)(emb, epoch=0)["centro"]
-    without = CentroBind(modality_scales=SCALES)({ds: emb[ds] for ds in ("d1", "d2")}, epoch=0)["centro"]
+    with_single = run(CentroBind(modality_scales=SCALES), emb, epoch=0)["centro"]
+    without = run(CentroBind(modality_scales=SCALES), {ds: emb[ds] for ds in ("d1", "d2")}, epoch=0)["centro"]
     assert with_single.item() == without.item()
 
 
@@ -148,7 +152,7 @@ def test_a_dataset_observing_one_modality_adds_no_term():
 def test_only_one_modality_datasets_are_refused(anchor):
     emb = embeddings(5, {"d1": ["a"], "d2": ["b"]})
     with pytest.raises(ConfigError, match="centrobind needs at least one dataset observing two modalities"):
-        CentroBind(anchor=anchor)(emb, epoch=0)
+        run(CentroBind(anchor=anchor), emb, epoch=0)
 
 
 def test_an_unknown_anchor_is_refused_naming_the_choices():

@@ -72,8 +72,8 @@ def test_hidden_target_only_in_evaluation_splits(mfeat):
     assert sorted(mfeat.splits["evaluation"]["train"].features) == ["fou", "pix"]
     assert sorted(mfeat.splits["evaluation"]["test"].features) == ["fou", "pix", "zer"]
     assert sorted(mfeat.splits["support"]["train"].features) == ["pix", "zer"]
-    assert not mfeat.observed_together("fou", "zer")
-    assert mfeat.observed_together("pix", "zer")
+    assert not mfeat.graph.observed_together("fou", "zer")
+    assert mfeat.graph.observed_together("pix", "zer")
 
 
 def test_split_depends_only_on_split_seed():
@@ -166,7 +166,7 @@ THREE_DATASETS = {
 
 def test_chain_of_three_datasets_is_accepted_and_a_broken_chain_is_not():
     dm = make_mfeat(datasets=THREE_DATASETS, pivot=["pix", "kar"])
-    assert dm.reachable("evaluation") == {"fou", "pix", "kar", "zer"}
+    assert dm.graph.reachable("evaluation") == {"fou", "pix", "kar", "zer"}
     broken = {**THREE_DATASETS, "support": {"modalities": ["mor", "zer"]}, "other": {"modalities": ["mor", "fac"]}}
     with pytest.raises(ConfigError, match="no chain of datasets linked by shared modalities leads from 'evaluation'"):
         make_mfeat(datasets=broken, pivot=["pix", "mor"])
@@ -177,18 +177,18 @@ def test_oracle_makes_the_hidden_target_observable_without_touching_the_config()
     dm = make_mfeat(datasets=datasets, oracle=True)
     dm.setup()
     assert sorted(dm.splits["evaluation"]["train"].features) == ["fou", "pix", "zer"]
-    assert dm.observed_together("fou", "zer")
+    assert dm.graph.observed_together("fou", "zer")
     assert datasets["evaluation"]["modalities"] == ["fou", "pix"]
 
 
 def test_dataset_flow_is_the_shortest_chain_to_the_target():
-    assert make_mfeat(datasets=THREE_DATASETS, pivot=["pix", "kar"]).chain("evaluation", "zer") == [
+    assert make_mfeat(datasets=THREE_DATASETS, pivot=["pix", "kar"]).graph.chain("evaluation", "zer") == [
         "support",
         "bridge",
         "evaluation",
     ]
-    assert make_mfeat().chain("evaluation", "zer") == ["support", "evaluation"]
-    assert make_mfeat(oracle=True).chain("evaluation", "zer") == ["support", "evaluation"]
+    assert make_mfeat().graph.chain("evaluation", "zer") == ["support", "evaluation"]
+    assert make_mfeat(oracle=True).graph.chain("evaluation", "zer") == ["support", "evaluation"]
 
 
 def test_importing_datamodules_imports_no_backbone_family():
@@ -208,12 +208,18 @@ print(json.dumps({"added": added, "loaded": sorted(m for m in absent if m in sys
     assert json.loads(done.stdout) == {"added": [], "loaded": []}
 
 
-def test_datamodules_are_what_the_callbacks_read(mfeat):
-    """Every attribute the callbacks read from a datamodule (as ``dm``) is a member of ``PairedData``, and the
-    datamodules have them all."""
+def test_datamodules_are_what_the_model_methods_and_callbacks_read(mfeat):
+    """Every attribute the LightningModule, the model, the methods and the callbacks read from a datamodule (as ``dm``
+    or ``datamodule``) is a member of ``PairedData``, and the datamodules have them all."""
     members = {name for name in vars(PairedData) if not name.startswith("_")}
-    callbacks = Path(brokenbind.__file__).parent / "callbacks"
-    read = {name for path in callbacks.glob("*.py") for name in re.findall(r"\bdm\.(\w+)", path.read_text())}
+    package = Path(brokenbind.__file__).parent
+    readers = [
+        package / "module.py",
+        package / "model.py",
+        *package.glob("callbacks/*.py"),
+        *package.glob("methods/*.py"),
+    ]
+    read = {name for path in readers for name in re.findall(r"\b(?:dm|datamodule)\.(\w+)", path.read_text())}
     assert read == members
     assert isinstance(mfeat, PairedData)
     assert not isinstance(object(), PairedData)
@@ -228,7 +234,7 @@ def test_one_dataset_is_an_experiment_with_query_to_target_flows():
     )
     assert dm.pivots == [] and [f.modalities for f in dm.flows] == [("fou", None, "zer"), ("pix", None, "fou")]
     assert [f.name for f in dm.flows] == ["fou->zer", "pix->fou"]
-    assert dm.observed_together("fou", "zer") and dm.chain("paired", "zer") == ["paired"]
+    assert dm.graph.observed_together("fou", "zer") and dm.graph.chain("paired", "zer") == ["paired"]
     dm.setup()
     assert {split: sorted(d.features) for split, d in dm.splits["paired"].items()} == {
         split: ["fou", "pix", "zer"] for split in ("train", "val", "test")

@@ -241,7 +241,7 @@ def test_checkpoint_holds_its_configuration_as_plain_containers(in_tmp):
     assert config["model"]["method"]["class_path"] == "brokenbind.methods.FABind"
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.0005
     assert config["data"]["init_args"]["datasets"]["support"] == {"modalities": ["pix", "zer"]}
-    assert not [k for k in checkpoint["state_dict"] if k.startswith("backbones.")]  # frozen: rebuilt, not saved
+    assert not [k for k in checkpoint["state_dict"] if k.startswith("model.backbones.")]  # frozen: rebuilt, not saved
 
 
 @pytest.mark.parametrize("script", ["single_node.sbatch", "multinode.sbatch"])

@@ -21,6 +21,8 @@ from brokenbind.losses.temperature import LogitScale
 from brokenbind.methods import BrokenBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE as PAPER  # the references are the paper's equations
 
+from .binding import run
+
 ATOL = 1e-5
 B, D = 6, 8
 
@@ -368,7 +370,7 @@ def test_brokenbind_terms_finite_for_rank_deficient_pivots(kind: str) -> None:
     emb = _embeddings(19)
     gen = torch.Generator().manual_seed(20)
     emb["d1"]["b"], emb["d2"]["b"] = _degenerate_pivot(kind, gen), _degenerate_pivot(kind, gen)
-    terms = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
+    terms = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0), emb, epoch=0)
     assert set(terms) == {"clip", "sym", "mox", "fro"}
     assert all(torch.isfinite(v) for v in terms.values())
 
@@ -451,7 +453,7 @@ FIXED_S = {"a": 5.0, "b": 5.0, "c": 5.0}
 @pytest.mark.parametrize("term", ["clip", "sym", "mox", "fro"])
 def test_brokenbind_term_matches_loop_reference(seed: int, term: str) -> None:
     emb = _embeddings(seed)
-    got = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)[term].item()
+    got = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0), emb, epoch=0)[term].item()
     assert got == pytest.approx(_ref_brokenbind(emb, FIXED_S)[term], rel=1e-5, abs=ATOL)
 
 
@@ -459,26 +461,36 @@ def test_brokenbind_term_matches_loop_reference(seed: int, term: str) -> None:
 def test_brokenbind_contrastive_terms_use_anchor_modality_scale(term: str) -> None:
     emb = _embeddings(21)
     scales = {"a": 2.0, "b": 5.0, "c": 9.0}
-    got = BrokenBind(**PAPER, consistency_epochs=0, modality_scales=scales)(emb, epoch=0)[term].item()
+    got = run(BrokenBind(**PAPER, consistency_epochs=0, modality_scales=scales), emb, epoch=0)[term].item()
     assert got == pytest.approx(_ref_brokenbind(emb, scales)[term], rel=1e-5, abs=ATOL)
 
 
 def test_brokenbind_mox_switches_on_at_consistency_epochs() -> None:
     emb = _embeddings(22)
     method = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=3)
-    assert set(method(emb, epoch=0)) == {"clip", "sym"}
-    assert set(method(emb, epoch=2)) == {"clip", "sym"}
-    assert set(method(emb, epoch=3)) == {"clip", "sym", "mox", "fro"}
-    assert set(method(emb, epoch=10)) == {"clip", "sym", "mox", "fro"}
+    assert set(run(method, emb, epoch=0)) == {"clip", "sym"}
+    assert set(run(method, emb, epoch=2)) == {"clip", "sym"}
+    assert set(run(method, emb, epoch=3)) == {"clip", "sym", "mox", "fro"}
+    assert set(run(method, emb, epoch=10)) == {"clip", "sym", "mox", "fro"}
 
 
 def test_brokenbind_weights_multiply_terms() -> None:
     emb = _embeddings(23)
-    plain = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
+    plain = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0), emb, epoch=0)
     weights = {"clip": 2.0, "sym": 0.5, "mox": 3.0, "fro": 0.25}
-    weighted = BrokenBind(
-        **PAPER, clip_weight=2.0, sym_weight=0.5, mox_weight=3.0, fro_weight=0.25, logit_scale=5.0, consistency_epochs=0
-    )(emb, epoch=0)
+    weighted = run(
+        BrokenBind(
+            **PAPER,
+            clip_weight=2.0,
+            sym_weight=0.5,
+            mox_weight=3.0,
+            fro_weight=0.25,
+            logit_scale=5.0,
+            consistency_epochs=0,
+        ),
+        emb,
+        epoch=0,
+    )
     assert set(weighted) == set(plain)
     for name, w in weights.items():
         assert weighted[name].item() == pytest.approx(w * plain[name].item(), rel=1e-6)
@@ -494,7 +506,7 @@ def test_brokenbind_weights_multiply_terms() -> None:
     ],
 )
 def test_brokenbind_zero_weight_removes_term(zeroed: str, expected_keys: set[str]) -> None:
-    terms = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0, **{zeroed: 0.0})(_embeddings(24), epoch=0)
+    terms = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0, **{zeroed: 0.0}), _embeddings(24), epoch=0)
     assert set(terms) == expected_keys
 
 
@@ -502,10 +514,10 @@ def test_brokenbind_skips_extrapolation_when_mox_and_fro_weights_are_zero() -> N
     # No shared pivot: extrapolation would raise, so it must not be run at all.
     gen = torch.Generator().manual_seed(25)
     emb = {"d1": {"a": _unit(gen, B), "b": _unit(gen, B)}, "d2": {"c": _unit(gen, B), "e": _unit(gen, B)}}
-    terms = BrokenBind(**PAPER, mox_weight=0.0, fro_weight=0.0, consistency_epochs=0)(emb, epoch=5)
+    terms = run(BrokenBind(**PAPER, mox_weight=0.0, fro_weight=0.0, consistency_epochs=0), emb, epoch=5)
     assert set(terms) == {"clip", "sym"}
     with pytest.raises(ValueError, match="no dataset with a modality to extrapolate"):
-        BrokenBind(**PAPER, consistency_epochs=0)(emb, epoch=5)
+        run(BrokenBind(**PAPER, consistency_epochs=0), emb, epoch=5)
 
 
 def test_brokenbind_negative_weight_raises() -> None:
@@ -516,7 +528,7 @@ def test_brokenbind_negative_weight_raises() -> None:
 def test_brokenbind_total_is_finite_and_backpropagates_to_all_inputs() -> None:
     emb = _embeddings(26)
     leaves = {(ds, m): t.requires_grad_() for ds, mods in emb.items() for m, t in mods.items()}
-    terms = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)
+    terms = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0), emb, epoch=0)
     assert all(torch.isfinite(v) for v in terms.values())
     sum(terms.values()).backward()
     for key, leaf in leaves.items():
@@ -539,7 +551,7 @@ def test_fabind_clip_is_sum_of_symmetric_info_nce_per_dataset(seed: int) -> None
     expected = 0.5 * (_ref_info_nce(a1, b1, 2.0) + _ref_info_nce(b1, a1, 5.0)) + 0.5 * (
         _ref_info_nce(b2, c2, 5.0) + _ref_info_nce(c2, b2, 9.0)
     )
-    terms = FABind(modality_scales=scales)(emb, epoch=0)
+    terms = run(FABind(modality_scales=scales), emb, epoch=0)
     assert set(terms) == {"clip"}
     assert terms["clip"].item() == pytest.approx(expected, abs=ATOL)
 
@@ -553,7 +565,7 @@ def test_fabind_clip_is_sum_of_symmetric_info_nce_per_dataset(seed: int) -> None
 def test_brokenbind_term_is_finite_fp32_under_bf16_autocast(term: str) -> None:
     emb = _embeddings(27)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0)(emb, epoch=0)[term]
+        value = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0), emb, epoch=0)[term]
     assert torch.isfinite(value)
     assert value.dtype == torch.float32
 

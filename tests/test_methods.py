@@ -15,6 +15,8 @@ from brokenbind.losses.distributed import Batch
 from brokenbind.methods import BrokenBind, CentroBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE
 
+from .binding import pseudo_of, run
+
 B, D = 5, 12
 METHODS = Path(brokenbind.__file__).parent / "configs" / "methods"
 
@@ -48,7 +50,7 @@ CHAIN = {"d1": ["a"], "d2": ["a", "b"], "d3": ["b", "c"]}
 
 def test_three_dataset_chain_composes_eqs_20_and_21():
     emb = layout(0, CHAIN)
-    steps = BrokenBind(pinv_ridge=0.0).pseudo_embeddings(emb, "d1")
+    steps = pseudo_of(BrokenBind(pinv_ridge=0.0), emb, "d1")
     assert sorted(steps) == ["b", "c"]
     a1, b2 = emb["d1"]["a"].double().numpy(), emb["d2"]["b"].double().numpy()
     c3 = emb["d3"]["c"].double().numpy()
@@ -62,17 +64,17 @@ def test_three_dataset_chain_composes_eqs_20_and_21():
 def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
     emb = layout(1, CHAIN)
     method = BrokenBind(consistency_epochs=0, logit_scale=4.0, sym_weight=0.0, clip_weight=0.0, mox_subspace="full")
-    terms = method(emb, epoch=0)
+    terms = run(method, emb, epoch=0)
     expected = 0.0
     for ds, mods in emb.items():
-        for data, *_ in method.pseudo_embeddings(emb, ds).values():
+        for data, *_ in pseudo_of(method, emb, ds).values():
             expected += sum(ce_loop(f, F.normalize(data, dim=1), 4.0) for f in mods.values()) / len(mods)
     assert terms["mox"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_single_modality_dataset_only_lends_negatives_to_clip():
     emb = layout(2, CHAIN)
-    value = BrokenBind(logit_scale=3.0, push_away="none", consistency_epochs=25)(emb, epoch=0)["clip"]
+    value = run(BrokenBind(logit_scale=3.0, push_away="none", consistency_epochs=25), emb, epoch=0)["clip"]
     expected = sum(
         ce_loop(emb[ds][m], emb[ds][n], 3.0) for ds in ("d2", "d3") for m in emb[ds] for n in emb[ds] if m != n
     )
@@ -82,7 +84,7 @@ def test_single_modality_dataset_only_lends_negatives_to_clip():
 def test_ambiguous_pivot_is_a_clear_error():
     emb = layout(3, {"d1": ["a", "b", "e"], "d2": ["a", "b", "c"]})
     with pytest.raises(ConfigError, match="share several modalities"):
-        BrokenBind(consistency_epochs=0)(emb, epoch=0)
+        run(BrokenBind(consistency_epochs=0), emb, epoch=0)
 
 
 # -- switches --------------------------------------------------------------------------------------------------------
@@ -111,10 +113,10 @@ def test_push_away_modes_choose_which_partitions_enter_eq_10(mode, weight):
 
 def test_fro_mean_divides_by_entries_and_normalize_pseudo_makes_unit_rows():
     emb = layout(5, TWO)
-    summed = BrokenBind(consistency_epochs=0, fro_reduction="sum")(emb, epoch=0)["fro"]
-    mean = BrokenBind(consistency_epochs=0, fro_reduction="mean")(emb, epoch=0)["fro"]
+    summed = run(BrokenBind(consistency_epochs=0, fro_reduction="sum"), emb, epoch=0)["fro"]
+    mean = run(BrokenBind(consistency_epochs=0, fro_reduction="mean"), emb, epoch=0)["fro"]
     assert mean.item() == pytest.approx(summed.item() / (B * D), rel=1e-6)
-    steps = BrokenBind(normalize_pseudo=True).pseudo_embeddings(emb, "d1")
+    steps = pseudo_of(BrokenBind(normalize_pseudo=True), emb, "d1")
     torch.testing.assert_close(steps["c"][0].norm(dim=1), torch.ones(B))
 
 
@@ -123,9 +125,9 @@ def test_mox_contrast_x_mod_uses_the_x_mod_pseudo_embeddings():
     method = BrokenBind(consistency_epochs=0, mox_contrast="x_mod", logit_scale=3.0, mox_subspace="full")
     expected = 0.0
     for ds in emb:
-        for _, mod, *_ in method.pseudo_embeddings(emb, ds).values():
+        for _, mod, *_ in pseudo_of(method, emb, ds).values():
             expected += sum(ce_loop(f, F.normalize(mod, dim=1), 3.0) for f in emb[ds].values()) / 2
-    assert method(emb, epoch=0)["mox"].item() == pytest.approx(expected, rel=1e-5)
+    assert run(method, emb, epoch=0)["mox"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_ridge_pinv_bounds_pseudo_embeddings_of_an_ill_conditioned_pivot():
@@ -133,8 +135,8 @@ def test_ridge_pinv_bounds_pseudo_embeddings_of_an_ill_conditioned_pivot():
     emb = layout(7, TWO)
     base = unit(gen, 1)
     emb["d2"]["b"] = F.normalize(base + 1e-4 * torch.randn(B, D, generator=gen), dim=1)  # nearly identical rows
-    plain = BrokenBind(pinv_ridge=0.0).pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
-    ridge = BrokenBind(pinv_ridge=0.1).pseudo_embeddings(emb, "d1")["c"][0].norm(dim=1).max()
+    plain = pseudo_of(BrokenBind(pinv_ridge=0.0), emb, "d1")["c"][0].norm(dim=1).max()
+    ridge = pseudo_of(BrokenBind(pinv_ridge=0.1), emb, "d1")["c"][0].norm(dim=1).max()
     assert plain > 10 and ridge < 2
 
 
@@ -151,9 +153,9 @@ def test_consistency_fraction_is_a_share_of_the_run_length(max_epochs, start):
     emb = layout(12, TWO)
     method = BrokenBind(consistency_fraction=0.5)
     # BindingModule passes its trainer's max_epochs with each batch (test_suite checks that)
-    assert "mox" in method(emb, epoch=start, max_epochs=max_epochs)
+    assert "mox" in run(method, emb, epoch=start, max_epochs=max_epochs)
     if start > 0:
-        assert "mox" not in method(emb, epoch=start - 1, max_epochs=max_epochs)
+        assert "mox" not in run(method, emb, epoch=start - 1, max_epochs=max_epochs)
 
 
 def test_paper_preset_switches_mox_on_after_25_of_50_epochs_and_spells_out_the_paper():
@@ -166,12 +168,12 @@ def test_paper_preset_switches_mox_on_after_25_of_50_epochs_and_spells_out_the_p
 
 def test_consistency_epochs_overrides_the_fraction_and_a_missing_run_length_is_a_clear_error():
     emb = layout(13, TWO)
-    assert "mox" in BrokenBind(consistency_epochs=0, consistency_fraction=0.9)(emb, epoch=0)
-    assert "mox" in BrokenBind(consistency_fraction=0.0)(emb, epoch=0)  # no run length needed
-    assert "mox" not in BrokenBind(consistency_fraction=1.0)(emb, epoch=10**6)
+    assert "mox" in run(BrokenBind(consistency_epochs=0, consistency_fraction=0.9), emb, epoch=0)
+    assert "mox" in run(BrokenBind(consistency_fraction=0.0), emb, epoch=0)  # no run length needed
+    assert "mox" not in run(BrokenBind(consistency_fraction=1.0), emb, epoch=10**6)
     for unbounded in (None, -1):  # Lightning's -1: no epoch limit
         with pytest.raises(ConfigError, match="consistency_fraction needs the run length"):
-            BrokenBind(consistency_fraction=0.3)(emb, epoch=0, max_epochs=unbounded)
+            run(BrokenBind(consistency_fraction=0.3), emb, epoch=0, max_epochs=unbounded)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +196,7 @@ def test_brokenbind_rejects_bad_recipe_arguments(kwargs, match):
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_centrobind_aligns_each_modality_to_the_per_sample_centroid(renormalize):
     emb = layout(8, {"d1": ["a", "b"], "d2": ["b", "c", "e"]})
-    value = CentroBind(renormalize=renormalize, logit_scale=3.0)(emb, epoch=0)["centro"]
+    value = run(CentroBind(renormalize=renormalize, logit_scale=3.0), emb, epoch=0)["centro"]
     expected = 0.0
     for mods in emb.values():
         centroid = sum(mods.values()) / len(mods)
@@ -210,18 +212,18 @@ def test_centrobind_stop_gradient_is_a_switch():
     for ds in emb:
         for m in emb[ds]:
             emb[ds][m].requires_grad_(True)
-    detached = torch.autograd.grad(CentroBind()(emb, epoch=0)["centro"], emb["d1"]["a"])[0]
-    through = torch.autograd.grad(CentroBind(detach_anchor=False)(emb, epoch=0)["centro"], emb["d1"]["a"])[0]
+    detached = torch.autograd.grad(run(CentroBind(), emb, epoch=0)["centro"], emb["d1"]["a"])[0]
+    through = torch.autograd.grad(run(CentroBind(detach_anchor=False), emb, epoch=0)["centro"], emb["d1"]["a"])[0]
     assert not torch.allclose(detached, through)
 
 
 def test_fabind_anchor_keeps_only_pairs_with_the_anchor_and_requires_it_everywhere():
     emb = layout(10, {"d1": ["a", "b", "c"], "d2": ["b", "c"]})
-    value = FABind(anchor="b", logit_scale=2.0)(emb, epoch=0)["clip"]
+    value = run(FABind(anchor="b", logit_scale=2.0), emb, epoch=0)["clip"]
     expected = sum(
         0.5 * (ce_loop(emb[ds]["b"], emb[ds][n], 2.0) + ce_loop(emb[ds][n], emb[ds]["b"], 2.0))
         for ds, n in (("d1", "a"), ("d1", "c"), ("d2", "c"))
     )
     assert value.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match="anchor 'a' is not observed by datasets"):
-        FABind(anchor="a")(emb, epoch=0)
+        run(FABind(anchor="a"), emb, epoch=0)

@@ -12,6 +12,7 @@ from brokenbind.callbacks.diagnosis import diagnose
 from brokenbind.methods import BrokenBind, FABind
 from brokenbind.module import BindingModule
 
+from .binding import run
 from .conftest import make_mfeat
 
 
@@ -56,43 +57,43 @@ def test_frozen_backbones_stay_bit_identical_in_eval_mode_and_out_of_checkpoints
     trainer.fit(model, datamodule=dm)
 
     reference = BindingModule(FABind(), default_backbone=bn_backbone)
-    reference.build(dm.modality_info())
-    expected = reference.backbones.state_dict()
-    after = model.backbones.state_dict()
+    reference.model.build(dm.modality_info())
+    expected = reference.model.backbones.state_dict()
+    after = model.model.backbones.state_dict()
     assert after.keys() == expected.keys()
     assert all(torch.equal(after[k], expected[k]) for k in expected), "a frozen backbone changed during fit"
-    assert all(not b.training for b in model.backbones.values())
-    assert all(not p.requires_grad for p in model.backbones.parameters())
+    assert all(not b.training for b in model.model.backbones.values())
+    assert all(not p.requires_grad for p in model.model.backbones.parameters())
 
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     state = torch.load(path, weights_only=True)["state_dict"]
-    assert not [k for k in state if k.startswith("backbones.")]
-    assert sorted({k.split(".")[1] for k in state if k.startswith("heads.")}) == ["fou", "pix", "zer"]
+    assert not [k for k in state if k.startswith("model.backbones.")]
+    assert sorted({k.split(".")[2] for k in state if k.startswith("model.heads.")}) == ["fou", "pix", "zer"]
 
 
 def test_training_step_gives_every_head_a_gradient_and_no_backbone(bn_backbone, seeded):
     dm = make_mfeat()
     dm.setup()
     model = BindingModule(BrokenBind(consistency_epochs=0), default_backbone=bn_backbone)
-    model.build(dm.modality_info())
+    model.model.build(dm.modality_info())
     model.train()
     batch, _, _ = next(iter(dm.train_dataloader()))
-    embeddings = {ds: model.embed(b["x"]) for ds, b in batch.items()}
-    terms = model.method(embeddings, epoch=0)
+    embeddings = {ds: model.model.embed(b["x"]) for ds, b in batch.items()}
+    terms = run(model.method, embeddings, epoch=0)
     assert sorted(terms) == ["clip", "fro", "mox", "sym"]
     sum(terms.values()).backward()
-    for name, p in model.heads.named_parameters():
+    for name, p in model.model.heads.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for head parameter {name}"
-    assert all(p.grad is None for p in model.backbones.parameters())
-    assert all(not b.training for b in model.backbones.values())
+    assert all(p.grad is None for p in model.model.backbones.parameters())
+    assert all(not b.training for b in model.model.backbones.values())
 
 
 def test_embeddings_are_unit_norm_fp32(mfeat):
     model = BindingModule(FABind())
-    model.build(mfeat.modality_info())
+    model.model.build(mfeat.modality_info())
     x = mfeat.splits["evaluation"]["test"].features
-    out = model.embed({m: v[:10] for m, v in x.items()})
+    out = model.model.embed({m: v[:10] for m, v in x.items()})
     for e in out.values():
         assert e.dtype == torch.float32
         torch.testing.assert_close(e.norm(dim=1), torch.ones(10))
@@ -110,8 +111,8 @@ def test_resume_from_last_checkpoint_restores_heads_and_continues(tmp_path):
     resumed_trainer = make_trainer(tmp_path, max_epochs=1)  # already done: restores without training
     resumed_trainer.fit(resumed, datamodule=make_mfeat(), ckpt_path=ckpt)
     assert resumed_trainer.global_step == trainer.global_step == 3
-    for key, value in first.heads.state_dict().items():
-        assert torch.equal(resumed.heads.state_dict()[key], value)
+    for key, value in first.model.heads.state_dict().items():
+        assert torch.equal(resumed.model.heads.state_dict()[key], value)
 
     continued = make_trainer(tmp_path, max_epochs=2)
     continued.fit(BindingModule(FABind()), datamodule=make_mfeat(), ckpt_path=ckpt)
@@ -121,7 +122,7 @@ def test_resume_from_last_checkpoint_restores_heads_and_continues(tmp_path):
 def test_unknown_backbone_is_a_clear_error(mfeat):
     model = BindingModule(FABind(), backbones={"fou": "nope"})
     with pytest.raises(ValueError, match="unknown backbone 'nope'"):
-        model.build(mfeat.modality_info())
+        model.model.build(mfeat.modality_info())
 
 
 def test_a_module_built_from_python_takes_the_optimiser_of_the_defaults_file():
@@ -145,14 +146,14 @@ def test_the_pivot_diagnosis_encodes_only_the_training_rows_it_picks(tmp_path, m
     model, dm = BindingModule(BrokenBind()), make_mfeat()
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=dm)
     model.eval()
-    encode, encoded = model.encode_split, []
+    encode, encoded = model.encode, []
 
     def recording(dataset, split, modalities, rows=None):
         out = encode(dataset, split, modalities, rows)
         encoded.append((dataset, split, len(next(iter(out.values())))))
         return out
 
-    monkeypatch.setattr(model, "encode_split", recording)
+    monkeypatch.setattr(model, "encode", recording)
     values = diagnose(model, "evaluation", "fou", "pix", "zer")
     assert encoded == [("evaluation", "val", len(dm.splits["evaluation"]["val"])), ("support", "train", 32)]
     assert all(math.isfinite(v) for v in values.values()) and len(values) == 6

@@ -97,7 +97,7 @@ def test_a_bound_backbone_embeds_exactly_as_its_checkpoints_run(pool_run):
     x = info.train_inputs[:50]
     source.eval()
     with torch.no_grad():
-        expected = source.embed({"fou": x})["fou"]
+        expected = source.model.embed({"fou": x})["fou"]
         assert torch.allclose(bound(x), expected, atol=1e-6)
     assert bound.out_dim == 128 and not any(p.requires_grad for p in bound.parameters()) and not bound.training
 
@@ -162,7 +162,7 @@ def test_an_untrained_model_on_bound_backbones_is_the_zero_shot_one_and_saves_no
     x = dm.splits["evaluation"]["test"].features["fou"]
     source.eval()
     with torch.no_grad():
-        assert torch.allclose(model.embed({"fou": x})["fou"], source.embed({"fou": x})["fou"], atol=1e-6)
+        assert torch.allclose(model.model.embed({"fou": x})["fou"], source.model.embed({"fou": x})["fou"], atol=1e-6)
     run = Path(result.trainer.log_dir)
     with (run / "results.csv").open() as f:  # a 0-epoch fit scores validation too, so suites can choose on it
         assert {r["stage"] for r in csv.DictReader(f)} == {"val", "test"}
@@ -171,4 +171,4 @@ def test_an_untrained_model_on_bound_backbones_is_the_zero_shot_one_and_saves_no
                "--test_after_fit=false", "--trainer.enable_progress_bar=false",
                f"--trainer.logger.init_args.save_dir={tmp_path}"])  # fmt: skip
     saved = torch.load(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert saved and not any(k.startswith("backbones.") for k in saved)
+    assert saved and not any(k.startswith("model.backbones.") for k in saved)

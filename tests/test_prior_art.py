@@ -18,14 +18,18 @@ import torch.nn.functional as F
 from sklearn.linear_model import Ridge
 
 from brokenbind.callbacks import EmergentBinding
+from brokenbind.callbacks.emergent import anchor_holder
 from brokenbind.cli import cli as main
 from brokenbind.errors import ConfigError
+from brokenbind.graph import PairingGraph
 from brokenbind.losses.mox import kernel_transition, orthogonal_logits, recentre
 from brokenbind.methods import CMCR, BrokenBind, FABind, Impute, Transitive
-from brokenbind.methods.impute import DEFAULT_RIDGES, plan
+from brokenbind.methods.impute import DEFAULT_RIDGES
 from brokenbind.metrics.transitive import transitive_embeddings
 from brokenbind.transfer import PivotMap, fit_ridge, predict_ridge
+from datamodules.base import Flow
 
+from .binding import pseudo_of, run
 from .test_faults import stop_at
 from .test_losses import _ref_cross_cyclic, _ref_in_cyclic
 from .test_methods import ce_loop
@@ -150,14 +154,14 @@ def assert_terms(got: dict[str, torch.Tensor], expected: dict[str, float]) -> No
 def test_cmcr_terms_match_a_loop_reference(tau):
     emb = layout(10, TWO)
     method = CMCR(retrieval_temperature=tau, noise_std=0.0, intra_weight=0.3, modality_scales=SCALES)
-    assert_terms(method(emb, epoch=0), cmcr_reference(emb, emb, tau, 0.3))  # first step: the memory is the batch
+    assert_terms(run(method, emb, epoch=0), cmcr_reference(emb, emb, tau, 0.3))  # first step: the memory is the batch
 
 
 def test_cmcr_without_intra_weight_has_no_intra_term_and_weights_pseudo():
     emb = layout(11, TWO)
     reference = cmcr_reference(emb, emb, 0.1, 0.0)
-    got = CMCR(retrieval_temperature=0.1, noise_std=0.0, intra_weight=0.0, pseudo_weight=0.5,
-               modality_scales=SCALES)(emb, epoch=0)  # fmt: skip
+    got = run(CMCR(retrieval_temperature=0.1, noise_std=0.0, intra_weight=0.0, pseudo_weight=0.5,
+               modality_scales=SCALES), emb, epoch=0)  # fmt: skip
     assert sorted(got) == ["clip", "pseudo"]
     assert got["pseudo"].item() == pytest.approx(0.5 * reference["pseudo"], rel=1e-5)
 
@@ -165,11 +169,11 @@ def test_cmcr_without_intra_weight_has_no_intra_term_and_weights_pseudo():
 def test_cmcr_memory_is_a_queue_of_the_newest_rows_and_later_steps_retrieve_from_it():
     first, second = layout(12, TWO), layout(13, TWO)
     method = CMCR(memory_size=7, retrieval_temperature=0.2, noise_std=0.0, intra_weight=0.1, modality_scales=SCALES)
-    method(first, epoch=0)
+    run(method, first, epoch=0)
     assert {ds: {m: len(f) for m, f in mods.items()} for ds, mods in method.memory.items()} == {
         "d1": {"a": 5, "b": 5}, "d2": {"b": 5, "c": 5}
     }  # fmt: skip
-    terms = method(second, epoch=0)
+    terms = run(method, second, epoch=0)
     for ds, mods in TWO.items():
         for m in mods:
             expected = torch.cat([second[ds][m], first[ds][m]])[:7]  # the newest first, then truncated
@@ -182,14 +186,14 @@ def test_cmcr_memory_is_a_queue_of_the_newest_rows_and_later_steps_retrieve_from
 def test_cmcr_memory_smaller_than_a_batch_keeps_its_first_rows():
     emb = layout(14, TWO)
     method = CMCR(memory_size=3, noise_std=0.0)
-    method(emb, epoch=0)
+    run(method, emb, epoch=0)
     assert all(torch.equal(method.memory[ds][m], emb[ds][m][:3]) for ds, mods in TWO.items() for m in mods)
 
 
 def test_cmcr_noise_is_drawn_from_its_own_seeded_generator():
     emb = layout(15, TWO)
     torch.manual_seed(21)
-    got = CMCR(retrieval_temperature=0.2, noise_std=0.05, intra_weight=0.3, modality_scales=SCALES)(emb, epoch=0)
+    got = run(CMCR(retrieval_temperature=0.2, noise_std=0.05, intra_weight=0.3, modality_scales=SCALES), emb, epoch=0)
     gen = torch.Generator().manual_seed(21)  # SharedNoise seeds from torch.initial_seed(), dataset by dataset
     noisy = {ds: {m: F.normalize(f + 0.05 * torch.randn(f.shape, generator=gen), dim=1) for m, f in mods.items()}
              for ds, mods in emb.items()}  # fmt: skip
@@ -204,13 +208,13 @@ def test_cmcr_state_round_trip_gives_identical_subsequent_terms(tmp_path):
     torch.manual_seed(3)
     trained = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
     for emb in steps[:2]:
-        trained(emb, epoch=0)
+        run(trained, emb, epoch=0)
     torch.save(trained.state_dict(), tmp_path / "state.pt")
     assert {"_extra_state", "noise._extra_state"} <= set(trained.state_dict())
     resumed = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))  # as a checkpoint is loaded
     fresh = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
-    expected, got, other = (m(steps[2], epoch=0) for m in (trained, resumed, fresh))
+    expected, got, other = (run(m, steps[2], epoch=0) for m in (trained, resumed, fresh))
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert not torch.equal(other["pseudo"], expected["pseudo"])  # the restored state matters
@@ -220,7 +224,7 @@ def test_cmcr_chains_retrieve_level_by_level():
     emb = layout(19, CHAIN)
     tau = 0.2
     method = CMCR(retrieval_temperature=tau, noise_std=0.0, intra_weight=0.0, modality_scales=SCALES)
-    terms = method(emb, epoch=0)
+    terms = run(method, emb, epoch=0)
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     c1 = unit_rows(kernel_loop(e["d1"]["b"], e["d2"]["b"], e["d2"]["c"], tau))
     b3 = unit_rows(kernel_loop(e["d3"]["c"], e["d2"]["c"], e["d2"]["b"], tau))
@@ -255,7 +259,7 @@ def test_cmcr_chains_retrieve_level_by_level():
 )
 def test_cmcr_configuration_errors(kwargs, spec, match):
     with pytest.raises(ConfigError, match=re.escape(match)):
-        CMCR(**kwargs)(layout(20, spec), epoch=0)
+        run(CMCR(**kwargs), layout(20, spec), epoch=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -288,24 +292,24 @@ def test_fit_ridge_equals_the_closed_form_with_intercept_and_sklearn(ridge):
 
 
 def test_plan_imputes_both_ways_for_two_datasets_and_level_by_level_along_a_chain():
-    assert plan(TWO) == [("d1", "b", "c"), ("d2", "b", "a")]
-    assert plan({"support": ["pix", "zer"], "evaluation": ["fou", "pix"]}) == [
+    assert PairingGraph(TWO).steps() == [("d1", "b", "c"), ("d2", "b", "a")]
+    assert PairingGraph({"support": ["pix", "zer"], "evaluation": ["fou", "pix"]}).steps() == [
         ("support", "pix", "fou"), ("evaluation", "pix", "zer")
     ]  # fmt: skip
-    assert plan(CHAIN) == [
+    assert PairingGraph(CHAIN).steps() == [
         ("d1", "b", "c"), ("d1", "c", "e"),  # e from the imputed c
         ("d2", "b", "a"), ("d2", "c", "e"),
         ("d3", "c", "b"), ("d3", "b", "a"),
     ]  # fmt: skip
-    assert plan({"d1": ["a", "b"], "d2": ["a", "b"]}) == []
+    assert PairingGraph({"d1": ["a", "b"], "d2": ["a", "b"]}).steps() == []
     with pytest.raises(ConfigError, match="share several modalities"):
-        plan({"d1": ["a", "b", "e"], "d2": ["a", "b", "c"]})
+        PairingGraph({"d1": ["a", "b", "e"], "d2": ["a", "b", "c"]}).steps()
 
 
 def fitted(spec: dict[str, list[str]], seed: int = 40) -> Impute:
     """An Impute whose regressors are fitted on random features, without ``prepare``."""
     method = Impute(logit_scale=5.0)
-    method.imputer.steps = plan(spec)
+    method.imputer.steps = PairingGraph(spec).steps()
     for i, step in enumerate(method.imputer.steps):
         x, y = regression_data(seed + i, 30)
         method.imputer.maps[step] = PivotMap(fit_ridge(x, y[:, :3].repeat(1, 2), 0.1))
@@ -338,7 +342,7 @@ def test_impute_trains_as_the_oracle_on_completed_rows():
     emb = {ds: {m: F.normalize(f, dim=1) for m, f in mods.items()} for ds, mods in method.complete(features).items()}
     pairs = (("a", "b"), ("a", "c"), ("b", "c"))  # the imputed modality joins every pair of its row
     expected = sum(sym_ce(arr(emb[ds][m]), arr(emb[ds][n]), 5.0, 5.0) for ds in TWO for m, n in pairs)
-    assert method(emb, epoch=0)["clip"].item() == pytest.approx(expected, rel=1e-5)
+    assert run(method, emb, epoch=0)["clip"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def fake_encoder(data: dict[str, dict[str, dict[str, torch.Tensor]]], calls: list):
@@ -373,7 +377,7 @@ def validation_errors(x, y, vx, vy, ridges) -> dict[float, float]:
 def test_impute_chooses_the_ridge_with_the_least_validation_error_on_the_datasets_observing_both():
     data, calls = split_data(50), []
     method = Impute()
-    method.prepare(fake_encoder(data, calls), TWO)
+    method.prepare(fake_encoder(data, calls), PairingGraph(TWO))
     assert method.imputer.steps == [("d1", "b", "c"), ("d2", "b", "a")]
     assert calls == [("d2", "train", ("b", "c")), ("d2", "val", ("b", "c")),
                      ("d1", "train", ("b", "a")), ("d1", "val", ("b", "a"))]  # fmt: skip
@@ -391,7 +395,7 @@ def test_impute_chooses_the_ridge_with_the_least_validation_error_on_the_dataset
 def test_impute_fit_on_all_fits_on_every_dataset_and_validates_on_the_observing_ones():
     data, calls = split_data(60), []
     method = Impute(fit_on="all", ridges=(0.01, 1.0, 100.0))
-    method.prepare(fake_encoder(data, calls), TWO)
+    method.prepare(fake_encoder(data, calls), PairingGraph(TWO))
     assert calls == [("d1", "train", ("b", "c")), ("d2", "train", ("b", "c")), ("d2", "val", ("b", "c")),
                      ("d1", "train", ("b", "a")), ("d2", "train", ("b", "a")), ("d1", "val", ("b", "a"))]  # fmt: skip
     x = torch.cat([data[ds]["train"]["b"] for ds in TWO])
@@ -418,7 +422,7 @@ def test_impute_configuration_errors(kwargs, match):
 
 def test_impute_refuses_layouts_without_a_missing_modality_and_completion_before_fit():
     with pytest.raises(ConfigError, match="impute found no dataset lacking a modality"):
-        Impute().prepare(fake_encoder({}, []), {"d1": ["a", "b"], "d2": ["a", "b"]})
+        Impute().prepare(fake_encoder({}, []), PairingGraph({"d1": ["a", "b"], "d2": ["a", "b"]}))
     with pytest.raises(ConfigError, match="impute has no fitted regressor"):
         Impute().complete({"d1": {"a": torch.zeros(2, 3)}})
 
@@ -471,39 +475,48 @@ def test_transitive_anchor_pairs_must_align():
         transitive_embeddings(x, x, x, x[:2])
 
 
-def test_transitive_represent_goes_through_the_anchors_and_other_methods_never_compute_them():
+def anchored_module(method, datasets: dict[str, list[str]], anchors: dict[str, torch.Tensor], calls: list):
+    """A LightningModule as ``EmergentBinding._represent`` reads it: ``encode`` gives ``anchors`` and records its calls,
+    the model's ``project`` is the identity."""
+
+    def encode(dataset, split, modalities):
+        calls.append((dataset, split, modalities))
+        return anchors
+
+    graph = PairingGraph(datasets)
+    return SimpleNamespace(
+        trainer=SimpleNamespace(datamodule=SimpleNamespace(graph=graph)), encode=encode,
+        model=SimpleNamespace(project=lambda m, f: f), method=method,
+    )  # fmt: skip
+
+
+def test_transitive_retrieval_goes_through_the_anchors_and_direct_retrieval_never_computes_them():
     gen = torch.Generator().manual_seed(72)
     query, target, anchor_q, anchor_t = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (3, 3, 8, 8))
-    got = Transitive(top_k=4, power=2.0).represent(query, target, lambda: (anchor_q, anchor_t))
+    datasets, flow = {"evaluation": ["fou", "pix"], "support": ["pix", "zer"]}, Flow("evaluation", "fou->pix->zer")
+    calls = []
+    module = anchored_module(Transitive(top_k=4, power=2.0), datasets, {"pix": anchor_q, "zer": anchor_t}, calls)
+    got = EmergentBinding._represent(module, flow, query, target)
     expected = transitive_embeddings(query, target, anchor_q, anchor_t, 4, 2.0)
     assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+    assert calls == [("support", "train", ["pix", "zer"])]
+    assert (Transitive.retrieval, FABind.retrieval) == ("transitive", "direct")
 
-    def never() -> tuple[torch.Tensor, torch.Tensor]:
-        raise AssertionError("anchors computed for a method that does not use them")
-
-    assert FABind().represent(query, target, never) == (query, target)
+    calls.clear()
+    direct = EmergentBinding._represent(anchored_module(FABind(), datasets, {}, calls), flow, query, target)
+    assert direct == (query, target) and calls == []
 
 
 def test_anchors_are_the_training_rows_of_the_first_dataset_observing_pivot_and_target():
-    calls = []
-    features = {"pix": torch.randn(4, 3), "zer": torch.randn(4, 3)}
-
-    def encode_split(dataset, split, modalities):
-        calls.append((dataset, split, modalities))
-        return features
-
-    spec = SimpleNamespace
-    datasets = {"evaluation": spec(modalities=["fou", "pix"]), "support": spec(modalities=["pix", "zer"])}
-    module = SimpleNamespace(
-        trainer=SimpleNamespace(datamodule=SimpleNamespace(datasets=datasets)), encode_split=encode_split,
-        project=lambda m, f: (m, f), method=Transitive(),
-    )  # fmt: skip
-    flow = SimpleNamespace(modalities=("fou", "pix", "zer"), flow="fou->pix->zer")
-    assert EmergentBinding._anchors(module, flow) == (("pix", features["pix"]), ("zer", features["zer"]))
-    assert calls == [("support", "train", ["pix", "zer"])]
-    del datasets["support"]
+    calls, flow = [], Flow("evaluation", "fou->pix->zer")
+    anchors = {"pix": torch.randn(4, 3), "zer": torch.randn(4, 3)}
+    datasets = {"evaluation": ["fou", "pix"], "first": ["pix", "zer"], "second": ["zer", "pix"]}
+    assert anchor_holder(anchored_module(Transitive(), datasets, anchors, calls), flow) == "first"
+    module = anchored_module(Transitive(), {"evaluation": ["fou", "pix"], "support": ["pix", "kar"]}, anchors, calls)
     with pytest.raises(ConfigError, match="no training dataset observes both: three-dataset chains have no such rows"):
-        EmergentBinding._anchors(module, flow)
+        anchor_holder(module, flow)
+    with pytest.raises(ConfigError, match="flow 'fou->zer' has no pivot"):
+        anchor_holder(module, Flow("evaluation", "fou->zer"))
 
 
 @pytest.mark.parametrize("kwargs", [{"top_k": 0}, {"power": 0.0}])
@@ -558,7 +571,7 @@ def mox_only(**kwargs) -> BrokenBind:
 
 def test_default_recipe_terms_equal_the_explicit_formulas():
     emb = layout(80, TWO)
-    got = BrokenBind(consistency_epochs=0, modality_scales=SCALES)(emb, epoch=0)
+    got = run(BrokenBind(consistency_epochs=0, modality_scales=SCALES), emb, epoch=0)
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     pseudo = linear_pseudo(emb)
     s = SCALES
@@ -576,23 +589,23 @@ def test_default_recipe_terms_equal_the_explicit_formulas():
 
 def test_orthogonal_subspace_mox_matches_a_per_pair_projection_loop():
     emb = layout(81, TWO)
-    got = mox_only(mox_subspace="orthogonal", fro_weight=0.0)(emb, epoch=0)
+    got = run(mox_only(mox_subspace="orthogonal", fro_weight=0.0), emb, epoch=0)
     candidates = {ds: unit_rows(data) for ds, (data, _) in linear_pseudo(emb).items()}
     assert sorted(got) == ["mox"]
     assert got["mox"].item() == pytest.approx(mox_reference(emb, candidates, orthogonal=True), rel=1e-5)
-    full = mox_only(fro_weight=0.0)(emb, epoch=0)["mox"].item()
+    full = run(mox_only(fro_weight=0.0), emb, epoch=0)["mox"].item()
     assert full == pytest.approx(mox_reference(emb, candidates), rel=1e-5) and abs(full - got["mox"].item()) > 1e-3
 
 
 def test_chain_pseudo_embeddings_keep_the_real_modality_they_start_from():
-    steps = BrokenBind().pseudo_embeddings(layout(82, CHAIN), "d1")
+    steps = pseudo_of(BrokenBind(), layout(82, CHAIN), "d1")
     assert {t: (p.origin, p.source) for t, p in steps.items()} == {"c": ("b", "d2"), "e": ("b", "d3")}
 
 
 def test_target_mean_centring_and_noise_give_the_real_target_mean_before_normalisation():
     emb = layout(83, TWO)
     torch.manual_seed(9)
-    got = mox_only(pseudo_centring="target_mean", pseudo_noise=0.05, fro_weight=0.0)(emb, epoch=0)
+    got = run(mox_only(pseudo_centring="target_mean", pseudo_noise=0.05, fro_weight=0.0), emb, epoch=0)
     gen = torch.Generator().manual_seed(9)  # SharedNoise: seeded from torch.initial_seed(), d1's draw first
     real = {"d1": arr(emb["d2"]["c"]), "d2": arr(emb["d1"]["a"])}  # the target's rows in the dataset holding it
     candidates = {}
@@ -606,7 +619,7 @@ def test_target_mean_centring_and_noise_give_the_real_target_mean_before_normali
 def test_target_mean_centring_without_noise_uses_the_centred_pseudo_rows():
     emb = layout(84, TWO)
     method = mox_only(pseudo_centring="target_mean")
-    pseudo = method.pseudo_embeddings(emb, "d1")["c"]
+    pseudo = pseudo_of(method, emb, "d1")["c"]
     candidates = method.mox_candidates(pseudo, emb["d2"]["c"])
     data = linear_pseudo(emb)["d1"][0]
     expected = unit_rows(data - data.mean(0) + arr(emb["d2"]["c"]).mean(0))
@@ -616,7 +629,7 @@ def test_target_mean_centring_without_noise_uses_the_centred_pseudo_rows():
 
 def test_kernel_transition_mox_has_no_fro_term_and_matches_the_softmax_loop():
     emb = layout(85, TWO)
-    got = mox_only(transition="kernel", kernel_temperature=0.2)(emb, epoch=0)
+    got = run(mox_only(transition="kernel", kernel_temperature=0.2), emb, epoch=0)
     assert sorted(got) == ["fro", "mox"] and got["fro"].item() == 0.0
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     candidates = {
@@ -628,7 +641,7 @@ def test_kernel_transition_mox_has_no_fro_term_and_matches_the_softmax_loop():
 
 def test_kernel_transition_along_a_chain_uses_the_normalised_pseudo_pivot():
     emb = layout(86, CHAIN)
-    steps = BrokenBind(transition="kernel", kernel_temperature=0.3).pseudo_embeddings(emb, "d1")
+    steps = pseudo_of(BrokenBind(transition="kernel", kernel_temperature=0.3), emb, "d1")
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     c1 = kernel_loop(e["d1"]["b"], e["d2"]["b"], e["d2"]["c"], 0.3)
     np.testing.assert_allclose(arr(steps["c"].data), c1, rtol=1e-5, atol=1e-6)

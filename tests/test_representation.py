@@ -184,7 +184,7 @@ def test_a_fit_writes_representation_rows_equal_to_the_metrics_of_its_embeddings
 
     @torch.no_grad()
     def embed(split: str, modalities: list[str]) -> dict[str, torch.Tensor]:
-        return {m: model.project(m, f) for m, f in model.encode_split("evaluation", split, modalities).items()}
+        return {m: model.model.project(m, f) for m, f in model.encode("evaluation", split, modalities).items()}
 
     train, test = embed("train", ["fou", "pix"]), embed("test", ["fou", "pix", "zer"])
     train_labels, split = dm.splits["evaluation"]["train"].label, dm.splits["evaluation"]["test"]
@@ -213,7 +213,9 @@ def test_without_labels_the_accuracies_are_missing_with_one_warning_and_retrieva
         split_modalities=lambda dataset, split: ["a"] if split == "train" else ["a", "b"],
         splits={"d": {"train": SimpleNamespace(label=unlabelled)}},
     )
-    model = SimpleNamespace(encode_split=lambda dataset, split, ms: {m: emb for m in ms}, project=lambda m, f: f)
+    model = SimpleNamespace(
+        encode=lambda dataset, split, ms: {m: emb for m in ms}, model=SimpleNamespace(project=lambda m, f: f)
+    )
     data = {"a": emb, "b": emb.flip(1), "index": torch.arange(len(emb)), "label": unlabelled}
     callback = RepresentationMetrics()
     with pytest.warns(UserWarning, match="accuracies on dataset 'd' \\(test split\\) are not reported") as warned:

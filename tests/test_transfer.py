@@ -14,6 +14,7 @@ from sklearn.linear_model import Ridge as SkRidge
 
 from brokenbind.callbacks.diagnosis import transfer_error
 from brokenbind.errors import ConfigError
+from brokenbind.graph import PairingGraph
 from brokenbind.methods import BrokenBind, Impute
 from brokenbind.methods.impute import KERNEL_RIDGES, KERNEL_WIDTHS, PivotImputer
 from brokenbind.transfer import (
@@ -27,6 +28,7 @@ from brokenbind.transfer import (
     sinkhorn_targets,
 )
 
+from .binding import pseudo_of, run
 from .test_losses import _ref_cross_cyclic, _ref_in_cyclic
 from .test_methods import ce_loop
 from .test_prior_art import SCALES, TWO, arr, fake_encoder, layout, mox_reference
@@ -174,7 +176,7 @@ def split_layout(seed: int) -> dict:
 def test_kernel_imputer_chooses_lambda_and_width_by_validation_error_against_sklearn():
     layout_, calls = split_layout(20), []
     imputer = PivotImputer("impute", regressor="kernel")
-    imputer.fit(fake_encoder(layout_, calls), TWO)
+    imputer.fit(fake_encoder(layout_, calls), PairingGraph(TWO))
     train, val = layout_["d2"]["train"], layout_["d2"]["val"]
     x, y, vx, vy = (arr(t) for t in (train["b"], train["c"], val["b"], val["c"]))
     distances = np.sort(scipy.spatial.distance.pdist(x, "sqeuclidean"))
@@ -195,7 +197,7 @@ def test_kernel_imputer_chooses_lambda_and_width_by_validation_error_against_skl
 def test_imputer_transfer_adapts_to_the_scored_dataset_s_own_training_pivot_rows():
     layout_, calls = split_layout(21), []
     imputer = PivotImputer("impute", transfer="importance", ridges=(0.1,))
-    imputer.fit(fake_encoder(layout_, calls), TWO)
+    imputer.fit(fake_encoder(layout_, calls), PairingGraph(TWO))
     assert ("d1", "train", ("a", "b")) in calls and ("d2", "train", ("b", "c")) in calls
     train = layout_["d2"]["train"]
     expected = fit_pivot_map(train["b"], train["c"], layout_["d1"]["train"]["b"], "importance", 0.1)
@@ -221,7 +223,7 @@ def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_ta
     emb = layout(30, {"d1": ["a", "b", "c"], "d2": ["a", "b", "c"]})  # c of d1 and a of d2 stand for imputed rows
     method = BrokenBind(consistency_epochs=0, modality_scales=SCALES, transition="regressor")
     method.imputer.steps = [("d1", "b", "c"), ("d2", "b", "a")]
-    got = method(emb, epoch=0)
+    got = run(method, emb, TWO, epoch=0)
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     clip = sum(ce_loop(emb[ds][m], emb[ds][n], SCALES[m]) for ds, (m, n) in
                (("d1", "ab"), ("d1", "ba"), ("d2", "bc"), ("d2", "cb")))  # fmt: skip
@@ -236,7 +238,7 @@ def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_ta
 def test_regressor_transition_completes_features_through_its_imputer():
     layout_ = split_layout(31)
     method = BrokenBind(transition="regressor", regressor="kernel")
-    method.prepare(fake_encoder(layout_, []), TWO)
+    method.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
     features = {ds: {m: layout_[ds]["val"][m] for m in mods} for ds, mods in TWO.items()}
     out = method.complete(features)
     torch.testing.assert_close(out["d1"]["c"], method.imputer.maps["d1", "b", "c"](features["d1"]["b"]))
@@ -262,7 +264,7 @@ def test_unit_pseudo_rows_from_the_regressor_are_the_embedded_imputed_features()
     method = BrokenBind(transition="regressor")
     method.imputer.steps = [("d1", "b", "c"), ("d2", "b", "a")]
     emb = layout(32, {"d1": ["a", "b", "c"], "d2": ["a", "b", "c"]})
-    pseudo = method.pseudo_embeddings(emb, "d1")
+    pseudo = pseudo_of(method, emb, "d1", TWO)
     assert {t: (p.origin, p.source, p.mod) for t, p in pseudo.items()} == {"c": ("b", "d2", None)}
     assert pseudo["c"].data is emb["d1"]["c"]
     assert F.normalize(pseudo["c"].data, dim=1).allclose(emb["d1"]["c"])

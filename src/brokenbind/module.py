@@ -3,23 +3,22 @@
 import importlib
 import logging
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 import yaml
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 
-from brokenbind.backbones import HEADS, Backbone, BackboneSpec, ModalityInfo, build_backbone
+from brokenbind.backbones import BackboneSpec
 from brokenbind.backbones.lora import lora_parameters
-from brokenbind.cache import FeatureCache, cache_key
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
+from brokenbind.model import BindingModel
+from brokenbind.pairing import PairedData
 
 
 class _NoAdverts(logging.Filter):
@@ -33,7 +32,7 @@ def silence_known_warnings() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         if not any(isinstance(f, _NoAdverts) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(_NoAdverts())
-    # frozen backbones stay in eval mode on purpose (BindingModule.train); Lightning warns about any module in eval mode
+    # frozen backbones stay in eval mode on purpose (BindingModel.train); Lightning warns about any module in eval mode
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # an epoch shorter than log_every_n_steps loses nothing: step logs count steps across epochs and per-epoch values
     # (train/cond) are logged every epoch
@@ -60,11 +59,12 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
 
 
 class BindingModule(LightningModule):
-    """Embeds each modality as normalize(head(backbone(x))) in fp32 and trains the heads with ``method``.
+    """Trains a ``BindingModel`` (``model``: normalize(head(backbone(x))) in fp32 per modality) with ``method``.
 
-    Backbones and heads are built in ``configure_model`` from the datamodule's ``modality_info()``, because input
-    shapes and data-fitted backbones (mfeat's standardisation) come from the data. Frozen backbones are kept out of
-    checkpoints and rebuilt from the data on load; a resumed run therefore needs the same data configuration.
+    The model's backbones and heads are built in ``configure_model`` from the datamodule's ``modality_info()``,
+    because input shapes and data-fitted backbones (mfeat's standardisation) come from the data. Frozen backbones are
+    kept out of checkpoints and rebuilt from the data on load; a resumed run therefore needs the same data
+    configuration.
 
     Args:
         method: the binding objective (``brokenbind.methods``).
@@ -75,7 +75,7 @@ class BindingModule(LightningModule):
             ``name`` and options); unnamed modalities use ``default_backbone``.
         optimizer, lr_scheduler: callables taking the trainable parameters (LightningCLI dependency injection).
         feature_cache: reuse frozen-backbone outputs across epochs (``brokenbind.cache``); off for trainable or LoRA
-            backbones and for data with random augmentation.
+            backbones.
         cache_dir: where cached features persist across runs (default: memory only, for this run).
         lora_start_epoch: the paper's two stages in one run (Table 9) when backbones carry LoRA adapters (a ``lora``
             option in their spec): epochs before it train the heads alone (linear probing; peft's zero init keeps
@@ -100,119 +100,49 @@ class BindingModule(LightningModule):
         super().__init__()
         silence_known_warnings()
         self.save_hyperparameters(ignore=["method", "optimizer", "lr_scheduler"])
-        self.use_cache, self.cache = feature_cache, FeatureCache(cache_dir)
         if lora_start_epoch < 0:
             raise ConfigError("lora_start_epoch must be non-negative")
         for name, width in (("embed_dim", embed_dim), ("head_hidden_dim", head_hidden_dim)):
             if width < 1:
                 raise ConfigError(f"model.{name} must be a positive number of dimensions, got {width}")
-        self.lora_start_epoch = lora_start_epoch
-        self.cache_keys: dict[str, str] = {}  # modality -> cache key, for cacheable backbones only
+        self.use_cache, self.lora_start_epoch = feature_cache, lora_start_epoch
         self.method = method
-        self.embed_dim, self.head_hidden_dim, self.head = embed_dim, head_hidden_dim, head
-        self.backbone_names = dict(backbones or {})
-        self.default_backbone = default_backbone
+        self.model = BindingModel(embed_dim, head_hidden_dim, head, default_backbone, backbones, cache_dir)
+        self.backbone_names, self.default_backbone = self.model.backbone_names, self.model.default_backbone
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.backbones: nn.ModuleDict | None = None
-        self.heads: nn.ModuleDict | None = None
         self.run_config: dict[str, Any] | None = None  # the resolved run configuration (CLI), saved in checkpoints
+
+    @property
+    def datamodule(self) -> PairedData:
+        return self.trainer.datamodule
 
     # -- model -----------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.heads is None:
-            dm = self.trainer.datamodule
-            cacheable = self.use_cache and not getattr(dm, "augment", False)
-            self.build(dm.modality_info(), dm.data_fingerprint() if cacheable else None)
-
-    def build(self, info: dict[str, ModalityInfo], data_fingerprint: str | None = None) -> None:
-        """Create one backbone and one head per modality the data provides; with a ``data_fingerprint``, cache the
-        outputs of every backbone that computes a fixed function."""
-        unknown = set(self.backbone_names) - set(info)
-        if unknown:
-            raise ConfigError(f"backbones configured for modalities no dataset observes: {sorted(unknown)}")
-        self.backbones = nn.ModuleDict(
-            {m: build_backbone(self.backbone_names.get(m, self.default_backbone), replace(i, name=m))
-             for m, i in info.items()}
-        )  # fmt: skip
-        self.heads = nn.ModuleDict(
-            {m: HEADS[self.head](b.out_dim, self.head_hidden_dim, self.embed_dim) for m, b in self.backbones.items()}
-        )
-        for m, backbone in self.backbones.items():
-            fingerprint = backbone.fingerprint()
-            if data_fingerprint and fingerprint and not backbone.trainable and not backbone.lora:
-                self.cache_keys[m] = cache_key(fingerprint, data_fingerprint, m)
-
-    def frozen_backbones(self) -> dict[str, Backbone]:
-        return {m: b for m, b in (self.backbones or {}).items() if not b.trainable}
-
-    def train(self, mode: bool = True) -> "BindingModule":
-        """Lightning calls ``.train()`` around validation; frozen backbones stay in eval mode (BatchNorm, dropout)."""
-        super().train(mode)
-        for backbone in self.frozen_backbones().values():
-            backbone.eval()
-        return self
-
-    def embed(self, inputs: dict[str, Any], index: Tensor | None = None) -> dict[str, Tensor]:
-        """L2-normalised fp32 embeddings of every modality in ``inputs`` (instance ids ``index`` enable the cache)."""
-        return {m: self.project(m, self.features(m, x, index)) for m, x in inputs.items()}
-
-    def project(self, modality: str, features: Tensor) -> Tensor:
-        """The head of ``modality`` on backbone features, L2-normalised in fp32."""
-        return F.normalize(self.heads[modality](features).float(), dim=-1)
-
-    def features(self, modality: str, x: Any, index: Tensor | None) -> Tensor:
-        """Backbone output, from the feature cache when the backbone is cacheable and the instances are in it."""
-        backbone, key = self.backbones[modality], self.cache_keys.get(modality)
-        if key is None or index is None:
-            adapting = backbone.lora and any(p.requires_grad for p in lora_parameters(backbone))
-            with torch.set_grad_enabled(torch.is_grad_enabled() and (backbone.trainable or adapting)):
-                return backbone(x)
-        missing = self.cache.missing(key, index)
-        if missing:  # encode only the instances not seen before
-            rows = torch.tensor(missing)
-            subset = x[rows.to(x.device)] if isinstance(x, Tensor) else [x[i] for i in missing]
-            with torch.no_grad():
-                self.cache.put(key, index[rows.to(index.device)], backbone(subset))
-        return self.cache.get(key, index).to(self.device)
+        if not self.model.built:
+            dm = self.datamodule
+            self.model.build(dm.modality_info(), dm.data_fingerprint() if self.use_cache else None)
 
     def on_fit_start(self) -> None:
-        dm = self.trainer.datamodule
-        self.method.prepare(self.frozen_features, {ds: list(spec.modalities) for ds, spec in dm.datasets.items()})
+        self.method.prepare(self.frozen_features, self.datamodule.graph)
+
+    def encode(self, dataset: str, split: str, modalities: list[str], rows: Tensor | None = None) -> dict[str, Tensor]:
+        """Backbone features of one dataset split for ``modalities`` (``PairedData.loader``), in row order."""
+        return self.model.encode(self.datamodule.loader(dataset, split, modalities, rows), modalities)
 
     def frozen_features(self, dataset: str, split: str, modalities: list[str]) -> dict[str, Tensor]:
-        """``encode_split`` for methods that fit on features before training: the backbones must be frozen, since the
+        """``encode`` for methods that fit on features before training: the backbones must be frozen, since the
         features of a trainable backbone change while training."""
-        trainable = [m for m in modalities if self.backbones[m].trainable or self.backbones[m].lora]
+        trainable = self.model.adapted(modalities)
         if trainable:
             raise ConfigError(
                 f"method {self.method.name!r} fits on backbone features before training, but the backbones of "
                 f"{trainable} are trainable or adapted (LoRA): freeze them or use another method"
             )
-        return self.encode_split(dataset, split, modalities)
-
-    @torch.no_grad()
-    def encode_split(
-        self, dataset: str, split: str, modalities: list[str], rows: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        """Backbone features of every row of one dataset split, for ``modalities`` (also ones the dataset's training
-        split does not observe: they are loaded for this call only), in row order; with ``rows`` (positions in the
-        split), of those rows only, in that order."""
-        dm = self.trainer.datamodule
-        data = dm.splits[dataset][split]
-        if not set(modalities) <= set(dm.split_modalities(dataset, split)):
-            data = dm.load_split(dataset, split, modalities)
-        if rows is not None:
-            data = torch.utils.data.Subset(data, rows.tolist())
-        loader = torch.utils.data.DataLoader(data, batch_size=dm.eval_batch_size, generator=torch.Generator())
-        parts: dict[str, list[Tensor]] = {m: [] for m in modalities}
-        for batch in loader:
-            for m in modalities:
-                parts[m].append(self.features(m, batch["x"][m], batch["index"]).float())
-        return {m: torch.cat(p) for m, p in parts.items()}
+        return self.encode(dataset, split, modalities)
 
     def on_train_epoch_start(self) -> None:
         adapting = self.current_epoch >= self.lora_start_epoch
-        for m, backbone in self.backbones.items():
+        for m, backbone in self.model.backbones.items():
             parameters = lora_parameters(backbone)
             if parameters and parameters[0].requires_grad != adapting:
                 for p in parameters:
@@ -221,21 +151,25 @@ class BindingModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.trainer.is_global_zero:
-            self.cache.save()
+            self.model.cache.save()
 
     # -- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> Tensor:
-        features = {ds: {m: self.features(m, x, b["index"]) for m, x in b["x"].items()} for ds, b in batch.items()}
+        model = self.model
+        features = {ds: {m: model.features(m, x, b["index"]) for m, x in b["x"].items()} for ds, b in batch.items()}
         features = self.method.complete(features)  # imputation methods add modalities a dataset lacks
-        embeddings = {ds: {m: self.project(m, f) for m, f in fs.items()} for ds, fs in features.items()}
-        terms = self.method(embeddings, epoch=self.current_epoch, max_epochs=self.trainer.max_epochs)
-        self.check_finite(terms)
-        loss = sum(terms.values())
+        embeddings = {ds: {m: model.project(m, f) for m, f in fs.items()} for ds, fs in features.items()}
+        output = self.method(embeddings, epoch=self.current_epoch, max_epochs=self.trainer.max_epochs)
+        self.check_finite(output.terms)
+        loss = sum(output.terms.values())
         batch_size = len(next(iter(batch.values()))["index"])
-        for name, value in terms.items():
+        for name, value in output.terms.items():
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)  # mean over ranks
-        self.log_pivot_conditioning(embeddings, batch_size)
+        # once per epoch, the largest of its batches: an epoch shorter than log_every_n_steps still logs it
+        for name, value in output.diagnostics.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, reduce_fx="max", batch_size=batch_size,
+                     sync_dist=True)  # fmt: skip
         return loss
 
     def check_finite(self, terms: dict[str, Tensor]) -> None:
@@ -251,21 +185,9 @@ class BindingModule(LightningModule):
                 "them and start again. The diverged state was not checkpointed."
             )
 
-    def log_pivot_conditioning(self, embeddings: dict[str, dict[str, Tensor]], batch_size: int) -> None:
-        """Condition number of each dataset's pivot embeddings, i.e. of the pseudo-inverse MOX takes of them (B close
-        to d makes it explode, and R_Fro with it), logged once per epoch as the largest of the epoch's batches: an
-        epoch shorter than log_every_n_steps still logs it."""
-        for pivot in getattr(self.trainer.datamodule, "pivots", []):
-            for ds, mods in embeddings.items():
-                if pivot in mods:
-                    cond = torch.linalg.cond(mods[pivot].detach().float())
-                    self.log(
-                        f"train/cond/{ds}/{pivot}", cond, on_step=False, on_epoch=True, reduce_fx="max",
-                        batch_size=batch_size, sync_dist=True,
-                    )  # fmt: skip
-
     def _eval_step(self, batch: dict) -> dict[str, Any]:
-        return {"embeddings": self.embed(batch["x"], batch["index"]), "index": batch["index"], "label": batch["label"]}
+        embeddings = self.model.embed(batch["x"], batch["index"])
+        return {"embeddings": embeddings, "index": batch["index"], "label": batch["label"]}
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._eval_step(batch)
@@ -289,7 +211,7 @@ class BindingModule(LightningModule):
         """Frozen backbones are not saved: they are rebuilt from their source (weights file, data statistics). Their
         LoRA adapters are trained, so they are. The resolved run configuration (plain containers) goes in too, so
         that the checkpoint alone rebuilds its run (``brokenbind test --ckpt_path X``)."""
-        prefixes = tuple(f"backbones.{m}." for m in self.frozen_backbones())
+        prefixes = tuple(f"model.backbones.{m}." for m in self.model.frozen_backbones())
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes) or "lora_" in k
         }
@@ -298,6 +220,6 @@ class BindingModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt frozen backbones back so that loading stays strict for every other tensor."""
-        for m, backbone in self.frozen_backbones().items():
+        for m, backbone in self.model.frozen_backbones().items():
             for key, value in backbone.state_dict().items():
-                checkpoint["state_dict"].setdefault(f"backbones.{m}.{key}", value)
+                checkpoint["state_dict"].setdefault(f"model.backbones.{m}.{key}", value)

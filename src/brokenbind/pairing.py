@@ -1,11 +1,16 @@
-"""What the callbacks read from a datamodule (``trainer.datamodule``): its datasets and the modalities each observes,
-the flows it scores, its splits, and the names of its instances and classes. ``datamodules.base.PairedDataModule``
-satisfies it; the core names the interface here without importing the datamodules."""
+"""What the model, methods and callbacks read from a datamodule (``trainer.datamodule``): its datasets, the pairing
+graph linking them, the flows it scores, its splits and loaders of them, the modalities' inputs, and the names of its
+instances and classes. ``datamodules.base.PairedDataModule`` satisfies it; the core names the interface here without
+importing the datamodules."""
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
+from torch.utils.data import DataLoader
+
+from brokenbind.graph import PairingGraph
+from brokenbind.modality import ModalityInfo
 
 
 class ObservedModalities(Protocol):
@@ -39,10 +44,14 @@ class Split(Protocol):
 
 @runtime_checkable
 class PairedData(Protocol):
-    """A datamodule as the callbacks read it."""
+    """A datamodule as the model, methods and callbacks read it."""
 
     @property
     def datasets(self) -> Mapping[str, ObservedModalities]: ...
+
+    @property
+    def graph(self) -> PairingGraph:
+        """How the training datasets link through shared modalities (chains, reachability, pivots)."""
 
     @property
     def flows(self) -> Sequence[ScoredFlow]: ...
@@ -62,11 +71,15 @@ class PairedData(Protocol):
     @property
     def batch_size(self) -> int: ...
 
-    def chain(self, dataset: str, target: str) -> list[str]:
-        """The shortest path of datasets, linked by shared modalities, from one observing ``target`` to ``dataset``."""
+    def loader(self, dataset: str, split: str, modalities: list[str], rows: Tensor | None = None) -> DataLoader:
+        """Every row of one dataset split carrying ``modalities`` (also ones its training split does not observe), in
+        row order; with ``rows`` (positions in the split), those rows only, in that order."""
 
-    def observed_together(self, first: str, second: str) -> bool:
-        """Whether some training dataset observes both modalities (else their binding is emergent)."""
+    def modality_info(self) -> dict[str, ModalityInfo]:
+        """Input shape and training inputs of every modality, for building backbones."""
+
+    def data_fingerprint(self) -> str | None:
+        """A string that changes whenever any instance's raw input could; None disables the feature cache."""
 
     def split_modalities(self, dataset: str, split: str) -> list[str]:
         """The modalities a split of ``dataset`` carries: those it observes in training, and in val/test also the

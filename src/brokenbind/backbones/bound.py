@@ -89,12 +89,12 @@ class BoundEncoder(Backbone):
         embed_dim = stored(config, "model.embed_dim", checkpoint)
         head = HEADS[stored(config, "model.head", checkpoint)]
         self.head = head(self.backbone.out_dim, stored(config, "model.head_hidden_dim", checkpoint), embed_dim)
-        own = {k.removeprefix(f"backbones.{modality}."): v for k, v in weights.items()
-               if k.startswith(f"backbones.{modality}.")}  # fmt: skip
+        own = {k.removeprefix(f"model.backbones.{modality}."): v for k, v in weights.items()
+               if k.startswith(f"model.backbones.{modality}.")}  # fmt: skip
         unexpected = self.backbone.load_state_dict(own, strict=False).unexpected_keys
         if unexpected:
             raise ConfigError(f"bound backbone: {checkpoint} holds tensors its backbone does not have: {unexpected}")
-        prefix = f"heads.{modality}."
+        prefix = f"model.heads.{modality}."
         self.head.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
         self.out_dim, self.modality, self.checkpoint = embed_dim, modality, Path(checkpoint)
 

@@ -2,10 +2,11 @@
 
 For every flow p→q→r whose target r its dataset D does not observe in training, at the end of each validation epoch:
 the validation rows of D are embedded (p, q and the real r), and pseudo embeddings of r are extrapolated from q
-exactly as MOX does in training (the run's own ``BrokenBind`` settings; ``BrokenBind()``'s defaults for other
-methods), each chunk of ``batch_size`` validation rows against one fixed random training batch of every other
-dataset (MOX's X-data of Eq. 8, BrokenBind arXiv 2602.06451; re-centred when the method re-centres; without the
-training noise). Logged as ``val/diag/<D>/<p->r>/<name>``:
+exactly as MOX does in training (the method's ``extrapolator``: the run's own ``BrokenBind`` settings, MOX's default
+linear transition for other methods; the method's imputed features when it imputes them), each chunk of
+``batch_size`` validation rows against one fixed random training batch of every other dataset (MOX's X-data of
+Eq. 8, BrokenBind arXiv 2602.06451; re-centred when the method re-centres; without the training noise).
+Logged as ``val/diag/<D>/<p->r>/<name>``:
 
 - ``cos_pseudo_pivot``, ``cos_pseudo_target``: mean cosine of a row's pseudo r with its own pivot q and with its own
   real r. Equal values say the pseudo target is a copy of the pivot, so L_MOX repeats L_CLIP(p, q);
@@ -40,7 +41,7 @@ from brokenbind.callbacks.figures import curves
 from brokenbind.errors import ConfigError, DataError
 from brokenbind.losses.mox import recentre
 from brokenbind.methods.base import Encoder
-from brokenbind.methods.brokenbind import BrokenBind
+from brokenbind.methods.extrapolation import Extrapolator
 from brokenbind.methods.impute import DEFAULT_RIDGES
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.pairing import PairedData
@@ -66,7 +67,7 @@ class PivotDiagnosis(Callback):
         dm: PairedData = trainer.datamodule
         for flow in dm.flows:
             _, pivot, target = flow.modalities
-            holders = [d for d, spec in dm.datasets.items() if {pivot, target} <= set(spec.modalities)]
+            holders = dm.graph.holders(pivot, target)
             if pivot is None or target in dm.datasets[flow.dataset].modalities or not holders:
                 continue  # no pivot, observed in training, or no dataset observes the pivot with the target (a chain)
             try:
@@ -110,14 +111,14 @@ def diagnose(
     pl_module.eval()
 
     observed = dm.datasets[dataset].modalities
-    features = pl_module.encode_split(dataset, "val", sorted({query, pivot, target} | set(observed)))
-    own = {m: pl_module.project(m, f) for m, f in features.items()}
-    method = pl_module.method if isinstance(pl_module.method, BrokenBind) else BrokenBind()
-    if method.imputer is not None:  # the regressor transition: the pseudo target is the embedded imputed features
+    features = pl_module.encode(dataset, "val", sorted({query, pivot, target} | set(observed)))
+    own = {m: pl_module.model.project(m, f) for m, f in features.items()}
+    method = pl_module.method
+    if method.extrapolator is None:  # the method imputes the pseudo target: the embedded imputed features
         imputed = method.complete({dataset: {m: features[m] for m in observed}})[dataset][target]
-        pseudo = pl_module.project(target, imputed)
+        pseudo = pl_module.model.project(target, imputed)
     else:
-        pseudo = extrapolate(pl_module, method, own, dataset, target, seed)
+        pseudo = extrapolate(pl_module, method.extrapolator, own, dataset, target, seed)
     pl_module.train(training)
     index = torch.arange(len(pseudo))
 
@@ -135,15 +136,15 @@ def diagnose(
 
 
 def extrapolate(
-    pl_module: LightningModule, method: BrokenBind, own: dict[str, Tensor], dataset: str, target: str, seed: int
+    pl_module: LightningModule, extrapolator: Extrapolator, own: dict[str, Tensor], dataset: str, target: str, seed: int
 ) -> Tensor:
     """Unit pseudo embeddings of ``target`` for the validation rows ``own`` of ``dataset``, each chunk of a batch
     against one fixed random training batch of every other dataset, as MOX extrapolates in training."""
     dm: PairedData = pl_module.trainer.datamodule
 
     def embed(ds: str, split: str, modalities: list[str], rows: Tensor | None = None) -> dict[str, Tensor]:
-        features = pl_module.encode_split(ds, split, modalities, rows)
-        return {m: pl_module.project(m, f) for m, f in features.items()}
+        features = pl_module.encode(ds, split, modalities, rows)
+        return {m: pl_module.model.project(m, f) for m, f in features.items()}
 
     n = len(next(iter(own.values())))
     size = min(dm.batch_size, n)  # X-mod (Eq. 7) pairs rows of equal batches
@@ -158,9 +159,9 @@ def extrapolate(
     for start in range(0, n, size):
         first = min(start, n - size)  # the last chunk is the last full batch; only its new rows are kept
         chunk = {m: own[m][first : first + size] for m in dm.datasets[dataset].modalities}
-        pseudo = method.pseudo_embeddings({dataset: chunk, **others}, dataset)[target]
+        pseudo = extrapolator(dm.graph, {dataset: chunk, **others}, dataset)[target]
         rows = pseudo.data
-        if method.pseudo_centring == "target_mean":
+        if extrapolator.pseudo_centring == "target_mean":
             rows = recentre(rows, others[pseudo.source][target].float().mean(0))
         parts.append(F.normalize(rows, dim=1)[start - first :])
     return torch.cat(parts)

@@ -4,7 +4,6 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from torch import Tensor
 
 from brokenbind.checkpoints import checkpoint_digest
 from brokenbind.errors import ConfigError, DivergenceError
-from brokenbind.methods.base import BindingMethod
 from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
+from brokenbind.metrics.transitive import transitive_embeddings
 from brokenbind.pairing import PairedData
 from brokenbind.results import ResultRow, format_table, write_csv
 
@@ -75,7 +74,7 @@ class EmergentBinding(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
             self.rows.pop("val", None)
-        if type(pl_module.method).represent is not BindingMethod.represent:  # refuse unscoreable flows before training
+        if pl_module.method.retrieval != "direct":  # refuse unscoreable flows before training
             dm: PairedData = trainer.datamodule
             for flow in dm.flows:
                 anchor_holder(pl_module, flow)
@@ -127,8 +126,7 @@ class EmergentBinding(Callback):
             self._explain_class_map(trainer, stage, dataset, data["label"])
             for flow in (f for f in dm.flows if f.dataset == dataset):
                 query, _, target = flow.modalities
-                anchors = partial(self._anchors, pl_module, flow)
-                queries, targets = pl_module.method.represent(data[query], data[target], anchors)
+                queries, targets = self._represent(pl_module, flow, data[query], data[target])
                 metrics = retrieval_metrics(
                     queries, targets, data["index"], data["index"], data["label"], data["label"],
                     ks=self.ks, chunk_size=self.chunk_size,
@@ -148,11 +146,17 @@ class EmergentBinding(Callback):
         self._outputs.clear()
 
     @staticmethod
-    def _anchors(pl_module: LightningModule, flow) -> tuple[Tensor, Tensor]:
-        """(pivot, target) embeddings of the training rows of the first dataset observing a flow's pivot and target."""
-        _, pivot, target = flow.modalities
-        features = pl_module.encode_split(anchor_holder(pl_module, flow), "train", [pivot, target])
-        return pl_module.project(pivot, features[pivot]), pl_module.project(target, features[target])
+    def _represent(pl_module: LightningModule, flow, query: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The rows compared by cosine for a flow's query and target, as the method's ``retrieval`` declares: the
+        embeddings themselves (``direct``), or their relative representations through the (pivot, target) embeddings
+        of the training rows of the first dataset observing both (``transitive``, ``metrics.transitive``)."""
+        method = pl_module.method
+        if method.retrieval == "direct":
+            return query, target
+        _, pivot, target_modality = flow.modalities
+        features = pl_module.encode(anchor_holder(pl_module, flow), "train", [pivot, target_modality])
+        anchor_pivot, anchor_target = (pl_module.model.project(m, features[m]) for m in (pivot, target_modality))
+        return transitive_embeddings(query, target, anchor_pivot, anchor_target, method.top_k, method.power)
 
     def _check_health(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, dataset: str, data: dict[str, Any]
@@ -228,10 +232,10 @@ class EmergentBinding(Callback):
             weights=Path(trainer.ckpt_path).name
             if stage == "test" and trainer.ckpt_path
             else f"epoch {trainer.current_epoch}",
-            dataset_flow="→".join(dm.chain(flow.dataset, target)),
+            dataset_flow="→".join(dm.graph.chain(flow.dataset, target)),
             dataset=flow.dataset,
             flow=flow.flow,
-            emergent=not dm.observed_together(query, target),
+            emergent=not dm.graph.observed_together(query, target),
             map_instance=metrics["mAP"],
             map_class=metrics.get("mAP_class", float("nan")),
             r1=metrics.get("R@1", float("nan")),
@@ -293,15 +297,14 @@ def anchor_holder(pl_module: LightningModule, flow) -> str:
             f"flow {flow.flow!r} has no pivot; score it with another method, or name a pivot ('query->pivot->target')"
         )
     dm: PairedData = pl_module.trainer.datamodule
-    datasets = dm.datasets
-    holders = [ds for ds, spec in datasets.items() if {pivot, target} <= set(spec.modalities)]
-    if not holders:
+    holder = dm.graph.anchor_holder(pivot, target)
+    if holder is None:
         raise ConfigError(
             f"method {pl_module.method.name!r} retrieves through anchor rows observing both {pivot!r} and "
             f"{target!r} (flow {flow.flow!r}), and no training dataset observes both: three-dataset chains have "
             "no such rows; use another method for them"
         )
-    return holders[0]
+    return holder
 
 
 def _seed(pl_module: LightningModule) -> str:

@@ -84,7 +84,7 @@ class TensorBoardFigures(Callback):
                     inputs[m] = torch.stack(values).to(pl_module.device) if torch.is_tensor(values[0]) else values
                 index = torch.stack([torch.as_tensor(it["index"]) for it in items])
                 names = dm.class_names(torch.stack([torch.as_tensor(it["label"]) for it in items]))
-                for m, e in pl_module.embed(inputs, index).items():
+                for m, e in pl_module.model.embed(inputs, index).items():
                     rows.append(e.cpu())
                     labels += [[dataset, m, name] for name in names]
         pl_module.train(training)

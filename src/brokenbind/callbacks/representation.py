@@ -156,9 +156,9 @@ class RepresentationMetrics(Callback):
         test = {m: data[m].cpu() for m in scored}
         test_labels = data["label"].cpu()
         fitted = [m for m in dm.split_modalities(dataset, "train") if m in scored]
-        features = pl_module.encode_split(dataset, "train", fitted)
-        train = {m: pl_module.project(m, features[m]).cpu() for m in fitted}
-        train_labels = dm.splits[dataset]["train"].label  # in row order, as encode_split encodes
+        features = pl_module.encode(dataset, "train", fitted)
+        train = {m: pl_module.model.project(m, features[m]).cpu() for m in fitted}
+        train_labels = dm.splits[dataset]["train"].label  # in row order, as encode encodes
         problem = accuracy_problem(train_labels, test_labels)
         if problem is not None and (dataset, stage) not in self._warned:
             self._warned.add((dataset, stage))

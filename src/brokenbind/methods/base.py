@@ -1,33 +1,54 @@
-"""What a binding method is: embeddings in, named loss terms out."""
+"""What a binding method is: embeddings in, named loss terms out (``MethodOutput``)."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from brokenbind.errors import ConfigError
+from brokenbind.graph import PairingGraph
 from brokenbind.losses.distributed import Batch
 from brokenbind.losses.temperature import LogitScale
+from brokenbind.methods.extrapolation import Embeddings, Extrapolator
 
-# dataset name -> modality name -> (B, d) L2-normalised fp32 embeddings of one training batch
-Embeddings = dict[str, dict[str, Tensor]]
 # dataset name -> modality name -> (B, k) backbone features of one training batch (before the heads)
 Features = dict[str, dict[str, Tensor]]
 # (dataset, split, modalities) -> {modality: (N, k) backbone features of every row of that split}, ordered by row
 Encoder = Callable[[str, str, list[str]], dict[str, Tensor]]
 
 
-class BindingMethod(nn.Module, ABC):
-    """Maps one batch of embeddings to a dict of named, already weighted loss terms.
+@dataclass
+class MethodOutput:
+    """What a method gives for one training batch: ``terms``, the named, already weighted loss terms the
+    LightningModule sums (in their order) and logs as ``train/loss/<name>``; ``diagnostics``, named values it logs as
+    ``train/<name>`` once per epoch, the largest over the epoch's batches."""
 
-    The LightningModule sums the terms and logs each one as ``train/loss/<name>``. Which modalities each dataset holds
-    is read from the keys of the embeddings, so two datasets and five take the same path. Under DDP the embeddings
-    are gathered first (``losses.distributed``) and every term is exact for the global batch.
+    terms: dict[str, Tensor]
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class BindingMethod(nn.Module, ABC):
+    """Maps one batch of embeddings to a ``MethodOutput`` of named, already weighted loss terms.
+
+    Which modalities each dataset holds is read from the keys of the embeddings, so two datasets and five take the
+    same path; how datasets link through shared modalities is the ``PairingGraph`` given to ``prepare``. Under DDP the
+    embeddings are gathered first (``losses.distributed``) and every term is exact for the global batch.
+
+    Two declarations tell the rest of the run what to do with the method's embeddings: ``retrieval`` names how
+    evaluation represents a flow's query and target (``direct``: the embeddings themselves; ``transitive``: through
+    anchor rows observing the flow's pivot and target, ``metrics.transitive``, with the method's ``top_k`` and
+    ``power``), and ``extrapolator`` how a pseudo target is extrapolated through the pivot for the pivot diagnosis
+    (``callbacks.diagnosis``): MOX's default linear transition unless the method has its own (None: the method's
+    ``complete`` imputes it).
     """
 
     name: str
+    retrieval: Literal["direct", "transitive"] = "direct"
+    extrapolator: Extrapolator | None = Extrapolator()
 
     def __init__(
         self,
@@ -37,29 +58,40 @@ class BindingMethod(nn.Module, ABC):
     ):
         super().__init__()
         self.scale = LogitScale(logit_scale, learn_logit_scale, modality_scales)
+        self._graph: PairingGraph | None = None
 
-    def forward(self, embeddings: Embeddings, epoch: int, max_epochs: int | None = None) -> dict[str, Tensor]:
-        """Loss terms for one batch. ``epoch`` and the run length ``max_epochs`` (the trainer's; None or -1 when the
+    @property
+    def graph(self) -> PairingGraph:
+        """The pairing of the training datasets, from ``prepare``."""
+        if self._graph is None:
+            raise ConfigError(
+                f"method {self.name!r} links datasets through the pairing graph that prepare gives it at fit start: "
+                "call prepare(encode, graph) before training"
+            )
+        return self._graph
+
+    def forward(self, embeddings: Embeddings, epoch: int, max_epochs: int | None = None) -> MethodOutput:
+        """The output for one batch. ``epoch`` and the run length ``max_epochs`` (the trainer's; None or -1 when the
         run has no epoch limit) drive schedules such as MOX's consistency pre-training."""
-        return self.terms(Batch.gather(embeddings), epoch, max_epochs)
+        terms = self.terms(Batch.gather(embeddings), epoch, max_epochs)
+        # a diverged batch has nothing to diagnose: the LightningModule stops on its terms (check_finite)
+        finite = all(torch.isfinite(value).all() for value in terms.values())
+        return MethodOutput(terms, self.diagnostics(embeddings) if finite else {})
 
-    def prepare(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
-        """Called once at the start of fit with the frozen backbones' ``encode`` function and the modalities each
-        training dataset observes; methods that learn something from the data before training (``Impute``'s
-        regressor) do it here. Nothing by default."""
+    def prepare(self, encode: Encoder, graph: PairingGraph) -> None:
+        """Called once at the start of fit with the frozen backbones' ``encode`` function and the pairing of the
+        training datasets; methods that learn something from the data before training (``Impute``'s regressor) do it
+        here (``super().prepare`` keeps the graph)."""
+        self._graph = graph
 
     def complete(self, features: Features) -> Features:
         """Backbone features of a training batch, completed with features of modalities a dataset lacks (imputation
         methods); the heads then embed them like real ones. Unchanged by default."""
         return features
 
-    def represent(
-        self, query: Tensor, target: Tensor, anchors: Callable[[], tuple[Tensor, Tensor]]
-    ) -> tuple[Tensor, Tensor]:
-        """The rows that evaluation compares by cosine for a flow's query and target: the embeddings themselves by
-        default. ``anchors()`` gives the (pivot, target) embeddings of the training rows of a dataset observing both,
-        for methods that retrieve through them (``Transitive``); it is computed only when called."""
-        return query, target
+    def diagnostics(self, embeddings: Embeddings) -> dict[str, Tensor]:
+        """Values to log for this rank's batch of ``embeddings`` (``MethodOutput``); none by default."""
+        return {}
 
     @abstractmethod
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
@@ -72,24 +104,6 @@ def check_non_negative(**values: float) -> None:
     for name, value in values.items():
         if not value >= 0:  # also rejects NaN
             raise ConfigError(f"{name} must be non-negative, got {value}")
-
-
-def next_level(dataset: str, have: Iterable[str], holders: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, str]]:
-    """One level of the shortest chains of datasets (BrokenBind Appendix B): each modality that ``dataset`` lacks (is
-    not in ``have``) and another dataset of ``holders`` observes with one modality of ``have``, mapped to (that
-    dataset, the shared pivot); the first such dataset wins. Empty when nothing more is reachable."""
-    have, level = set(have), {}
-    for source, modalities in holders.items():
-        shared, targets = sorted(have & set(modalities)), sorted(set(modalities) - have)
-        if source == dataset or not shared or not targets:
-            continue
-        if len(shared) > 1:
-            raise ConfigError(
-                f"datasets {dataset!r} and {source!r} share several modalities {shared}: the pivot is ambiguous"
-            )
-        for target in targets:
-            level.setdefault(target, (source, shared[0]))
-    return level
 
 
 def modality_pairs(embeddings: Embeddings) -> list[tuple[str, str, str]]:

@@ -25,25 +25,18 @@ Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) a
 """
 
 import sys
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from brokenbind.errors import ConfigError
+from brokenbind.graph import PairingGraph
 from brokenbind.losses.clip import info_nce, push_away
 from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
 from brokenbind.losses.distributed import Batch
-from brokenbind.losses.mox import (
-    frobenius,
-    kernel_transition,
-    orthogonal_logits,
-    pivot_pinv,
-    recentre,
-    x_data,
-    x_mod,
-)
+from brokenbind.losses.mox import frobenius, orthogonal_logits, recentre
 from brokenbind.methods.base import (
     BindingMethod,
     Embeddings,
@@ -52,25 +45,14 @@ from brokenbind.methods.base import (
     SharedNoise,
     check_non_negative,
     modality_pairs,
-    next_level,
 )
+from brokenbind.methods.extrapolation import Extrapolator, Pseudo
 from brokenbind.methods.impute import PivotImputer
 from brokenbind.transfer import REGRESSORS, TRANSFERS, Regressor, Transfer
 
 # Where the default recipe departs from the paper: these arguments give BrokenBind exactly as written (the preset
 # configs/methods/brokenbind_paper.yaml spells out every argument).
 PAPER_RECIPE = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all", "mox_subspace": "full"}
-
-
-class Pseudo(NamedTuple):
-    """Pseudo embeddings of one modality a dataset lacks: X-data (Eq. 8), X-mod (Eq. 7; None for the kernel
-    transition, which has no X-mod form), ``origin``, the dataset's own real modality the chain starts from, and
-    ``source``, the dataset whose real rows of the modality they are made of."""
-
-    data: Tensor
-    mod: Tensor | None
-    origin: str
-    source: str
 
 
 class BrokenBind(BindingMethod):
@@ -195,10 +177,16 @@ class BrokenBind(BindingMethod):
         self.imputer = (
             PivotImputer(self.name, transfer=transfer, regressor=regressor) if transition == "regressor" else None
         )
+        self.extrapolator = (
+            None
+            if transition == "regressor"
+            else Extrapolator(transition, pinv_ridge, kernel_temperature, normalize_pseudo, pseudo_centring)
+        )
 
-    def prepare(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
+    def prepare(self, encode: Encoder, graph: PairingGraph) -> None:
+        super().prepare(encode, graph)
         if self.imputer is not None:
-            self.imputer.fit(encode, datasets)
+            self.imputer.fit(encode, graph)
 
     def complete(self, features: Features) -> Features:
         return features if self.imputer is None else self.imputer.complete(features)
@@ -218,6 +206,16 @@ class BrokenBind(BindingMethod):
                 "max_epochs, or give consistency_epochs"
             )
         return int(self.consistency_fraction * max_epochs + 1e-9)
+
+    def diagnostics(self, embeddings: Embeddings) -> dict[str, Tensor]:
+        """``cond/<dataset>/<pivot>``: the condition number of each dataset's pivot embeddings, i.e. of the
+        pseudo-inverse MOX takes of them (B close to d makes it explode, and R_Fro with it)."""
+        return {
+            f"cond/{ds}/{pivot}": torch.linalg.cond(mods[pivot].detach().float())
+            for pivot in self.graph.pivots
+            for ds, mods in embeddings.items()
+            if pivot in mods
+        }
 
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         terms = {}
@@ -326,44 +324,21 @@ class BrokenBind(BindingMethod):
     def pseudo_embeddings(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
         """Pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
 
-        Level by level: each other dataset that shares a modality with what ``dataset`` has so far (real, or pseudo
-        from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot. With the
-        regressor transition the pseudo embeddings are already in ``full[dataset]`` (imputed by ``complete``).
+        Extrapolated by ``extrapolator`` along the pairing graph; with the regressor transition they are already in
+        ``full[dataset]`` (imputed by ``complete``).
         """
         if self.imputer is not None:
             return self.imputed_pseudo(full, dataset)
-        have = dict(full[dataset])
-        origin = {m: m for m in have}
-        out: dict[str, Pseudo] = {}
-        while level := next_level(dataset, have, full):
-            pinvs = {}
-            if self.transition == "linear":  # one pseudo-inverse per (source, pivot), shared by its targets
-                pinvs = {link: pivot_pinv(full[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
-            for target, (source, pivot) in level.items():
-                real = full[source][target]
-                if self.transition == "linear":
-                    data = x_data(have[pivot], pinvs[source, pivot], real)
-                    mod = x_mod(have[pivot], pinvs[source, pivot], real)
-                else:  # the source's pivot rows detached, as the pseudo-inverse of the linear transition
-                    pivot_rows = F.normalize(have[pivot].float(), dim=1)
-                    data = kernel_transition(pivot_rows, full[source][pivot].detach(), real, self.kernel_temperature)
-                    mod = None
-                if self.normalize_pseudo:
-                    data = F.normalize(data, dim=1)
-                    mod = None if mod is None else F.normalize(mod, dim=1)
-                origin[target] = origin[pivot]
-                out[target] = Pseudo(data, mod, origin[target], source)
-            have.update({t: out[t].data for t in level})
-        return out
+        return self.extrapolator(self.graph, full, dataset)
 
     def imputed_pseudo(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
         """The regressor transition's pseudo embeddings of ``dataset``: its imputed modalities, each with the real
         modality its chain of steps starts from and the first dataset observing it."""
-        origin, imputed = {m: m for m in full[dataset]}, self.imputer.imputed()
+        origin = {m: m for m in full[dataset]}
         out = {}
         for ds, pivot, target in self.imputer.steps:
             if ds == dataset:
                 origin[target] = origin[pivot]
-                source = next(d for d, mods in full.items() if target in mods and target not in imputed.get(d, ()))
+                source = self.graph.holders(target)[0]
                 out[target] = Pseudo(full[dataset][target], None, origin[target], source)
         return out

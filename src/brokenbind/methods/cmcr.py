@@ -39,7 +39,6 @@ from brokenbind.methods.base import (
     SharedNoise,
     check_non_negative,
     modality_pairs,
-    next_level,
 )
 
 
@@ -140,7 +139,7 @@ class CMCR(BindingMethod):
         retrieved level by level along the shortest chains of datasets linked by a shared modality."""
         have = {m: f.detach() for m, f in full[dataset].items()}
         out: dict[str, Tensor] = {}
-        while level := next_level(dataset, have, self.memory):
+        while level := self.graph.next_level(dataset, have):
             for target, (source, pivot) in level.items():
                 memory = self.memory[source]
                 retrieved = kernel_transition(have[pivot], memory[pivot], memory[target], self.temperature)

@@ -22,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from brokenbind.errors import ConfigError
-from brokenbind.methods.base import Encoder, Features, next_level
+from brokenbind.graph import PairingGraph
+from brokenbind.methods.base import Encoder, Features
 from brokenbind.methods.fabind import FABind
 from brokenbind.transfer import (
     REGRESSORS,
@@ -76,8 +77,8 @@ class PivotImputer:
         self.chosen_ridge: dict[tuple[str, str], float] = {}
         self.chosen_gamma: dict[tuple[str, str], float] = {}
 
-    def fit(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
-        self.steps = plan(datasets)
+    def fit(self, encode: Encoder, graph: PairingGraph) -> None:
+        self.steps = graph.steps()
         if not self.steps:
             raise ConfigError(
                 f"{self.name} found no dataset lacking a modality that a shared pivot links it to;"
@@ -86,8 +87,8 @@ class PivotImputer:
             )
         pairs: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
         for pivot, target in dict.fromkeys((p, t) for _, p, t in self.steps):
-            holders = [d for d, mods in datasets.items() if {pivot, target} <= set(mods)]
-            fit = list(datasets) if self.fit_on == "all" else holders
+            holders = graph.holders(pivot, target)
+            fit = list(graph.datasets) if self.fit_on == "all" else holders
             train = [encode(d, "train", [pivot, target]) for d in fit]
             val = [encode(d, "val", [pivot, target]) for d in holders]
             x, y = (torch.cat([f[m] for f in train]) for m in (pivot, target))
@@ -104,7 +105,11 @@ class PivotImputer:
                 f"(validation MSE {min(errors.values()):.4g} over {len(errors)} candidates)"
             )
         # each dataset's own training rows, completed step by step: what the transfer corrections adapt to
-        rows = {ds: encode(ds, "train", list(mods)) for ds, mods in datasets.items()} if self.transfer != "none" else {}
+        rows = (
+            {ds: encode(ds, "train", list(mods)) for ds, mods in graph.datasets.items()}
+            if self.transfer != "none"
+            else {}
+        )
         for ds, pivot, target in self.steps:
             x, y = pairs[pivot, target]
             scored = rows[ds][pivot] if rows else x
@@ -172,20 +177,9 @@ class Impute(FABind):
         self.name = "pivot_ceiling" if fit_on == "all" else "impute"  # what its messages and result rows call it
         self.imputer = PivotImputer(self.name, ridges, fit_on, transfer, regressor)
 
-    def prepare(self, encode: Encoder, datasets: dict[str, list[str]]) -> None:
-        self.imputer.fit(encode, datasets)
+    def prepare(self, encode: Encoder, graph: PairingGraph) -> None:
+        super().prepare(encode, graph)
+        self.imputer.fit(encode, graph)
 
     def complete(self, features: Features) -> Features:
         return self.imputer.complete(features)
-
-
-def plan(datasets: dict[str, list[str]]) -> list[tuple[str, str, str]]:
-    """(dataset, pivot, target) imputation steps: every modality a dataset lacks and reaches through shared
-    modalities, level by level along the shortest chains (a step's pivot may be imputed by an earlier level)."""
-    steps = []
-    for ds, mods in datasets.items():
-        have = set(mods)
-        while level := next_level(ds, have, datasets):
-            steps += [(ds, pivot, target) for target, (_, pivot) in level.items()]
-            have |= set(level)
-    return steps

@@ -3,23 +3,21 @@
 Training is ``FABind``'s. At evaluation a flow's query is not compared with the target directly: both are compared
 with the anchor rows of a dataset observing the flow's pivot and target (its training split), the query with the
 anchors' pivot embeddings, the target with the same anchors' target embeddings, and the two relative representations
-are compared (``metrics.transitive``). Nothing learns query→target; this is what retrieval through the pivot alone
-gives. ASIF leaves the anchor set open (its anchors are a paired dataset); ``top_k`` (800) and ``power`` (8) are the
-values of its code; with a few hundred anchors ``top_k`` keeps them all. Flows whose pivot and target no single
-dataset observes (three-dataset chains) are refused: the relative representation has no second hop.
+are compared (``metrics.transitive``; the method declares ``retrieval = "transitive"`` and the evaluation,
+``callbacks.emergent``, computes them with its ``top_k`` and ``power``). Nothing learns query→target; this is what
+retrieval through the pivot alone gives. ASIF leaves the anchor set open (its anchors are a paired dataset);
+``top_k`` (800) and ``power`` (8) are the values of its code; with a few hundred anchors ``top_k`` keeps them all.
+Flows whose pivot and target no single dataset observes (three-dataset chains) are refused: the relative
+representation has no second hop.
 """
-
-from collections.abc import Callable
-
-from torch import Tensor
 
 from brokenbind.errors import ConfigError
 from brokenbind.methods.fabind import FABind
-from brokenbind.metrics.transitive import transitive_embeddings
 
 
 class Transitive(FABind):
     name = "transitive"
+    retrieval = "transitive"
 
     def __init__(
         self,
@@ -34,9 +32,3 @@ class Transitive(FABind):
         if top_k < 1 or not power > 0:
             raise ConfigError(f"top_k must be >= 1 and power positive, got top_k={top_k}, power={power}")
         self.top_k, self.power = top_k, power
-
-    def represent(
-        self, query: Tensor, target: Tensor, anchors: Callable[[], tuple[Tensor, Tensor]]
-    ) -> tuple[Tensor, Tensor]:
-        anchor_pivot, anchor_target = anchors()
-        return transitive_embeddings(query, target, anchor_pivot, anchor_target, self.top_k, self.power)
