@@ -24,6 +24,7 @@ methods interleaved round by round, and reported as ratios with their range over
    training epoch.
 7. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test),
    run from the working directory's ``experiments/``.
+8. ``imports``: seconds to import torch, Lightning, the library and the application, each in a fresh interpreter.
 
 ``--quick`` (``make bench-quick``) uses fewer rounds and a 2,000 × 2,000 retrieval. The Markdown report goes to
 ``--out`` (default ``benchmarks/results/cost.md``) with the command and versions that produced it.
@@ -380,6 +381,33 @@ def bench_run() -> list[str]:
     return [line]
 
 
+# -- 8. import time ---------------------------------------------------------------------------------------------------
+IMPORTS = {  # what a user imports, each alone in a fresh interpreter, beside what it stands on
+    "torch": "import torch",
+    "lightning.pytorch": "import lightning.pytorch",
+    "the library (brokenbind.module, .methods)": "import brokenbind.module, brokenbind.methods",
+    "the application (brokenbind.api)": "import brokenbind.api",
+    "the command (brokenbind.cli)": "import brokenbind.cli",
+}
+
+
+def bench_imports(rounds: int) -> list[str]:
+    """Seconds from a fresh interpreter's start to the end of each import, median (range) over ``rounds``, the
+    imports taking turns; the bare interpreter's start is the first row."""
+    statements = {"python (nothing imported)": "pass", **IMPORTS}
+    seconds: dict[str, list[float]] = {name: [] for name in statements}
+    for _ in range(rounds):
+        for name, statement in statements.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", statement], check=True)
+            seconds[name].append(time.perf_counter() - start)
+    lines = ["| import | seconds | range |", "|---|---|---|"]
+    for name, values in seconds.items():
+        lines.append(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f}-{max(values):.2f} |")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 # -- 6. validation against training; 4. the feature cache -------------------------------------------------------
 class EpochTimer(Callback):
     """Seconds of each training epoch and of each validation epoch (listed after the scoring callback, so the
@@ -503,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         ("## Large data", bench_large(5_000 if args.quick else 20_000)),
         ("## Validation against training, per epoch", bench_validation(5 if args.quick else 10)),
         ("## A whole run", bench_run()),
+        ("## Import time (fresh interpreter)", bench_imports(3 if args.quick else 7)),
     ]
     report = "\n".join(header + [f"\n{title}\n\n" + "\n".join(lines) for title, lines in sections]) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

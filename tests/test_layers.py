@@ -104,3 +104,20 @@ def test_a_run_is_no_lightning_cli_and_patches_no_command_line():
             }
             assert "LightningCLI" not in names, path
             assert not any(isinstance(n, ast.ImportFrom) and n.module == "unittest.mock" for n in ast.walk(tree)), path
+
+
+def test_the_pairing_graph_the_model_and_the_methods_stand_below_the_run():
+    """One pairing graph for everyone, importing nothing of the package but its errors; methods import no evaluation
+    (metrics, callbacks) and no model; callbacks build no method; the model is a plain torch module."""
+    assert GRAPH["brokenbind.graph"] <= {"brokenbind.errors"}
+    above_methods = ("brokenbind.metrics", "brokenbind.callbacks", "brokenbind.module", "brokenbind.model")
+    found = {m: sorted(d for d in deps if d.startswith(above_methods))
+             for m, deps in GRAPH.items() if m.startswith("brokenbind.methods")}  # fmt: skip
+    assert {m: deps for m, deps in found.items() if deps} == {}
+    method_classes = {f"brokenbind.methods.{n}" for n in ("brokenbind", "centrobind", "cmcr", "fabind", "transitive")}
+    found = {m: sorted(deps & method_classes) for m, deps in GRAPH.items() if m.startswith("brokenbind.callbacks")}
+    assert {m: deps for m, deps in found.items() if deps} == {}
+    model = ast.parse((PACKAGES["brokenbind"] / "model.py").read_text())
+    modules = {a.name for n in ast.walk(model) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(model) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "torch" in modules and not any(m.startswith("lightning") for m in modules)

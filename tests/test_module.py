@@ -161,3 +161,13 @@ def test_the_pivot_diagnosis_encodes_only_the_training_rows_it_picks(tmp_path, m
     whole, picked = encode("support", "train", ["pix", "zer"]), encode("support", "train", ["pix", "zer"], pick)
     for m in ("pix", "zer"):
         torch.testing.assert_close(picked[m], whole[m][pick])
+
+
+def test_weights_of_checkpoints_written_before_the_model_module_load_under_its_prefix():
+    from brokenbind.checkpoints import with_model_prefix
+
+    old = {"backbones.pix.scale": 1, "heads.pix.0.weight": 2, "method.scale.value": 3, "model.heads.fou.0.bias": 4}
+    assert with_model_prefix(old) == {
+        "model.backbones.pix.scale": 1, "model.heads.pix.0.weight": 2, "method.scale.value": 3,
+        "model.heads.fou.0.bias": 4,
+    }  # fmt: skip

@@ -44,6 +44,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from error
 
 
+def with_model_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's weights under today's names: checkpoints written before the model became its own module
+    (``BindingModule.model``) name its backbones and heads without the ``model.`` prefix."""
+    old = ("backbones.", "heads.")
+    return {f"model.{k}" if k.startswith(old) else k: v for k, v in state_dict.items()}
+
+
 def _is_text(path: Path) -> bool:
     """Whether the file's first KiB decodes as UTF-8 (a YAML or log file passed by mistake)."""
     with path.open("rb") as f:

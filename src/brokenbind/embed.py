@@ -594,10 +594,8 @@ def _encode(config: Namespace, built: Namespace, command: str, experiment: list[
     layout = Layout(out, targets, {m: spec_of(model, m) for m in used}, config.dtype, experiment, command)
     writer = ArrayWriter(layout)
     # a predict trainer without logger, checkpoints or the experiment's callbacks
-    trainer = Trainer(
-        **{**built.trainer, "callbacks": [writer], "logger": False, "enable_checkpointing": False},
-        default_root_dir=config.out,
-    )
+    no_run = {"callbacks": [writer], "logger": False, "enable_checkpointing": False, "default_root_dir": config.out}
+    trainer = Trainer(**{**built.trainer, **no_run})
     if layout.pending(source, backbones):  # refuses a mismatched OUT before any process starts
         ctrl_c = signal.getsignal(signal.SIGINT)
         try:

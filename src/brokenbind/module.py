@@ -15,6 +15,7 @@ from torch import Tensor
 
 from brokenbind.backbones import BackboneSpec
 from brokenbind.backbones.lora import lora_parameters
+from brokenbind.checkpoints import with_model_prefix
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.methods.base import BindingMethod
 from brokenbind.model import BindingModel
@@ -220,6 +221,7 @@ class BindingModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the rebuilt frozen backbones back so that loading stays strict for every other tensor."""
+        checkpoint["state_dict"] = with_model_prefix(checkpoint["state_dict"])
         for m, backbone in self.model.frozen_backbones().items():
             for key, value in backbone.state_dict().items():
                 checkpoint["state_dict"].setdefault(f"model.backbones.{m}.{key}", value)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from brokenbind.backbones import HEADS, build_backbone
 from brokenbind.backbones.base import Backbone, sha256_file
-from brokenbind.checkpoints import load_checkpoint
+from brokenbind.checkpoints import load_checkpoint, with_model_prefix
 from brokenbind.errors import ConfigError
 from brokenbind.modality import ModalityInfo
 
@@ -68,7 +68,7 @@ class BoundEncoder(Backbone):
         if config is None:
             raise ConfigError(f"bound backbone: checkpoint {checkpoint} has no run configuration: not from brokenbind")
         modality = modality or info.name
-        weights = state["state_dict"]
+        weights = with_model_prefix(state["state_dict"])
         source_info = source_modality_info(config, checkpoint)
         if modality not in source_info:
             raise ConfigError(
