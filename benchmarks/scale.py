@@ -50,6 +50,7 @@ import yaml
 from benchmarks.memory import measured, status_mb
 from brokenbind.metrics.retrieval import class_average_precision, retrieval_metrics
 from brokenbind.provenance import commit
+from brokenbind.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 512  # features per modality in (b)
@@ -429,10 +430,6 @@ def ratio(numerators: pd.Series, denominators: pd.Series) -> list[float]:
     return (numerators / denominators).dropna().tolist()
 
 
-def table(header: list[str], body: list[list[str]]) -> list[str]:
-    return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *(f"| {' | '.join(r)} |" for r in body)]
-
-
 def train_report(df: pd.DataFrame, steps: int, warmup: int) -> list[str]:
     def per_run(n: int, p: int, quantity: str, how: str) -> pd.Series:
         """One value per repeat (indexed by repeat): the mean (steps/s) or the max (memory) over the run's
@@ -453,7 +450,7 @@ def train_report(df: pd.DataFrame, steps: int, warmup: int) -> list[str]:
     header = ["rows per dataset", "processes", "runs ended / failed", "steps/s per process",
               "steps/s, epoch ends included", "rows/s, all processes", "VmHWM per process (MB)", "peak RssAnon (MB)",
               "peak RssFile (MB)"]  # fmt: skip
-    lines = table(header, body)
+    lines = markdown_table(header, body)
     small, large = sizes[0], sizes[-1]
     lines.append("")
     failures = df[df["quantity"] == "failed"]
@@ -500,7 +497,7 @@ def retrieval_report(df: pd.DataFrame, dim: int) -> list[str]:
                      spread(values["peak_above_inputs_mb"], 0), f"{int(chunk) * gallery * 4 / 2**20:,.0f}",
                      f"{inputs:,.0f}", f"{queries * gallery * 4 / 2**30:,.1f}", f"{values['mAP'][0]:.4f}"])  # fmt: skip
     return [
-        *table(
+        *markdown_table(
             [
                 "gallery",
                 "chunking",
@@ -534,7 +531,7 @@ def class_report(df: pd.DataFrame, dim: int) -> list[str]:
     ]  # fmt: skip
     diff = float(df[df["quantity"] == "max_abs_diff_sklearn"]["value"].iloc[0])
     return [
-        *table(
+        *markdown_table(
             [f"{n:,} × {n:,}, d = {dim}", "seconds", "× matmul (per round)", "× instance mAP + R@k (per round)"], body
         ),
         "",
@@ -555,7 +552,7 @@ def embed_report(df: pd.DataFrame | None, available: bool) -> list[str]:
         memory = got[got["quantity"] == "vmhwm_mb"].groupby("repeat")["value"].max().tolist()
         body.append([f"{int(rows):,}", str(int(p)), spread(rate, 0), spread(memory, 0)])
     return [
-        *table(["image rows", "processes", "rows/s", "VmHWM per process (MB)"], body),
+        *markdown_table(["image rows", "processes", "rows/s", "VmHWM per process (MB)"], body),
         "",
         "`brokenbind embed --modalities image --dtype float16 [--hardware ddp_cpu]` over 32 × 32 PNGs with frozen "
         "EfficientNet-Lite0 at 128 × 128 (timm, ImageNet weights from the efficientnet_lite0_wheel), into a fresh "

@@ -153,4 +153,8 @@ def paired_difference(
 
 def markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
     """The lines of a Markdown table."""
+    # Ours, not DataFrame.to_markdown (tabulate 0.10): on the 49 tables of benchmarks/results it pads each cell to its
+    # column's width and stretches the separator's dashes (640 of their 655 lines change, in spaces and dashes only),
+    # which breaks the rows that tests pin (8 of the 32 tests of test_bench.py and test_suite.py fail: "| new | 2 |
+    # 0.310 | ..."); it also rewrites numbers unless told not to ("0.100" -> "0.1", "12.0" -> "12").
     return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(line)} |" for line in body)]
