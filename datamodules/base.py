@@ -106,6 +106,11 @@ class EpochShuffle(DistributedSampler):
         return itertools.islice(super().__iter__(), start, None)
 
 
+# Ours, not torchdata's StatefulDataLoader (0.11, measured with Lightning 2.6): on a restart Lightning iterates the
+# restored loader before it sets the sampler's epoch, and StatefulDataLoader fixes the sampler's order when its
+# iterator is built, so a run resumed in epoch 1 continues epoch 0's order; a state saved after an epoch's last batch
+# (Lightning ends an epoch by its length, so the loader never finished) skips every batch of the next epoch. Both
+# resume tests of tests/test_faults.py fail with it. Ours reads the position at the first batch, after the epoch is set.
 class ResumableLoader(DataLoader):
     """A training loader whose position Lightning saves in checkpoints (its ``state_dict`` / ``load_state_dict``
     protocol), so that a run resumed mid-epoch continues with the next unseen batch of the same epoch."""
