@@ -9,6 +9,8 @@ methods interleaved round by round, and reported as ratios with their range over
    optimiser's step (AdamW, weight decay 0.2). (a) on mfeat's feature vectors (the ``standardize`` backbone) and
    (b) with a frozen timm backbone in the step (EfficientNet-Lite0, random weights: the cost is the same, on mfeat's
    pix view as a 64×64 image). MOX is on from the first epoch.
+   ``overhead``: the same models' training batches in a Lightning fit (its whole loop: data, hooks, logging, the
+   step) against a bare PyTorch loop of the same math (features, heads, the method's terms, backward, AdamW).
 2. ``profile``: torch.profiler over BrokenBind training batches at batch 64: the share of the batch in the
    pseudo-inverses, in each loss term's forward pass, in backward and in the optimiser's update.
 3. ``retrieval``: exact instance mAP + R@1/5/10 (and class mAP) on a 10,000 × 10,000 query × gallery (d = 128), ours
@@ -163,6 +165,71 @@ def bench_steps(batch_sizes: list[int], rounds: int, repeats: int, root: Path) -
             ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
             lines.append(f"| {inputs} | {batch_size} | {cells} | {ratio} |")
             print(lines[-1], flush=True)
+    return lines
+
+
+# -- 1b. a fit against a bare PyTorch loop --------------------------------------------------------------------------
+class SpanTimer(Callback):
+    """Seconds from the start of the second training batch to the end of the last: Lightning's whole loop (data,
+    hooks, logging, the step), without its setup and the optimiser's first step."""
+
+    start: float | None = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: BindingModule, batch: dict, batch_idx: int) -> None:
+        if trainer.global_step == 1:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: BindingModule, outputs, batch, batch_idx: int) -> None:
+        if self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+
+
+def lightning_steps(module: BindingModule, datamodule: LightningDataModule, steps: int) -> float:
+    """Milliseconds per training batch of a Lightning fit of ``steps`` + 1 batches (the first not counted)."""
+    timer = SpanTimer()
+    trainer = Trainer(
+        max_epochs=-1, max_steps=steps + 1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    return 1000 * timer.seconds / steps
+
+
+def bare_steps(module: BindingModule, datamodule: LightningDataModule, steps: int) -> float:
+    """The same math in a bare PyTorch loop: the datamodule's training batches, features → the method's completion →
+    heads → the method's loss terms, backward, the configured optimiser; no logging, no finite check, no hooks."""
+    model, method = module.model, module.method
+    optimizer = module.configure_optimizers()
+    batches = (batch for _ in iter(int, 1) for batch in datamodule.train_dataloader())  # epoch after epoch
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        batch, _, _ = next(batches)
+        features = {ds: {m: model.features(m, x, b["index"]) for m, x in b["x"].items()} for ds, b in batch.items()}
+        features = method.complete(features)
+        embeddings = {ds: {m: model.project(m, f) for m, f in fs.items()} for ds, fs in features.items()}
+        loss = sum(method(embeddings, epoch=1, max_epochs=50).terms.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def bench_overhead(batch_size: int, steps: int, rounds: int, root: Path) -> list[str]:
+    """Lightning's cost over a bare loop of the same math, per method at one batch size, the two taking turns."""
+    lines = ["| method | fit ms / batch | bare loop ms / batch | fit / bare (range) |", "|---|---|---|---|"]
+    for method in ("fabind", "brokenbind"):
+        module, datamodule = build(method, batch_size, None, root)
+        fit_ms, bare_ms = [], []
+        for _ in range(rounds):
+            fit_ms.append(lightning_steps(module, datamodule, steps))
+            bare_ms.append(bare_steps(module, datamodule, steps))
+        ratios = [f / b for f, b in zip(fit_ms, bare_ms, strict=True)]
+        lines.append(
+            f"| {method} | {statistics.median(fit_ms):.1f} | {statistics.median(bare_ms):.1f} | "
+            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+        print(lines[-1], flush=True)
     return lines
 
 
@@ -522,9 +589,11 @@ def main(argv: list[str] | None = None) -> None:
     api.quiet_lightning()
     with tempfile.TemporaryDirectory() as root:  # the run directories of the runs that build the timed models
         steps = bench_steps([8, 64, 256], rounds, repeats, Path(root))
+        overhead = bench_overhead(64, repeats * 2, rounds, Path(root))
         profiled = bench_profile(64, 20, Path(root))
     sections = [
         ("## Training step (ms, median over rounds)", steps),
+        ("## A Lightning fit against a bare PyTorch loop of the same math (batch 64 per dataset)", overhead),
         ("## Where a BrokenBind training batch goes (torch.profiler)", profiled),
         ("## Exact retrieval", bench_retrieval(n, min(500, n), 1 if args.quick else 3)),
         ("## Feature cache", bench_cache()),
