@@ -223,6 +223,9 @@ def test_datamodules_are_what_the_model_methods_and_callbacks_read(mfeat):
     assert read == members
     assert isinstance(mfeat, PairedData)
     assert not isinstance(object(), PairedData)
+    # every shipped datamodule is a PairedDataModule, which implements them once for all
+    shipped = [getattr(datamodules, name) for name in datamodules.__all__ if name.endswith("DataModule")]
+    assert len(shipped) == 8 and all(issubclass(cls, datamodules.PairedDataModule) for cls in shipped)
 
 
 def test_one_dataset_is_an_experiment_with_query_to_target_flows():
