@@ -78,7 +78,7 @@ def test_three_trial_study_writes_a_runnable_best_config_trials_and_a_plot(tmp_p
     assert config["data"]["class_path"] == "datamodules.MfeatDataModule"
     monkeypatch.undo()
     ran = cli(["fit", "--config", str(out / "best.yaml"), "--trainer.fast_dev_run=true"])
-    assert ran.trainer.state.finished and ran.model.embed_dim == int(best["model.embed_dim"])
+    assert ran.trainer.state.finished and ran.model.model.embed_dim == int(best["model.embed_dim"])
 
     # the same storage resumes the study: a fourth trial joins the three
     tune.main(["--config", EXPERIMENT, "--space", str(space), "--n_trials", "1",
