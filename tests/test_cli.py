@@ -89,19 +89,19 @@ def test_experiments_x_methods_with_fast_dev_run(method, experiment, capsys):
     * every experiment file trains with its own method (``<default>``: no ``--method``, as ``make train EXP=...``);
     * every method preset parses, builds and trains on two_dataset, which every preset accepts;
     * every refusal by design (``REFUSED``) stops with exit code 2 and its message;
-    * every method runs on each structure two_dataset lacks (``STRUCTURES``): real encoders with a trainable backbone
-      (digits_real, whose fits are marked slow), a chain of three datasets (three_dataset), one fully paired dataset
-      (one_dataset), and the other datamodules' oracle rows.
+    * every method that accepts it runs on each structure two_dataset lacks (``STRUCTURES``): real encoders with a
+      trainable backbone (digits_real, whose fits are marked slow), a chain of three datasets (three_dataset), one
+      fully paired dataset (one_dataset), and the other datamodules' oracle rows.
 
     The cells left out of the full product run nothing that a kept cell does not run on the same data:
     brokenbind_only_clip, _wo_cons, _wo_fro and _wo_mox are BrokenBind with some loss weights at 0, a subset of the
     terms that brokenbind (the default method) computes with MOX from the first step (brokenbind_wo_mox stays on
     one_dataset, where brokenbind is refused); the brokenbind preset spells out the defaults of the default method;
-    frozen is fabind with ``max_epochs: 0``, which ``fast_dev_run`` overrides to one batch; the two_dataset_* variants
-    are two_dataset (the same datamodule, standardize backbones, two datasets and one pivot) with other mfeat views,
-    whose widths only the backbones see; digit_views, fashion_views and synthetic differ from two_dataset and
-    one_dataset only in their datamodule, which their own method and the oracle (the one preset that changes the
-    data) load.
+    frozen is fabind with ``max_epochs: 0``, which ``fast_dev_run`` overrides (one epoch of one batch, as fabind);
+    the two_dataset_* variants are two_dataset (the same datamodule, standardize backbones, two datasets and one
+    pivot) with other mfeat views, whose widths only the backbones see; digit_views, fashion_views and synthetic
+    differ from two_dataset and one_dataset only in their datamodule, which their own method and the oracle (the one
+    preset that changes the data) load.
     """
     path = EXPERIMENTS[experiment]
     if "Digits" in path.read_text() and shutil.which("espeak-ng") is None:
