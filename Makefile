@@ -48,7 +48,7 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 	done; done
 	$(BIN)/python -m benchmarks.report $(TABLE_DIR)/$(EXP)
 
-test: $(BIN)/brokenbind ## Run the whole test suite (about 10 min on 2 cores), then list its 25 slowest tests
+test: $(BIN)/brokenbind ## Run the whole test suite, then list its 25 slowest tests
 	$(BIN)/pytest $(ARGS)
 
 test-fast: $(BIN)/brokenbind ## The fast tier: every test not marked slow (no subprocess fits, DDP, notebook or long fits)
