@@ -14,7 +14,7 @@ SUITE ?= validation
 SPACE ?= experiments/tune/$(EXP).yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps train embed table test docs bench bench-quick scale gpu-check lint format tensorboard clean suite tune
+.PHONY: help install system-deps train embed table test test-fast docs bench bench-quick scale gpu-check lint format tensorboard clean suite tune
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,8 +48,11 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 	done; done
 	$(BIN)/python -m benchmarks.report $(TABLE_DIR)/$(EXP)
 
-test: $(BIN)/brokenbind ## Run the test suite
+test: $(BIN)/brokenbind ## Run the whole test suite, then list its 25 slowest tests
 	$(BIN)/pytest $(ARGS)
+
+test-fast: $(BIN)/brokenbind ## The fast tier: every test not marked slow (no subprocess fits, DDP, notebook or long fits)
+	$(BIN)/pytest -m "not slow" $(ARGS)
 
 # NO_MKDOCS_2_WARNING: Material prints an end-of-life notice about MkDocs on every build, which is not about this site
 docs: $(BIN)/brokenbind ## Build the documentation site offline into site/ (strict: a broken link or reference fails)

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # mkdocs in a subprocess
 def test_the_site_builds_strictly_with_its_key_pages(tmp_path):
     site = tmp_path / "site"
     # Material prints an end-of-life notice for MkDocs 1.x on every build; it is not about this site (Makefile, docs)

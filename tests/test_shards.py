@@ -231,6 +231,7 @@ def test_bad_urls_are_named(tmp_path, files):
     assert len(list(cache.iterdir())) == 3
 
 
+@pytest.mark.slow  # a spawned loader worker imports torch anew
 def test_a_spawned_worker_resumes_mid_epoch_on_shard_instances(tmp_path, files):
     """Members pickle as (shard, offset, size): a spawned loader worker reads them, and a loader resumed mid-epoch
     yields exactly the rest of the uninterrupted epoch's instances."""

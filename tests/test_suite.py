@@ -216,6 +216,7 @@ def test_settings_narrow_methods_and_runs_and_x_blocks_only_hold_anchors(tmp_pat
         Suite.load(spec)
 
 
+@pytest.mark.slow  # runs in worker processes (--jobs 2)
 def test_pretraining_runs_once_and_its_checkpoint_reaches_the_settings_that_name_it(tmp_path):
     """A pretraining run (bound backbones) trained once, two runs at a time in worker processes."""
     pool = ROOT / "experiments" / "pretrain" / "mfeat_pool.yaml"
