@@ -15,6 +15,7 @@ from torch import nn
 
 from brokenbind.methods import CMCR, BrokenBind, CentroBind, FABind
 from brokenbind.methods.brokenbind import PAPER_RECIPE as PAPER
+from tests.binding import run
 from tests.helpers import free_port
 
 WORLD, LOCAL_BATCH, IN_DIM, EMBED_DIM = 2, 4, 12, 16
@@ -61,7 +62,7 @@ class Heads(nn.Module):
 
     def loss(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         emb = {ds: {m: F.normalize(self.heads[m](x), dim=-1) for m, x in mods.items()} for ds, mods in inputs.items()}
-        return sum(self.method(emb, epoch=0).values())
+        return sum(run(self.method, emb, epoch=0).values())  # prepared with the batch's pairing graph, as a fit does
 
 
 def global_inputs(layout: dict[str, list[str]]) -> dict[str, dict[str, torch.Tensor]]:
