@@ -176,6 +176,11 @@ def test_fixed_arguments_are_checked_before_the_first_trial_and_a_hardware_prese
         ):
             tune.main(["--config", experiment, "--space", str(space), "--out", str(tmp_path / "out"), "--", *bad])
         assert not (tmp_path / "out" / "study.db").exists()  # no study, no trial
+    # trials run in this process: DDP's other ranks would run the whole tune command again
+    with pytest.raises(ConfigError, match=r"^brokenbind tune runs its trials in this process, but the trainer is DDP"):
+        tune.main(["--config", experiment, "--space", str(space), "--out", str(tmp_path / "out"), "--",
+                   "--hardware", "ddp_cpu"])  # fmt: skip
+    assert not (tmp_path / "out" / "study.db").exists()
     hardware, fixed = tune.fixed_arguments(["--hardware", "cpu", "--trainer.max_epochs=3"])
     assert hardware == ["cpu"] and fixed == {"trainer.max_epochs": 3}
     config = tune.best_config([experiment], "fabind", hardware, fixed, {"model.embed_dim": 32})

@@ -36,7 +36,7 @@ Each trial runs ``brokenbind fit`` in process, once per seed, with ``--test_afte
 objective at the validation epoch that checkpoint selection picks (best mean instance mAP, as in ``results.csv``).
 A median pruner stops unpromising trials: the first seed's run reports the best objective so far after every
 validation epoch (``PruneOnValidation``, the small equivalent of Optuna's Lightning integration) and stops when Optuna
-says so.
+says so. Trials run in this process, so a DDP trainer over several devices or nodes is refused (``check_one_process``).
 
 Storage is an SQLite file in the output directory by default (one machine, no server); ``--storage`` takes any
 Optuna RDB URL (``postgresql://...``, ``mysql://...``), so many cluster jobs started with the same ``--study_name``
@@ -251,6 +251,20 @@ def merge(base: dict, update: dict) -> dict:
     for key, value in update.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def check_one_process(config: dict[str, Any]) -> None:
+    """Trials run in this process: a trainer that starts other processes (DDP over several devices or nodes) would
+    have Lightning start them by running this command line again, that is, the whole study once more per rank."""
+    trainer = config["trainer"]
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if "ddp" in str(trainer.get("strategy", "")) and (devices not in (1, "1", [0]) or nodes != 1):
+        raise ConfigError(
+            f"brokenbind tune runs its trials in this process, but the trainer is DDP over devices {devices!r} "
+            f"and {nodes} node(s): Lightning would start the other ranks by running `brokenbind tune` again. Tune on "
+            "one device (--hardware gpu or cpu), then train the best configuration with DDP: brokenbind fit "
+            "--config OUT/best.yaml --hardware ddp"
+        )
 
 
 def fixed_arguments(args: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -496,7 +510,7 @@ def main(args: list[str]) -> None:
     # (an unknown key), stops here, with nothing written, rather than at the first trial or after the last
     hardware, fixed_values = fixed_arguments(fixed)
     base = [*([f"--method={method}"] if method else []), *fixed, f"--experiment={experiment}"]
-    api.check(args.config, trial_args(base, first_point(spec["space"]), seeds[0], out, 0))
+    check_one_process(api.check(args.config, trial_args(base, first_point(spec["space"]), seeds[0], out, 0)))
     objective_name = f"{objective}{f' (class weight {float(class_weight)})' if objective == 'mix' else ''}"
     search = search_of(args.config, method, objective_name, hardware, fixed_values, spec["space"])
     study_name = args.study_name or experiment
