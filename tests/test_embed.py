@@ -159,6 +159,15 @@ def test_a_stopped_embed_continues_and_ends_as_an_uninterrupted_one(experiment, 
     assert "captions/photo: 30 x 1280 float32 in whole/captions/photo.npy (complete)" in capsys.readouterr().out
 
 
+@pytest.fixture
+def terminal_ctrl_c():
+    """Python's own Ctrl-C handler, as in a terminal, whatever launched pytest (a background job ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("terminal_ctrl_c")
 def test_ctrl_c_stops_an_embed_with_exit_code_130_and_the_same_command_continues(experiment, monkeypatch, capsys):
     path, _ = experiment
     encode = ["embed", "--config", path, "--modalities=[caption]", "--out"]

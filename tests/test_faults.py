@@ -261,8 +261,11 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
     # a subprocess: Lightning ignores SIGINT for the rest of a process after a KeyboardInterrupt
     command = [sys.executable, "-m", "brokenbind.cli", "fit", *BASE, stop_at(0, 3, signal.SIGINT)]
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # tests.helpers, importable by class path
+    # Ctrl-C's default disposition in the child, as in a terminal, whatever launched pytest (a background job ignores
+    # SIGINT, and its children inherit that)
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+                          env={**os.environ, "PYTHONPATH": path},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert done.returncode == 128 + signal.SIGINT, done.stderr[-2000:]
     checkpoint = RUN / "checkpoints" / "last.ckpt"
     assert f"brokenbind: stopped by SIGINT at epoch 0, step 4; checkpoint: {checkpoint}" in done.stderr
