@@ -3,6 +3,7 @@ with SIGKILL leaves nothing that blocks the resume, and a failed start leaves no
 
 import csv
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from brokenbind import rundir
 from brokenbind.cli import cli
 from brokenbind.errors import ConfigError, DataError
 from brokenbind.runlock import RECORD, Holder, RunLock, process_start
@@ -162,10 +164,36 @@ def test_a_failed_start_removes_the_directories_it_created_and_nothing_else(
     assert files_under(tmp_path / "logs") == left and Path("logs").exists() == bool(existing)
 
 
+def claim_after(barrier, root: Path, stale: bool, out) -> None:
+    """One process's claim, released with the others at once; ``stale``: its first listing sees no run (as if every
+    process listed before any created its directory), so every claim but one first collides."""
+    if stale:
+        first = iter(["version_0"])
+        rundir.next_version = lambda root, listed=rundir.next_version: next(first, None) or listed(root)
+    barrier.wait()
+    out.put(rundir.claim_new_run(root)[0].name)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["race", "stale_listing"])
+def test_runs_claimed_at_the_same_moment_each_get_their_own_directory(tmp_path, stale):
+    """Eight processes claim a run directory at once (a barrier releases them together): eight directories, each
+    claimed once, numbered without a gap."""
+    context = multiprocessing.get_context("fork")  # no re-import: the claims start within microseconds
+    barrier, out = context.Barrier(8), context.Queue()
+    processes = [context.Process(target=claim_after, args=(barrier, tmp_path / "logs", stale, out)) for _ in range(8)]
+    for process in processes:
+        process.start()
+    claimed = [out.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert sorted(claimed, key=lambda name: int(name.split("_")[1])) == [f"version_{i}" for i in range(8)]
+
+
 @pytest.mark.slow
 def test_new_runs_started_together_each_get_their_own_directory(tmp_path):
-    """Two fits started at the same moment, three times: every run its own version_N (created exclusively), holding
-    its own configuration and only its own results."""
+    """Two fits started at the same moment, end to end: each run its own version_N, holding its own configuration and
+    only its own results (the exclusive claim itself is raced above, without the start-up time of a command)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [
         sys.executable,
@@ -179,24 +207,22 @@ def test_new_runs_started_together_each_get_their_own_directory(tmp_path):
         "--trainer.enable_progress_bar=false",
         "--test_after_fit=false",
     ]
-    seeds = iter(range(6))
-    for _ in range(3):
-        pair = [
-            subprocess.Popen(
-                [*command, f"--seed_everything={next(seeds)}"],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        for process in pair:
-            _, err = process.communicate(timeout=300)
-            assert process.returncode == 0, err[-3000:]
+    pair = [
+        subprocess.Popen(
+            [*command, f"--seed_everything={seed}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(2)
+    ]
+    for process in pair:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
     runs = sorted((tmp_path / RUN.parent).iterdir())
-    assert [r.name for r in runs] == [f"version_{i}" for i in range(6)]
+    assert [r.name for r in runs] == ["version_0", "version_1"]
     seeds_seen = []
     for run in runs:
         with (run / "results.csv").open() as f:
@@ -207,4 +233,4 @@ def test_new_runs_started_together_each_get_their_own_directory(tmp_path):
         for ckpt in (run / "checkpoints").iterdir():  # both checkpoints are this run's
             assert torch.load(ckpt, weights_only=True)["config"]["seed_everything"] == config["seed_everything"]
         seeds_seen.append(config["seed_everything"])
-    assert sorted(seeds_seen) == list(range(6))
+    assert sorted(seeds_seen) == [0, 1]
