@@ -49,11 +49,13 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 	$(BIN)/python -m benchmarks.report $(TABLE_DIR)/$(EXP)
 
 # -n auto: one pytest-xdist worker per core; worksteal rebalances, since a few process tests take a minute each
+PYTEST := $(BIN)/pytest -n auto --dist worksteal
+
 test: $(BIN)/brokenbind ## Run the whole test suite on every core, then list its 25 slowest tests
-	$(BIN)/pytest -n auto --dist worksteal $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: $(BIN)/brokenbind ## The fast tier: every test not marked slow (no subprocess fits, DDP, notebook or long fits)
-	$(BIN)/pytest -n auto --dist worksteal -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 # NO_MKDOCS_2_WARNING: Material prints an end-of-life notice about MkDocs on every build, which is not about this site
 docs: $(BIN)/brokenbind ## Build the documentation site offline into site/ (strict: a broken link or reference fails)
