@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.kernel_ridge import KernelRidge as SkKernelRidge
 from sklearn.linear_model import Ridge as SkRidge
+from torch import Tensor
 
 from brokenbind.callbacks.diagnosis import transfer_error
 from brokenbind.errors import ConfigError
@@ -233,6 +234,27 @@ def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_ta
     assert sorted(got) == ["clip", "fro", "mox", "sym"] and got["fro"].item() == 0.0  # no X-mod: R_Fro is 0
     for name, value in {"clip": clip, "sym": sym, "mox": mox}.items():
         assert got[name].item() == pytest.approx(value, rel=1e-5), name
+
+
+def test_detached_pseudo_embeddings_keep_l_mox_and_leave_the_imputed_rows_without_gradient():
+    emb = layout(33, {"d1": ["a", "b", "c"], "d2": ["a", "b", "c"]})  # c of d1 and a of d2 stand for imputed rows
+
+    def mox_and_grads(detach: bool) -> tuple[float, dict[str, Tensor | None]]:
+        leaves = {ds: {m: f.clone().requires_grad_() for m, f in mods.items()} for ds, mods in emb.items()}
+        method = BrokenBind(consistency_epochs=0, clip_weight=0.0, sym_weight=0.0, modality_scales=SCALES,
+                            transition="regressor", detach_pseudo=detach)  # fmt: skip
+        method.imputer.steps = [("d1", "b", "c"), ("d2", "b", "a")]
+        mox = run(method, leaves, TWO, epoch=0)["mox"]
+        mox.backward()
+        return mox.item(), {f"{ds}/{m}": f.grad for ds, mods in leaves.items() for m, f in mods.items()}
+
+    value, grads = mox_and_grads(detach=False)
+    detached_value, detached_grads = mox_and_grads(detach=True)
+    assert detached_value == pytest.approx(value, rel=1e-6)
+    for imputed in ("d1/c", "d2/a"):  # the target head's only gradient from L_MOX came through the pseudo rows
+        assert grads[imputed].abs().sum() > 0 and detached_grads[imputed] is None
+    for real in ("d1/a", "d1/b", "d2/b", "d2/c"):  # the real query rows move as before
+        torch.testing.assert_close(detached_grads[real], grads[real])
 
 
 def test_regressor_transition_completes_features_through_its_imputer():

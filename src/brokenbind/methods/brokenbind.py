@@ -97,6 +97,11 @@ class BrokenBind(BindingMethod):
             arXiv 2604.11043), so that L_MOX cannot repeat what L_CLIP already aligns through the pivot; the pivot's
             own term stays ``full``. Chosen on validation (benchmarks/suites/prior_art.yaml; the numbers are in
             docs/choosing.md).
+        detach_pseudo: L_MOX treats the pseudo embeddings as constants (a stop-gradient on the target side, as
+            SimSiam's, arXiv 2011.10566 §3): its gradient moves the real query rows only, and the target's head then
+            learns from real rows alone. With the regressor transition the pseudo rows are the target head's
+            embedding of *predicted* features, so without it that head also learns to embed predictions, which real
+            rows at test time do not look like. R_Fro is unchanged. False (the paper) by default.
         sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
             against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
@@ -126,6 +131,7 @@ class BrokenBind(BindingMethod):
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
+        detach_pseudo: bool = False,
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
@@ -172,6 +178,7 @@ class BrokenBind(BindingMethod):
             raise ConfigError("transfer and regressor configure the regressor transition: set transition: regressor")
         self.transition, self.kernel_temperature = transition, kernel_temperature
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
+        self.detach_pseudo = detach_pseudo
         self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
         # refitted by ``prepare`` at every fit start (a deterministic function of the frozen features), never saved
         self.imputer = (
@@ -301,10 +308,12 @@ class BrokenBind(BindingMethod):
         return mox, fro if isinstance(fro, Tensor) else torch.zeros_like(mox)
 
     def mox_candidates(self, pseudo: Pseudo, real_target: Tensor) -> Tensor:
-        """The unit pseudo embeddings L_MOX contrasts with (Eq. 4's ⟨·,·⟩ is a cosine): X-data or X-mod, re-centred on
-        the real target rows' mean and corrupted with noise when configured (C3). R_Fro and the next step of a chain
-        use the pseudo embeddings as extrapolated."""
+        """The unit pseudo embeddings L_MOX contrasts with (Eq. 4's ⟨·,·⟩ is a cosine): X-data or X-mod, detached,
+        re-centred on the real target rows' mean and corrupted with noise when configured (C3). R_Fro and the next step
+        of a chain use the pseudo embeddings as extrapolated."""
         contrast = pseudo.data if self.mox_contrast == "x_data" else pseudo.mod
+        if self.detach_pseudo:
+            contrast = contrast.detach()
         if self.pseudo_centring == "target_mean":
             contrast = recentre(contrast, real_target.detach().float().mean(0))
         if self.noise is not None:
