@@ -22,22 +22,28 @@ def run_in_tmp(tmp_path, monkeypatch):
 
 
 # (method, experiment) pairs refused by design, with the start of the error: impute and brokenbind_kernel fit on
-# frozen features (the digits' audio backbone trains), transitive needs rows observing both pivot and target (a chain
-# has none), and the extrapolating methods need a modality to extrapolate (a one-dataset experiment has none)
+# frozen features (the digits' audio backbone trains; the default brokenbind extrapolates linearly there instead),
+# transitive needs rows observing both pivot and target (a chain has none), and the extrapolating methods need a
+# modality to extrapolate (a one-dataset experiment has none)
 REFUSED = {
-    ("impute", "digits_real"): "ConfigError: method 'impute' fits on backbone features before training",
-    ("pivot_ceiling", "digits_real"): "ConfigError: method 'pivot_ceiling' fits on backbone features before training",
-    ("brokenbind_kernel", "digits_real"): "ConfigError: method 'brokenbind' fits on backbone features before training",
+    ("impute", "digits_real"): "TrainableBackboneError: method 'impute' fits on backbone features before training",
+    ("pivot_ceiling", "digits_real"): "TrainableBackboneError: method 'pivot_ceiling' fits on backbone features before "
+    "training",
+    (
+        "brokenbind_kernel",
+        "digits_real",
+    ): "TrainableBackboneError: method 'brokenbind' fits on backbone features before training",
     ("transitive", "three_dataset"): "ConfigError: method 'transitive' retrieves through anchor rows",
 }
 # one fully paired dataset: nothing to extrapolate, and no pivot to retrieve through
 for one_dataset in ("one_dataset", "synthetic"):
     REFUSED |= {
-        **{(m, one_dataset): "ConfigError: MOX found no dataset with a modality to extrapolate"
-           for m in ("brokenbind", "brokenbind_paper", "brokenbind_wo_cons", "brokenbind_wo_fro")},
+        ("brokenbind_paper", one_dataset): "ConfigError: MOX found no dataset with a modality to extrapolate",
+        # the default's transition auto fits its map at fit start, and says so there
         **{(m, one_dataset): f"ConfigError: {name} found no dataset lacking a modality"
-           for m, name in (("brokenbind_kernel", "brokenbind"), ("cmcr", "cmcr"), ("impute", "impute"),
-                           ("pivot_ceiling", "pivot_ceiling"))},
+           for m, name in (("brokenbind", "MOX"), ("brokenbind_wo_cons", "MOX"), ("brokenbind_wo_fro", "MOX"),
+                           ("brokenbind_kernel", "MOX"), ("cmcr", "cmcr"),
+                           ("impute", "impute"), ("pivot_ceiling", "pivot_ceiling"))},
         ("transitive", one_dataset): "ConfigError: method 'transitive' retrieves through anchor rows observing a "
         "flow's pivot and target, and flow",
     }  # fmt: skip

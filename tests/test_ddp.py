@@ -28,6 +28,7 @@ VARIANT = {
     "push_away": "none",
     "learn_logit_scale": True,
     "mox_contrast": "x_mod",
+    "transition": "linear",
 }
 METHODS = {
     "fabind": (lambda: FABind(), TWO),

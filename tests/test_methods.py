@@ -122,7 +122,9 @@ def test_fro_mean_divides_by_entries_and_normalize_pseudo_makes_unit_rows():
 
 def test_mox_contrast_x_mod_uses_the_x_mod_pseudo_embeddings():
     emb = layout(6, TWO)
-    method = BrokenBind(consistency_epochs=0, mox_contrast="x_mod", logit_scale=3.0, mox_subspace="full")
+    method = BrokenBind(
+        consistency_epochs=0, mox_contrast="x_mod", transition="linear", logit_scale=3.0, mox_subspace="full"
+    )
     expected = 0.0
     for ds in emb:
         for _, mod, *_ in pseudo_of(method, emb, ds).values():

@@ -657,7 +657,7 @@ def test_kernel_transition_along_a_chain_uses_the_normalised_pseudo_pivot():
          "mox_contrast x_mod needs transition linear: the kernel transition has no X-mod form"),
         ({"kernel_temperature": 0.0}, "kernel_temperature must be positive, got 0.0"),
         ({"pseudo_noise": -0.1}, "pseudo_noise must be non-negative, got -0.1"),
-        ({"transition": "cubic"}, "transition must be one of ['linear', 'kernel', 'regressor'], got 'cubic'"),
+        ({"transition": "cubic"}, "transition must be one of ['auto', 'linear', 'kernel', 'regressor'], got 'cubic'"),
         ({"pseudo_centring": "pivot_mean"}, "pseudo_centring must be one of ['none', 'target_mean'], got 'pivot_mean'"),
         ({"mox_subspace": "half"}, "mox_subspace must be one of ['full', 'orthogonal'], got 'half'"),
     ],

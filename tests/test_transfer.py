@@ -14,7 +14,7 @@ from sklearn.linear_model import Ridge as SkRidge
 from torch import Tensor
 
 from brokenbind.callbacks.diagnosis import transfer_error
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, TrainableBackboneError
 from brokenbind.graph import PairingGraph
 from brokenbind.methods import BrokenBind, Impute
 from brokenbind.methods.impute import KERNEL_RIDGES, KERNEL_WIDTHS, PivotImputer
@@ -257,9 +257,41 @@ def test_detached_pseudo_embeddings_keep_l_mox_and_leave_the_imputed_rows_withou
         torch.testing.assert_close(detached_grads[real], grads[real])
 
 
+def test_auto_transition_fits_the_kernel_map_on_frozen_features_and_stops_l_mox_at_its_pseudo_rows(caplog):
+    layout_ = split_layout(34)
+    method = BrokenBind()  # transition auto, regressor kernel, detach_pseudo None
+    assert (method.imputer, method.extrapolator.transition, method.detaches) == (None, "linear", False)
+    with caplog.at_level("INFO", logger="lightning.pytorch"):  # a suite before may have quietened Lightning
+        method.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
+    assert method.extrapolator is None and method.detaches
+    assert "MOX: transition auto → regressor (kernel map" in caplog.text
+    want = BrokenBind(transition="regressor", regressor="kernel")
+    want.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
+    rows = layout_["d1"]["val"]["b"]
+    torch.testing.assert_close(method.imputer.maps["d1", "b", "c"](rows), want.imputer.maps["d1", "b", "c"](rows))
+
+
+def test_auto_transition_extrapolates_linearly_when_a_backbone_trains(caplog):
+    def adapted(dataset: str, split: str, modalities: list[str]) -> dict[str, Tensor]:
+        raise TrainableBackboneError("fits on backbone features before training, but ...", ["c"])
+
+    method = BrokenBind(detach_pseudo=None)
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
+        method.prepare(adapted, PairingGraph(TWO))
+    assert (method.imputer, method.extrapolator.transition, method.detaches) == (None, "linear", False)
+    assert (
+        "MOX: transition auto → linear (Eqs. 5-8 on each batch): ['c'] have trainable or adapted backbones"
+        in caplog.text
+    )
+    with pytest.raises(TrainableBackboneError):  # the regressor transition itself refuses them
+        BrokenBind(transition="regressor").prepare(adapted, PairingGraph(TWO))
+    with pytest.raises(ConfigError, match="found no dataset lacking a modality"):  # other errors are not swallowed
+        BrokenBind().prepare(fake_encoder(split_layout(35), []), PairingGraph({"d1": ["a", "b"]}))
+
+
 def test_regressor_transition_completes_features_through_its_imputer():
     layout_ = split_layout(31)
-    method = BrokenBind(transition="regressor", regressor="kernel")
+    method = BrokenBind(transition="regressor")
     method.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
     features = {ds: {m: layout_[ds]["val"][m] for m in mods} for ds, mods in TWO.items()}
     out = method.complete(features)
@@ -271,9 +303,14 @@ def test_regressor_transition_completes_features_through_its_imputer():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"transfer": "coral"}, "transfer and regressor configure the regressor transition: set transition: regressor"),
-        ({"regressor": "kernel"}, "transfer and regressor configure the regressor transition"),
+        (
+            {"transition": "linear", "transfer": "coral"},
+            "transfer and regressor configure the regressor transition, "
+            "not the linear one: set transition: regressor (or auto)",
+        ),
+        ({"transition": "kernel", "regressor": "ridge"}, "transfer and regressor configure the regressor transition"),
         ({"transition": "regressor", "mox_contrast": "x_mod"}, "the regressor transition has no X-mod form"),
+        ({"mox_contrast": "x_mod"}, "mox_contrast x_mod needs transition linear: the auto transition has no X-mod"),
         ({"transition": "regressor", "transfer": "x"}, "transfer must be one of"),
     ],
 )

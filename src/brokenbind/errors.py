@@ -22,6 +22,15 @@ class ConfigError(UserError, ValueError):
     """The experiment configuration is inconsistent (pairing, flows, method settings, checkpoints)."""
 
 
+class TrainableBackboneError(ConfigError):
+    """A method that fits on backbone features before training was given modalities whose backbones are trainable or
+    adapted (LoRA): their features change while training. ``modalities`` names them."""
+
+    def __init__(self, message: str, modalities: list[str] | None = None):
+        super().__init__(message)
+        self.modalities = modalities or []
+
+
 class DataError(UserError, RuntimeError):
     """Input data is missing, malformed or inconsistent."""
 

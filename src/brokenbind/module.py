@@ -16,7 +16,7 @@ from torch import Tensor
 from brokenbind.backbones import BackboneSpec
 from brokenbind.backbones.lora import lora_parameters
 from brokenbind.checkpoints import with_model_prefix
-from brokenbind.errors import ConfigError, DivergenceError
+from brokenbind.errors import ConfigError, DivergenceError, TrainableBackboneError
 from brokenbind.methods.base import BindingMethod
 from brokenbind.model import BindingModel
 from brokenbind.pairing import PairedData
@@ -135,9 +135,10 @@ class BindingModule(LightningModule):
         features of a trainable backbone change while training."""
         trainable = self.model.adapted(modalities)
         if trainable:
-            raise ConfigError(
+            raise TrainableBackboneError(
                 f"method {self.method.name!r} fits on backbone features before training, but the backbones of "
-                f"{trainable} are trainable or adapted (LoRA): freeze them or use another method"
+                f"{trainable} are trainable or adapted (LoRA): freeze them or use another method",
+                trainable,
             )
         return self.encode(dataset, split, modalities)
 

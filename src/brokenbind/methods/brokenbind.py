@@ -8,8 +8,10 @@ recipe chosen on the validation split of suites of settings (``benchmarks/suites
 contrastive terms), ``push_away="none"`` (no Eq. 10 cross-dataset partition terms: they pinned L_CLIP near log B,
 cost instance mAP on every setting and most on three-dataset chains, and bought class mAP) and
 ``mox_subspace="orthogonal"`` (L_MOX only where the pseudo target differs from the query's own pivot: as extrapolated,
-the pseudo target is closer to its row's pivot than to the real target, so the full term repeats L_CLIP); everything
-else as in the paper, including MOX after half the run (``consistency_fraction=0.5``).
+the pseudo target is closer to its row's pivot than to the real target, so the full term repeats L_CLIP) and, on
+frozen backbones, ``transition="auto"``'s kernel map pivot → target fitted once on every supporting row, with L_MOX's
+gradient stopped at its pseudo rows (``benchmarks/suites/transfer.yaml`` and ``validation.yaml``); everything else as
+in the paper, including MOX after half the run (``consistency_fraction=0.5``).
 Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
@@ -29,9 +31,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from brokenbind.errors import ConfigError
+from brokenbind.errors import ConfigError, TrainableBackboneError
 from brokenbind.graph import PairingGraph
 from brokenbind.losses.clip import info_nce, push_away
 from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
@@ -50,9 +53,17 @@ from brokenbind.methods.extrapolation import Extrapolator, Pseudo
 from brokenbind.methods.impute import PivotImputer
 from brokenbind.transfer import REGRESSORS, TRANSFERS, Regressor, Transfer
 
+TRANSITIONS = ("auto", "linear", "kernel", "regressor")
+
 # Where the default recipe departs from the paper: these arguments give BrokenBind exactly as written (the preset
 # configs/methods/brokenbind_paper.yaml spells out every argument).
-PAPER_RECIPE = {"pinv_ridge": 0.0, "fro_reduction": "sum", "push_away": "all", "mox_subspace": "full"}
+PAPER_RECIPE = {
+    "transition": "linear",
+    "pinv_ridge": 0.0,
+    "fro_reduction": "sum",
+    "push_away": "all",
+    "mox_subspace": "full",
+}
 
 
 class BrokenBind(BindingMethod):
@@ -77,18 +88,21 @@ class BrokenBind(BindingMethod):
         push_away_weight: multiplies each push-away partition term inside L_CLIP's average (1 = the paper).
         transition: how pseudo embeddings are extrapolated from the other dataset's rows: ``linear`` (Eqs. 5-8, the
             ridge pseudo-inverse of one batch's pivot rows), ``kernel`` (a softmax over pivot cosines with
-            ``kernel_temperature``, C-MCR's retrieval, arXiv 2305.14381 §3.2) or ``regressor``: the transition fitted
+            ``kernel_temperature``, C-MCR's retrieval, arXiv 2305.14381 §3.2), ``regressor``: the transition fitted
             once, in closed form, on the backbone features of every training row of the supporting dataset (a map
             pivot → target of kind ``regressor``, ``methods.impute.PivotImputer``) rather than on one batch, carried
             to the dataset that lacks the target by ``transfer``; the target's head embeds the predicted features,
-            and these are the pseudo embeddings (needs frozen backbones). Neither ``kernel`` nor ``regressor`` has
-            an X-mod form, so R_Fro is not computed for them.
-        transfer: with ``transition="regressor"``, the correction for the shift between the supporting and the scored
-            dataset (``brokenbind.transfer``): ``none``, ``importance`` (covariate-shift weights of the supporting
-            rows), ``coral`` (second-order alignment of the scored pivot) or ``sinkhorn`` (optimal-transport pseudo
-            pairs).
-        regressor: with ``transition="regressor"``, the map: ``ridge`` (linear) or ``kernel`` (Gaussian kernel ridge
-            over the supporting rows).
+            and these are the pseudo embeddings (needs frozen backbones), or ``auto`` (default): ``regressor`` when
+            the backbones of every pivot and target it maps are frozen, else ``linear``, decided at fit start and
+            printed (a map fitted once cannot follow features that change while training). Chosen on validation
+            (docs/choosing.md, "Carrying the transition across datasets"). Only ``linear`` has an X-mod form: R_Fro
+            is 0 with the others.
+        transfer: with the ``regressor`` transition, the correction for the shift between the supporting and the
+            scored dataset (``brokenbind.transfer``): ``none`` (default), ``importance`` (covariate-shift weights of
+            the supporting rows), ``coral`` (second-order alignment of the scored pivot) or ``sinkhorn``
+            (optimal-transport pseudo pairs).
+        regressor: with the ``regressor`` transition, the map: ``kernel`` (default: Gaussian kernel ridge over the
+            supporting rows) or ``ridge`` (linear).
         pseudo_centring: ``target_mean`` moves the pseudo embeddings' batch mean onto the real target's batch mean in
             the dataset they come from (C3's collapse, arXiv 2401.08567 §3), ``none`` leaves them as extrapolated;
             ``pseudo_noise`` adds Gaussian noise of that standard deviation per coordinate (C3's corrupt).
@@ -101,7 +115,8 @@ class BrokenBind(BindingMethod):
             SimSiam's, arXiv 2011.10566 §3): its gradient moves the real query rows only, and the target's head then
             learns from real rows alone. With the regressor transition the pseudo rows are the target head's
             embedding of *predicted* features, so without it that head also learns to embed predictions, which real
-            rows at test time do not look like. R_Fro is unchanged. False (the paper) by default.
+            rows at test time do not look like. None (default): with the regressor transition only (chosen on
+            validation); the batch transitions keep the paper's gradient. R_Fro is unchanged.
         sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
             against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
@@ -124,14 +139,14 @@ class BrokenBind(BindingMethod):
         push_away: Literal["all", "observed_pairs", "none"] = "none",
         push_away_weight: float = 1.0,
         sym_normalizer: Literal["batch", "pairs"] = "batch",
-        transition: Literal["linear", "kernel", "regressor"] = "linear",
+        transition: Literal["auto", "linear", "kernel", "regressor"] = "auto",
         transfer: Transfer = "none",
-        regressor: Regressor = "ridge",
+        regressor: Regressor = "kernel",
         kernel_temperature: float = 0.05,
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
-        detach_pseudo: bool = False,
+        detach_pseudo: bool | None = None,
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
@@ -154,7 +169,7 @@ class BrokenBind(BindingMethod):
             "mox_contrast": (mox_contrast, ("x_data", "x_mod")),
             "push_away": (push_away, ("all", "observed_pairs", "none")),
             "sym_normalizer": (sym_normalizer, ("batch", "pairs")),
-            "transition": (transition, ("linear", "kernel", "regressor")),
+            "transition": (transition, TRANSITIONS),
             "transfer": (transfer, TRANSFERS),
             "regressor": (regressor, REGRESSORS),
             "pseudo_centring": (pseudo_centring, ("none", "target_mean")),
@@ -174,25 +189,55 @@ class BrokenBind(BindingMethod):
             raise ConfigError(
                 f"mox_contrast x_mod needs transition linear: the {transition} transition has no X-mod form"
             )
-        if (transfer != "none" or regressor != "ridge") and transition != "regressor":
-            raise ConfigError("transfer and regressor configure the regressor transition: set transition: regressor")
+        if (transfer != "none" or regressor != "kernel") and transition in ("linear", "kernel"):
+            raise ConfigError(
+                f"transfer and regressor configure the regressor transition, not the {transition} one: set transition: "
+                "regressor (or auto)"
+            )
         self.transition, self.kernel_temperature = transition, kernel_temperature
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
         self.detach_pseudo = detach_pseudo
         self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
-        # refitted by ``prepare`` at every fit start (a deterministic function of the frozen features), never saved
-        self.imputer = (
-            PivotImputer(self.name, transfer=transfer, regressor=regressor) if transition == "regressor" else None
-        )
+        self.transfer, self.regressor = transfer, regressor
+        # the regressor transition's maps, refitted by ``prepare`` at every fit start (a deterministic function of the
+        # frozen features), never saved; ``auto`` extrapolates linearly until a fit finds the features frozen
+        self.imputer = self.pivot_map() if transition == "regressor" else None
         self.extrapolator = (
             None
             if transition == "regressor"
-            else Extrapolator(transition, pinv_ridge, kernel_temperature, normalize_pseudo, pseudo_centring)
+            else Extrapolator(
+                "linear" if transition == "auto" else transition,
+                pinv_ridge,
+                kernel_temperature,
+                normalize_pseudo,
+                pseudo_centring,
+            )
         )
+
+    def pivot_map(self) -> PivotImputer:
+        return PivotImputer("MOX", transfer=self.transfer, regressor=self.regressor)  # names its messages
 
     def prepare(self, encode: Encoder, graph: PairingGraph) -> None:
         super().prepare(encode, graph)
-        if self.imputer is not None:
+        if self.transition == "auto" and self.weights["mox"]:  # without L_MOX there is nothing to map
+            self.imputer = self.pivot_map()
+            try:
+                self.imputer.fit(encode, graph)
+            except (
+                TrainableBackboneError
+            ) as error:  # a map fitted once cannot follow features that change while training
+                self.imputer = None
+                rank_zero_info(
+                    f"MOX: transition auto → linear (Eqs. 5-8 on each batch): {error.modalities} have "
+                    "trainable or adapted backbones"
+                )
+                return
+            self.extrapolator = None
+            rank_zero_info(
+                f"MOX: transition auto → regressor ({self.regressor} map pivot → target, fitted once on the "
+                "frozen features of the supporting datasets)"
+            )
+        elif self.imputer is not None:
             self.imputer.fit(encode, graph)
 
     def complete(self, features: Features) -> Features:
@@ -307,12 +352,18 @@ class BrokenBind(BindingMethod):
             )
         return mox, fro if isinstance(fro, Tensor) else torch.zeros_like(mox)
 
+    @property
+    def detaches(self) -> bool:
+        """Whether L_MOX stops its gradient at the pseudo rows (``detach_pseudo``; None: with the regressor
+        transition only)."""
+        return self.imputer is not None if self.detach_pseudo is None else self.detach_pseudo
+
     def mox_candidates(self, pseudo: Pseudo, real_target: Tensor) -> Tensor:
-        """The unit pseudo embeddings L_MOX contrasts with (Eq. 4's ⟨·,·⟩ is a cosine): X-data or X-mod, detached,
-        re-centred on the real target rows' mean and corrupted with noise when configured (C3). R_Fro and the next step
-        of a chain use the pseudo embeddings as extrapolated."""
+        """The unit pseudo embeddings L_MOX contrasts with (Eq. 4's ⟨·,·⟩ is a cosine): X-data or X-mod, detached
+        (``detaches``), re-centred on the real target rows' mean and corrupted with noise when configured (C3). R_Fro
+        and the next step of a chain use the pseudo embeddings as extrapolated."""
         contrast = pseudo.data if self.mox_contrast == "x_data" else pseudo.mod
-        if self.detach_pseudo:
+        if self.detaches:
             contrast = contrast.detach()
         if self.pseudo_centring == "target_mean":
             contrast = recentre(contrast, real_target.detach().float().mean(0))
