@@ -201,7 +201,7 @@ class BrokenBind(BindingMethod):
         self.transfer, self.regressor = transfer, regressor
         # the regressor transition's maps, refitted by ``prepare`` at every fit start (a deterministic function of the
         # frozen features), never saved; ``auto`` extrapolates linearly until a fit finds the features frozen
-        self.imputer = self.pivot_map() if transition == "regressor" else None
+        self.imputer = self.new_imputer() if transition == "regressor" else None
         self.extrapolator = (
             None
             if transition == "regressor"
@@ -214,18 +214,18 @@ class BrokenBind(BindingMethod):
             )
         )
 
-    def pivot_map(self) -> PivotImputer:
+    def new_imputer(self) -> PivotImputer:
+        """The regressor transition's maps, unfitted."""
         return PivotImputer("MOX", transfer=self.transfer, regressor=self.regressor)  # names its messages
 
     def prepare(self, encode: Encoder, graph: PairingGraph) -> None:
         super().prepare(encode, graph)
         if self.transition == "auto" and self.weights["mox"]:  # without L_MOX there is nothing to map
-            self.imputer = self.pivot_map()
+            self.imputer = self.new_imputer()
             try:
                 self.imputer.fit(encode, graph)
-            except (
-                TrainableBackboneError
-            ) as error:  # a map fitted once cannot follow features that change while training
+            # a map fitted once cannot follow features that change while training
+            except TrainableBackboneError as error:
                 self.imputer = None
                 rank_zero_info(
                     f"MOX: transition auto → linear (Eqs. 5-8 on each batch): {error.modalities} have "
