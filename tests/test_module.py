@@ -171,3 +171,18 @@ def test_weights_of_checkpoints_written_before_the_model_module_load_under_its_p
         "model.backbones.pix.scale": 1, "model.heads.pix.0.weight": 2, "method.scale.value": 3,
         "model.heads.fou.0.bias": 4,
     }  # fmt: skip
+
+
+def test_the_transfer_error_reads_the_map_the_method_fitted(tmp_path):
+    """With the default's kernel map the transfer error is that map's (the one the run trains on), not a ridge's."""
+    from brokenbind.callbacks.diagnosis import PivotDiagnosis, transfer_error
+
+    seed_everything(0)
+    model, diagnosis = BindingModule(BrokenBind()), PivotDiagnosis()
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[diagnosis])
+    trainer.fit(model, datamodule=make_mfeat())
+    kernel_map = model.method.imputer.maps["evaluation", "pix", "zer"]
+    expected = transfer_error(model.frozen_features, "evaluation", ["support"], "pix", "zer", kernel_map)
+    assert diagnosis.transfer == {f"evaluation/pix->zer/{k}": v for k, v in expected.items()}
+    ridge = transfer_error(model.frozen_features, "evaluation", ["support"], "pix", "zer")
+    assert ridge["mAP_scored"] != expected["mAP_scored"]

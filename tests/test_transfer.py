@@ -358,3 +358,15 @@ def test_transfer_error_against_sklearn_ridge_and_a_reciprocal_rank_loop():
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-4), name
     assert got["rel_mse_scored"] > got["rel_mse_supporting"]  # d1's pivot rows are shifted: the map transfers worse
+
+
+def test_transfer_error_of_a_given_map_reads_only_the_validation_rows():
+    layout_, calls = split_layout(41), []
+    weight = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    got = transfer_error(fake_encoder(layout_, calls), "d1", ["d2"], "b", "c", lambda x: x @ weight)
+    assert {split for _, split, _ in calls} == {"val"}  # nothing to fit: no training rows read
+    for name, ds in (("supporting", "d2"), ("scored", "d1")):
+        vx, vy = arr(layout_[ds]["val"]["b"]), arr(layout_[ds]["val"]["c"])
+        predicted = vx @ arr(weight)
+        assert got[f"rel_mse_{name}"] == pytest.approx(np.mean((predicted - vy) ** 2) / np.mean((vy - vy.mean(0)) ** 2))
+        assert got[f"mAP_{name}"] == pytest.approx(mrr(predicted, vy), rel=1e-5)

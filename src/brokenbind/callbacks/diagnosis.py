@@ -17,8 +17,9 @@ Logged as ``val/diag/<D>/<p->r>/<name>``:
 The history travels in checkpoints (``bench`` plots it) and is drawn in TensorBoard (``figures/pivot_diagnosis``).
 
 Once per fit, before training, the **transfer error** of each such flow's pivot → target map (an analysis number: it
-reads the scored dataset's hidden pairs, which no method sees), from frozen backbone features: a ridge regressor
-q → r fitted on the training rows of the datasets observing both (λ chosen on their validation rows), then
+reads the scored dataset's hidden pairs, which no method sees), from frozen backbone features: the map the run's
+method fitted for D when it fits one (the regressor transition's kernel map, ``impute``'s ridge), else a ridge
+regressor q → r fitted on the training rows of the datasets observing both (λ chosen on their validation rows), then
 ``transfer/<D>/<q->r>/<name>``, logged at step 0 and printed:
 
 - ``rel_mse_supporting``, ``rel_mse_scored``: its mean squared error over the target's variance on the validation rows
@@ -28,6 +29,8 @@ q → r fitted on the training rows of the datasets observing both (λ chosen on
 """
 
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -45,7 +48,7 @@ from brokenbind.methods.extrapolation import Extrapolator
 from brokenbind.methods.impute import DEFAULT_RIDGES
 from brokenbind.metrics.retrieval import retrieval_metrics
 from brokenbind.pairing import PairedData
-from brokenbind.transfer import Ridge, choose, fit_ridge, predict_ridge
+from brokenbind.transfer import choose, fit_ridge, predict_ridge
 
 
 class PivotDiagnosis(Callback):
@@ -71,12 +74,15 @@ class PivotDiagnosis(Callback):
             if pivot is None or target in dm.datasets[flow.dataset].modalities or not holders:
                 continue  # no pivot, observed in training, or no dataset observes the pivot with the target (a chain)
             try:
-                numbers = transfer_error(pl_module.frozen_features, flow.dataset, holders, pivot, target)
+                fitted = getattr(getattr(pl_module.method, "imputer", None), "maps", {})
+                mapping = fitted.get((flow.dataset, pivot, target))  # the method's own map, when it fits one
+                numbers = transfer_error(pl_module.frozen_features, flow.dataset, holders, pivot, target, mapping)
             except (ConfigError, DataError) as error:  # trainable backbones (their features move), or no such rows
                 rank_zero_info(f"transfer error of {flow.dataset}: {pivot}->{target} not computed: {error}")
                 continue
             key = f"{flow.dataset}/{pivot}->{target}"
-            rank_zero_info(f"transfer error {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
+            source = "the method's map" if mapping is not None else "a ridge map"
+            rank_zero_info(f"transfer error {key} ({source}): " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
             self.transfer |= {f"{key}/{name}": value for name, value in numbers.items()}
             if trainer.logger is not None:
                 trainer.logger.log_metrics({f"transfer/{key}/{k}": v for k, v in numbers.items()}, step=0)
@@ -174,28 +180,32 @@ def transfer_error(
     holders: list[str],
     pivot: str,
     target: str,
+    mapping: Callable[[Tensor], Tensor] | None = None,
     ridges: tuple[float, ...] = DEFAULT_RIDGES,
 ) -> dict[str, float]:
-    """The transfer-error numbers of one flow (module docstring) from ``encode`` (frozen backbone features)."""
+    """The transfer-error numbers of one flow (module docstring) from ``encode`` (frozen backbone features), for
+    ``mapping`` (pivot features → target features) or, without one, a ridge map chosen from ``ridges``."""
 
     def pairs(datasets: list[str], split: str) -> tuple[Tensor, Tensor]:
         parts = [encode(d, split, [pivot, target]) for d in datasets]
         return torch.cat([p[pivot] for p in parts]), torch.cat([p[target] for p in parts])
 
-    def rel_mse(model: Ridge, x: Tensor, y: Tensor) -> float:
-        return ((predict_ridge(model, x) - y).pow(2).mean() / (y - y.mean(0)).pow(2).mean()).item()
+    def rel_mse(x: Tensor, y: Tensor) -> float:
+        return ((mapping(x) - y).pow(2).mean() / (y - y.mean(0)).pow(2).mean()).item()
 
-    def mean_ap(model: Ridge, x: Tensor, y: Tensor) -> float:
+    def mean_ap(x: Tensor, y: Tensor) -> float:
         index = torch.arange(len(x))
-        return retrieval_metrics(F.normalize(predict_ridge(model, x), dim=1), F.normalize(y, dim=1), index, index,
+        return retrieval_metrics(F.normalize(mapping(x), dim=1), F.normalize(y, dim=1), index, index,
                                  ks=(1,))["mAP"]  # fmt: skip
 
-    supporting, supporting_val, scored_val = pairs(holders, "train"), pairs(holders, "val"), pairs([scored], "val")
-    (ridge, _), _ = choose("ridge", *supporting, *supporting_val, [(r, 0.0) for r in ridges])
-    model = fit_ridge(*supporting, ridge)
+    supporting_val, scored_val = pairs(holders, "val"), pairs([scored], "val")
+    if mapping is None:
+        supporting = pairs(holders, "train")
+        (ridge, _), _ = choose("ridge", *supporting, *supporting_val, [(r, 0.0) for r in ridges])
+        mapping = partial(predict_ridge, fit_ridge(*supporting, ridge))
     return {
-        "rel_mse_supporting": rel_mse(model, *supporting_val),
-        "rel_mse_scored": rel_mse(model, *scored_val),
-        "mAP_supporting": mean_ap(model, *supporting_val),
-        "mAP_scored": mean_ap(model, *scored_val),
+        "rel_mse_supporting": rel_mse(*supporting_val),
+        "rel_mse_scored": rel_mse(*scored_val),
+        "mAP_supporting": mean_ap(*supporting_val),
+        "mAP_scored": mean_ap(*scored_val),
     }

@@ -133,9 +133,11 @@ class PivotImputer:
                 f"{self.name} has no fitted regressor: it trains only under fit (prepare runs at fit start)"
             )
         out = {ds: dict(mods) for ds, mods in features.items()}
-        for ds, pivot, target in self.steps:
+        for step in self.steps:
+            ds, pivot, target = step
             if ds in out:
-                out[ds][target] = self.maps[ds, pivot, target](out[ds][pivot])
+                self.maps[step] = self.maps[step].to(out[ds][pivot].device)
+                out[ds][target] = self.maps[step](out[ds][pivot])
         return out
 
     def imputed(self) -> dict[str, set[str]]:
