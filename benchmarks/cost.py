@@ -27,6 +27,7 @@ methods interleaved round by round, and reported as ratios with their range over
 7. ``run``: wall time and peak memory of ``brokenbind fit --config experiments/two_dataset.yaml`` (50 epochs + test),
    run from the working directory's ``experiments/``.
 8. ``imports``: seconds to import torch, Lightning, the library and the application, each in a fresh interpreter.
+9. ``map``: the default's kernel map on synthetic features: choosing its (λ, width), fitting it, completing a batch.
 
 ``--quick`` (``make bench-quick``) uses fewer rounds and a 2,000 × 2,000 retrieval. The Markdown report goes to
 ``--out`` (default ``benchmarks/results/cost.md``) with the command and versions that produced it.
@@ -522,6 +523,56 @@ def bench_validation(epochs: int) -> list[str]:
     return lines
 
 
+def map_inputs(rows: int, width: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``rows`` synthetic pivot features and a nonlinear target of them, ``width`` features each."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, width, generator=g)
+    return x, torch.tanh(x @ torch.randn(width, width, generator=g) / width**0.5) + 0.1 * torch.randn(rows, width)
+
+
+def bench_map(sizes: list[tuple[int, int]], rounds: int) -> list[str]:
+    """The default's kernel map pivot → target (``transition: auto`` on frozen backbones), one map: choosing (λ, width)
+    on validation rows (``transfer.choose``, 20 candidates) against the same choice by one general solve per
+    candidate (``fit_kernel_ridge``, as before the grid shared its distances and used Cholesky), the final fit, and
+    completing one 256-row batch. Supporting rows are capped at ``KERNEL_ROWS``; validation rows are a quarter."""
+    from brokenbind.methods.impute import KERNEL_ROWS, PivotImputer
+    from brokenbind.transfer import choose, fit_kernel_ridge, fit_pivot_map, predict_kernel_ridge
+
+    lines = [
+        "| supporting rows × features | choose (s) | choose, a solve per candidate (s) | ratio | final fit (s) | "
+        "256-row batch (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rows, width in sizes:
+        n = min(rows, KERNEL_ROWS)
+        (x, y), (vx, vy) = map_inputs(n, width), map_inputs(max(n // 4, 50), width, seed=1)
+        grid = PivotImputer("MOX", regressor="kernel").grid(x)
+        seconds: dict[str, list[float]] = {"choose": [], "solves": [], "fit": [], "batch": []}
+        for _ in range(rounds):  # interleaved, so that the machine's load falls on both ways alike
+            start = time.perf_counter()
+            (ridge, gamma), _ = choose("kernel", x, y, vx, vy, grid)
+            seconds["choose"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for r, g in grid:
+                predict_kernel_ridge(fit_kernel_ridge(x, y, r, g), vx)
+            seconds["solves"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            mapping = fit_pivot_map(x, y, x, "none", ridge, "kernel", gamma)
+            seconds["fit"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            mapping(vx[:256])
+            seconds["batch"].append(time.perf_counter() - start)
+        median = {k: statistics.median(v) for k, v in seconds.items()}
+        ratios = [b / a for a, b in zip(seconds["choose"], seconds["solves"], strict=True)]
+        lines.append(
+            f"| {rows:,} × {width:,}{f' (capped at {n:,})' if n < rows else ''} | {median['choose']:.2f} | "
+            f"{median['solves']:.2f} | {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+            f"{median['fit']:.2f} | {1000 * median['batch']:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
 def epoch_seconds(cached: bool) -> tuple[float, float]:
     """Seconds of the first and second training epoch on the digits with frozen pretrained backbones."""
     dm = DigitsDataModule(
@@ -577,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_retrieval(args.measure, args.n, args.sample)))
         return
     rounds, repeats, n = (3, 5, 2_000) if args.quick else (7, 15, 10_000)
+    map_sizes = [(600, 240), (4_096, 512)] + ([] if args.quick else [(20_000, 1_280)])
     header = [
         "# Cost benchmarks",
         "",
@@ -601,6 +653,7 @@ def main(argv: list[str] | None = None) -> None:
         ("## Validation against training, per epoch", bench_validation(5 if args.quick else 10)),
         ("## A whole run", bench_run()),
         ("## Import time (fresh interpreter)", bench_imports(3 if args.quick else 7)),
+        ("## The default's kernel map (one map, median over rounds)", bench_map(map_sizes, 1 if args.quick else 3)),
     ]
     report = "\n".join(header + [f"\n{title}\n\n" + "\n".join(lines) for title, lines in sections]) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

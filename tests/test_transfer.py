@@ -239,7 +239,7 @@ def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_ta
 def test_detached_pseudo_embeddings_keep_l_mox_and_leave_the_imputed_rows_without_gradient():
     emb = layout(33, {"d1": ["a", "b", "c"], "d2": ["a", "b", "c"]})  # c of d1 and a of d2 stand for imputed rows
 
-    def mox_and_grads(detach: bool) -> tuple[float, dict[str, Tensor | None]]:
+    def mox_and_grads(detach: bool | float) -> tuple[float, dict[str, Tensor | None]]:
         leaves = {ds: {m: f.clone().requires_grad_() for m, f in mods.items()} for ds, mods in emb.items()}
         method = BrokenBind(consistency_epochs=0, clip_weight=0.0, sym_weight=0.0, modality_scales=SCALES,
                             transition="regressor", detach_pseudo=detach)  # fmt: skip
@@ -255,15 +255,20 @@ def test_detached_pseudo_embeddings_keep_l_mox_and_leave_the_imputed_rows_withou
         assert grads[imputed].abs().sum() > 0 and detached_grads[imputed] is None
     for real in ("d1/a", "d1/b", "d2/b", "d2/c"):  # the real query rows move as before
         torch.testing.assert_close(detached_grads[real], grads[real])
+    # a share: the same value, the imputed rows get (1 − share) of their gradient, the real rows all of theirs
+    shared_value, shared_grads = mox_and_grads(detach=0.75)
+    assert shared_value == pytest.approx(value, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(shared_grads[name], grad * (0.25 if name in ("d1/c", "d2/a") else 1.0))
 
 
 def test_auto_transition_fits_the_kernel_map_on_frozen_features_and_stops_l_mox_at_its_pseudo_rows(caplog):
     layout_ = split_layout(34)
     method = BrokenBind()  # transition auto, regressor kernel, detach_pseudo None
-    assert (method.imputer, method.extrapolator.transition, method.detaches) == (None, "linear", False)
+    assert (method.imputer, method.extrapolator.transition, method.stopped_gradient) == (None, "linear", 0.0)
     with caplog.at_level("INFO", logger="lightning.pytorch"):  # a suite before may have quietened Lightning
         method.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
-    assert method.extrapolator is None and method.detaches
+    assert method.extrapolator is None and method.stopped_gradient == 1.0
     assert "MOX: transition auto → regressor (kernel map" in caplog.text
     want = BrokenBind(transition="regressor", regressor="kernel")
     want.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
@@ -278,7 +283,7 @@ def test_auto_transition_extrapolates_linearly_when_a_backbone_trains(caplog):
     method = BrokenBind(detach_pseudo=None)
     with caplog.at_level("INFO", logger="lightning.pytorch"):
         method.prepare(adapted, PairingGraph(TWO))
-    assert (method.imputer, method.extrapolator.transition, method.detaches) == (None, "linear", False)
+    assert (method.imputer, method.extrapolator.transition, method.stopped_gradient) == (None, "linear", 0.0)
     assert (
         "MOX: transition auto → linear (Eqs. 5-8 on each batch): ['c'] have trainable or adapted backbones"
         in caplog.text
@@ -312,6 +317,7 @@ def test_regressor_transition_completes_features_through_its_imputer():
         ({"transition": "regressor", "mox_contrast": "x_mod"}, "the regressor transition has no X-mod form"),
         ({"mox_contrast": "x_mod"}, "mox_contrast x_mod needs transition linear: the auto transition has no X-mod"),
         ({"transition": "regressor", "transfer": "x"}, "transfer must be one of"),
+        ({"detach_pseudo": 1.5}, "detach_pseudo must be true, false, null or a share in [0, 1], got 1.5"),
     ],
 )
 def test_regressor_transition_configuration_errors(kwargs, match):

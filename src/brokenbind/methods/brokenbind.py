@@ -116,7 +116,8 @@ class BrokenBind(BindingMethod):
             learns from real rows alone. With the regressor transition the pseudo rows are the target head's
             embedding of *predicted* features, so without it that head also learns to embed predictions, which real
             rows at test time do not look like. None (default): with the regressor transition only (chosen on
-            validation); the batch transitions keep the paper's gradient. R_Fro is unchanged.
+            validation); the batch transitions keep the paper's gradient. R_Fro is unchanged. A number in [0, 1]
+            stops that share of the gradient (True is 1, False 0): the pseudo rows get (1 − share) of it.
         sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
             against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
@@ -146,7 +147,7 @@ class BrokenBind(BindingMethod):
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
-        detach_pseudo: bool | None = None,
+        detach_pseudo: bool | float | None = None,
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
         modality_scales: dict[str, float] | None = None,
@@ -196,6 +197,8 @@ class BrokenBind(BindingMethod):
             )
         self.transition, self.kernel_temperature = transition, kernel_temperature
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
+        if not 0 <= float(detach_pseudo or 0) <= 1:
+            raise ConfigError(f"detach_pseudo must be true, false, null or a share in [0, 1], got {detach_pseudo}")
         self.detach_pseudo = detach_pseudo
         self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
         self.transfer, self.regressor = transfer, regressor
@@ -353,18 +356,18 @@ class BrokenBind(BindingMethod):
         return mox, fro if isinstance(fro, Tensor) else torch.zeros_like(mox)
 
     @property
-    def detaches(self) -> bool:
-        """Whether L_MOX stops its gradient at the pseudo rows (``detach_pseudo``; None: with the regressor
-        transition only)."""
-        return self.imputer is not None if self.detach_pseudo is None else self.detach_pseudo
+    def stopped_gradient(self) -> float:
+        """The share of L_MOX's gradient stopped at the pseudo rows (``detach_pseudo``; None: all of it with the
+        regressor transition, none otherwise)."""
+        return float(self.imputer is not None if self.detach_pseudo is None else self.detach_pseudo)
 
     def mox_candidates(self, pseudo: Pseudo, real_target: Tensor) -> Tensor:
         """The unit pseudo embeddings L_MOX contrasts with (Eq. 4's ⟨·,·⟩ is a cosine): X-data or X-mod, detached
-        (``detaches``), re-centred on the real target rows' mean and corrupted with noise when configured (C3). R_Fro
-        and the next step of a chain use the pseudo embeddings as extrapolated."""
+        (``stopped_gradient``), re-centred on the real target rows' mean and corrupted with noise when configured
+        (C3). R_Fro and the next step of a chain use the pseudo embeddings as extrapolated."""
         contrast = pseudo.data if self.mox_contrast == "x_data" else pseudo.mod
-        if self.detaches:
-            contrast = contrast.detach()
+        if stop := self.stopped_gradient:  # the same values; (1 − stop) of the gradient reaches the pseudo rows
+            contrast = contrast.detach() if stop == 1 else contrast - stop * (contrast - contrast.detach())
         if self.pseudo_centring == "target_mean":
             contrast = recentre(contrast, real_target.detach().float().mean(0))
         if self.noise is not None:

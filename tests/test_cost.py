@@ -1,0 +1,16 @@
+"""The kernel-map section of the cost benchmark (``benchmarks/cost.py``) at a tiny size: its table and its numbers."""
+
+import math
+
+from benchmarks.cost import bench_map
+
+
+def test_the_kernel_map_section_times_each_part_and_states_the_cap(monkeypatch):
+    monkeypatch.setattr("brokenbind.methods.impute.KERNEL_ROWS", 100)  # the cap, at a test's size
+    lines = bench_map([(80, 6), (1_500, 4)], rounds=2)
+    assert lines[0].startswith("| supporting rows × features | choose (s) |") and lines[1].startswith("|---|")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert [row[0] for row in rows] == ["80 × 6", "1,500 × 4 (capped at 100)"]
+    for row in rows:
+        values = [float(row[1]), float(row[2]), float(row[3].split(" ")[0]), float(row[4]), float(row[5])]
+        assert all(math.isfinite(v) and v > 0 for v in values), row
