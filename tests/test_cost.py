@@ -6,11 +6,14 @@ from benchmarks.cost import bench_map
 
 
 def test_the_kernel_map_section_times_each_part_and_states_the_cap(monkeypatch):
-    monkeypatch.setattr("brokenbind.methods.impute.KERNEL_ROWS", 100)  # the cap, at a test's size
-    lines = bench_map([(80, 6), (1_500, 4)], rounds=2)
+    monkeypatch.setattr("brokenbind.methods.impute.KERNEL_ROWS", 100)  # the caps, at a test's size
+    monkeypatch.setattr("brokenbind.methods.impute.KERNEL_GRID_ROWS", 60)
+    lines = bench_map([(50, 6), (1_500, 4)], rounds=2)
     assert lines[0].startswith("| supporting rows × features | choose (s) |") and lines[1].startswith("|---|")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-    assert [row[0] for row in rows] == ["80 × 6", "1,500 × 4 (capped at 100)"]
+    assert [row[0] for row in rows] == ["50 × 6", "1,500 × 4 (capped at 100)"]
     for row in rows:
-        values = [float(row[1]), float(row[2]), float(row[3].split(" ")[0]), float(row[4]), float(row[5])]
+        values = [float(row[1]), float(row[2]), float(row[3].split(" ")[0]), float(row[5]), float(row[6])]
         assert all(math.isfinite(v) and v > 0 for v in values), row
+    # the faster choice, scored by the full search: the same candidate under the grid cap (50 rows), no better above it
+    assert float(rows[0][4]) == 1.0 and float(rows[1][4]) >= 1.0

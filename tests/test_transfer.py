@@ -19,6 +19,7 @@ from brokenbind.graph import PairingGraph
 from brokenbind.methods import BrokenBind, Impute
 from brokenbind.methods.impute import KERNEL_RIDGES, KERNEL_WIDTHS, PivotImputer
 from brokenbind.transfer import (
+    choose,
     coral,
     fit_kernel_ridge,
     fit_pivot_map,
@@ -193,6 +194,25 @@ def test_kernel_imputer_chooses_lambda_and_width_by_validation_error_against_skl
     assert imputer.chosen_gamma["b", "c"] == pytest.approx(best[1], rel=1e-9)
     # transfer none: the scored dataset's rows are never read
     assert ("d1", "train", ("a", "b")) not in calls
+
+
+def test_kernel_imputer_searches_its_grid_on_a_capped_subset_and_fits_the_whole_memory(monkeypatch):
+    monkeypatch.setattr("brokenbind.methods.impute.KERNEL_GRID_ROWS", 25)
+    layout_ = split_layout(22)
+    imputer = PivotImputer("impute", regressor="kernel")
+    imputer.fit(fake_encoder(layout_, []), PairingGraph(TWO))
+    train, val = layout_["d2"]["train"], layout_["d2"]["val"]
+    subset = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:25]
+    (ridge, gamma), _ = choose(
+        "kernel", train["b"][subset], train["c"][subset], val["b"], val["c"], imputer.grid(train["b"])
+    )
+    assert (imputer.chosen_ridge["b", "c"], imputer.chosen_gamma["b", "c"]) == (ridge, gamma)
+    everything, _ = choose("kernel", train["b"], train["c"], val["b"], val["c"], imputer.grid(train["b"]))
+    assert everything != (ridge, gamma)  # on these rows the search on all 40 would choose otherwise
+    memory = imputer.maps["d1", "b", "c"].model
+    torch.testing.assert_close(memory.rows, train["b"].double())  # every row, in order: the cap is the grid's only
+    expected = fit_kernel_ridge(train["b"], train["c"], ridge, gamma)
+    torch.testing.assert_close(memory.dual, expected.dual)
 
 
 def test_imputer_transfer_adapts_to_the_scored_dataset_s_own_training_pivot_rows():

@@ -40,6 +40,17 @@ DEFAULT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 KERNEL_RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 KERNEL_WIDTHS = (0.5, 1.0, 2.0, 4.0)
 KERNEL_ROWS = 4096  # the kernel map's memory: at most this many supporting rows (O(n³) fit, O(n) per prediction)
+# the (λ, width) grid is searched on at most this many of the memory's rows: 20 candidates at 4,096 rows cost 8× one at
+# 2,048 each; λ is per row (against K/n), so the choice carries to the whole memory, erring towards more smoothing
+KERNEL_GRID_ROWS = 2048
+
+
+def at_most(rows: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """At most ``rows`` of the pairs (``x``, ``y``), drawn with a fixed seed (all of them, in order, if fewer)."""
+    if len(x) <= rows:
+        return x, y
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:rows]
+    return x[keep], y[keep]
 
 
 class PivotImputer:
@@ -92,17 +103,18 @@ class PivotImputer:
             train = [encode(d, "train", [pivot, target]) for d in fit]
             val = [encode(d, "val", [pivot, target]) for d in holders]
             x, y = (torch.cat([f[m] for f in train]) for m in (pivot, target))
-            if self.regressor == "kernel" and len(x) > KERNEL_ROWS:
-                keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:KERNEL_ROWS]
-                x, y = x[keep], y[keep]
+            if self.regressor == "kernel":
+                x, y = at_most(KERNEL_ROWS, x, y)
             pairs[pivot, target] = x, y
             vx, vy = (torch.cat([f[m] for f in val]) for m in (pivot, target))
-            (best, self.chosen_gamma[pivot, target]), errors = choose(self.regressor, x, y, vx, vy, self.grid(x))
+            searched = at_most(KERNEL_GRID_ROWS, x, y) if self.regressor == "kernel" else (x, y)
+            (best, self.chosen_gamma[pivot, target]), errors = choose(self.regressor, *searched, vx, vy, self.grid(x))
             self.chosen_ridge[pivot, target] = best
             rank_zero_info(
                 f"{self.name}: {pivot}→{target} {self.regressor} regressor on {len(x)} training rows of {fit}, "
                 f"λ = {best:g}{f', γ = {self.chosen_gamma[pivot, target]:.3g}' if self.regressor == 'kernel' else ''} "
-                f"(validation MSE {min(errors.values()):.4g} over {len(errors)} candidates)"
+                f"(validation MSE {min(errors.values()):.4g} over {len(errors)} candidates"
+                f"{f', searched on {len(searched[0])} of the rows' if len(searched[0]) < len(x) else ''})"
             )
         # each dataset's own training rows, completed step by step: what the transfer corrections adapt to
         rows = (
