@@ -59,7 +59,8 @@ class PivotImputer:
     Fitted once before training (``fit``) on the training rows of the datasets observing both modalities (of every
     dataset with ``fit_on="all"``), a ``ridge`` (linear) or ``kernel`` (Gaussian kernel ridge, on at most
     ``KERNEL_ROWS`` rows drawn with a fixed seed) regressor whose λ (and kernel width) is chosen from a grid by the
-    mean squared error on the validation rows of the observing datasets (never the hidden ones), then carried to the
+    mean squared error on the validation rows of the observing datasets (never the hidden ones; the kernel's grid
+    fitted on at most ``KERNEL_GRID_ROWS`` of its rows), then carried to the
     dataset that lacks the target by ``transfer`` (``brokenbind.transfer``: ``none``, ``importance``, ``coral`` or
     ``sinkhorn``) using that dataset's own training rows of the pivot (imputed ones along a chain). ``complete`` fills
     in the missing modalities.
