@@ -50,7 +50,7 @@ table: $(BIN)/brokenbind ## Every method in METHODS x SEEDS on EXP, then mean ±
 
 # -n auto: one pytest-xdist worker per core; worksteal rebalances, since a few process tests take a minute each.
 # One math thread per process: a worker per core already fills the cores, and two workers each running a thread per
-# core contend (the CLI fits of test_cli ran 131 s with torch's default threads, 91 s with one)
+# core contend for them
 PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest -n auto --dist worksteal
 
 test: $(BIN)/brokenbind ## Run the whole test suite on every core, then list its 25 slowest tests

@@ -131,11 +131,11 @@ def kernel_validation_errors(
     x, y, vx, vy = x.double(), y.double(), vx.double(), vy.double()
     distances, val_distances = torch.cdist(x, x).square(), torch.cdist(vx, x).square()
     y_mean = y.mean(0)
-    errors = {}
+    errors, eye = {}, torch.eye(len(x), dtype=x.dtype)
     for gamma in dict.fromkeys(g for _, g in grid):
         kernel, val_kernel = torch.exp(-gamma * distances), torch.exp(-gamma * val_distances)
         for ridge in (r for r, g in grid if g == gamma):
-            factor = torch.linalg.cholesky(kernel + len(x) * ridge * torch.eye(len(x), dtype=x.dtype))
+            factor = torch.linalg.cholesky(kernel + len(x) * ridge * eye)
             prediction = val_kernel @ torch.cholesky_solve(y - y_mean, factor) + y_mean
             errors[ridge, gamma] = (prediction - vy).pow(2).mean().item()
     return errors

@@ -74,8 +74,7 @@ class PivotDiagnosis(Callback):
             if pivot is None or target in dm.datasets[flow.dataset].modalities or not holders:
                 continue  # no pivot, observed in training, or no dataset observes the pivot with the target (a chain)
             try:
-                fitted = getattr(getattr(pl_module.method, "imputer", None), "maps", {})
-                mapping = fitted.get((flow.dataset, pivot, target))  # the method's own map, when it fits one
+                mapping = pl_module.method.pivot_map(flow.dataset, pivot, target)
                 numbers = transfer_error(pl_module.frozen_features, flow.dataset, holders, pivot, target, mapping)
             except (ConfigError, DataError) as error:  # trainable backbones (their features move), or no such rows
                 rank_zero_info(f"transfer error of {flow.dataset}: {pivot}->{target} not computed: {error}")

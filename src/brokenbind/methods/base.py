@@ -89,6 +89,11 @@ class BindingMethod(nn.Module, ABC):
         methods); the heads then embed them like real ones. Unchanged by default."""
         return features
 
+    def pivot_map(self, dataset: str, pivot: str, target: str) -> Callable[[Tensor], Tensor] | None:
+        """The features map pivot → target that ``complete`` applies to ``dataset``, if the method fitted one (the
+        transfer error of ``callbacks.diagnosis`` scores it); None by default."""
+        return None
+
     def diagnostics(self, embeddings: Embeddings) -> dict[str, Tensor]:
         """Values to log for this rank's batch of ``embeddings`` (``MethodOutput``); none by default."""
         return {}

@@ -51,7 +51,7 @@ from brokenbind.methods.base import (
 )
 from brokenbind.methods.extrapolation import Extrapolator, Pseudo
 from brokenbind.methods.impute import PivotImputer
-from brokenbind.transfer import REGRESSORS, TRANSFERS, Regressor, Transfer
+from brokenbind.transfer import REGRESSORS, TRANSFERS, PivotMap, Regressor, Transfer
 
 TRANSITIONS = ("auto", "linear", "kernel", "regressor")
 
@@ -245,6 +245,9 @@ class BrokenBind(BindingMethod):
 
     def complete(self, features: Features) -> Features:
         return features if self.imputer is None else self.imputer.complete(features)
+
+    def pivot_map(self, dataset: str, pivot: str, target: str) -> PivotMap | None:
+        return None if self.imputer is None else self.imputer.maps.get((dataset, pivot, target))
 
     def mox_start(self, max_epochs: int | None) -> int:
         """The first epoch with MOX in a run of ``max_epochs`` (the trainer's, which the LightningModule passes with

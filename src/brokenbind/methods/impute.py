@@ -198,3 +198,6 @@ class Impute(FABind):
 
     def complete(self, features: Features) -> Features:
         return self.imputer.complete(features)
+
+    def pivot_map(self, dataset: str, pivot: str, target: str) -> PivotMap | None:
+        return self.imputer.maps.get((dataset, pivot, target))
