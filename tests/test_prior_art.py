@@ -170,16 +170,16 @@ def test_cmcr_memory_is_a_queue_of_the_newest_rows_and_later_steps_retrieve_from
     first, second = layout(12, TWO), layout(13, TWO)
     method = CMCR(memory_size=7, retrieval_temperature=0.2, noise_std=0.0, intra_weight=0.1, modality_scales=SCALES)
     run(method, first, epoch=0)
-    assert {ds: {m: len(f) for m, f in mods.items()} for ds, mods in method.memory.items()} == {
+    assert {ds: {m: len(f) for m, f in mods.items()} for ds, mods in method.memory.rows.items()} == {
         "d1": {"a": 5, "b": 5}, "d2": {"b": 5, "c": 5}
     }  # fmt: skip
     terms = run(method, second, epoch=0)
     for ds, mods in TWO.items():
         for m in mods:
             expected = torch.cat([second[ds][m], first[ds][m]])[:7]  # the newest first, then truncated
-            assert torch.equal(method.memory[ds][m], expected)
-            assert not method.memory[ds][m].requires_grad
-    memory = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in method.memory.items()}
+            assert torch.equal(method.memory.rows[ds][m], expected)
+            assert not method.memory.rows[ds][m].requires_grad
+    memory = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in method.memory.rows.items()}
     assert_terms(terms, cmcr_reference(second, memory, 0.2, 0.1))
 
 
@@ -187,7 +187,7 @@ def test_cmcr_memory_smaller_than_a_batch_keeps_its_first_rows():
     emb = layout(14, TWO)
     method = CMCR(memory_size=3, noise_std=0.0)
     run(method, emb, epoch=0)
-    assert all(torch.equal(method.memory[ds][m], emb[ds][m][:3]) for ds, mods in TWO.items() for m in mods)
+    assert all(torch.equal(method.memory.rows[ds][m], emb[ds][m][:3]) for ds, mods in TWO.items() for m in mods)
 
 
 def test_cmcr_noise_is_drawn_from_its_own_seeded_generator():
@@ -210,7 +210,7 @@ def test_cmcr_state_round_trip_gives_identical_subsequent_terms(tmp_path):
     for emb in steps[:2]:
         run(trained, emb, epoch=0)
     torch.save(trained.state_dict(), tmp_path / "state.pt")
-    assert {"_extra_state", "noise._extra_state"} <= set(trained.state_dict())
+    assert {"memory._extra_state", "noise._extra_state"} <= set(trained.state_dict())
     resumed = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))  # as a checkpoint is loaded
     fresh = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
@@ -718,9 +718,9 @@ def test_cmcr_stopped_mid_run_and_resumed_equals_an_uninterrupted_run(cmcr_unint
     run = tmp_path / "logs" / "two_dataset" / "cmcr" / "version_0"
     got, expected = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                      for r in (run, cmcr_uninterrupted))  # fmt: skip
-    assert got.keys() == expected.keys() and "method._extra_state" in got
+    assert got.keys() == expected.keys() and "method.memory._extra_state" in got
     for key, value in expected.items():
-        if key == "method._extra_state":  # the memory queue
+        if key == "method.memory._extra_state":  # the memory queue
             for ds, mods in value.items():
                 for m, rows in mods.items():
                     torch.testing.assert_close(got[key][ds][m], rows, rtol=0, atol=1e-6)

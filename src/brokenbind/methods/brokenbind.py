@@ -51,6 +51,7 @@ from brokenbind.methods.base import (
 )
 from brokenbind.methods.extrapolation import Extrapolator, Pseudo
 from brokenbind.methods.impute import PivotImputer
+from brokenbind.methods.memory import EmbeddingMemory
 from brokenbind.transfer import REGRESSORS, TRANSFERS, PivotMap, Regressor, Transfer
 
 TRANSITIONS = ("auto", "linear", "kernel", "regressor")
@@ -97,6 +98,9 @@ class BrokenBind(BindingMethod):
             printed (a map fitted once cannot follow features that change while training). Chosen on validation
             (docs/choosing.md, "Carrying the transition across datasets"). Only ``linear`` has an X-mod form: R_Fro
             is 0 with the others.
+        kernel_memory: with the ``kernel`` transition, the number of rows per dataset it retrieves from: this batch's
+            rows and, up to that number, the newest rows of past batches in the learned space (detached; a queue,
+            ``methods.memory``, as C-MCR's). 0 (default) reads this batch only. The queue is saved in checkpoints.
         transfer: with the ``regressor`` transition, the correction for the shift between the supporting and the
             scored dataset (``brokenbind.transfer``): ``none`` (default), ``importance`` (covariate-shift weights of
             the supporting rows), ``coral`` (second-order alignment of the scored pivot) or ``sinkhorn``
@@ -144,6 +148,7 @@ class BrokenBind(BindingMethod):
         transfer: Transfer = "none",
         regressor: Regressor = "kernel",
         kernel_temperature: float = 0.05,
+        kernel_memory: int = 0,
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
@@ -196,6 +201,12 @@ class BrokenBind(BindingMethod):
                 "regressor (or auto)"
             )
         self.transition, self.kernel_temperature = transition, kernel_temperature
+        if isinstance(kernel_memory, bool) or kernel_memory < 0:
+            raise ConfigError(f"kernel_memory must be a non-negative number of rows, got {kernel_memory}")
+        if kernel_memory and transition != "kernel":
+            raise ConfigError(f"kernel_memory is read by the kernel transition only, not the {transition} one")
+        # a submodule only when used, as the noise: other checkpoints stay as before
+        self.memory = EmbeddingMemory(kernel_memory) if kernel_memory else None
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
         if not 0 <= float(detach_pseudo or 0) <= 1:
             raise ConfigError(f"detach_pseudo must be true, false, null or a share in [0, 1], got {detach_pseudo}")
@@ -278,12 +289,13 @@ class BrokenBind(BindingMethod):
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         terms = {}
         real = self.real(batch)
+        bank = None if self.memory is None else self.memory.push(batch.full)  # filled before MOX starts, too
         if self.weights["clip"]:
             terms["clip"] = self.clip(real)
         if self.weights["sym"]:
             terms["sym"] = self.symmetry(real)
         if (self.weights["mox"] or self.weights["fro"]) and epoch >= self.mox_start(max_epochs):
-            terms["mox"], terms["fro"] = self.extrapolation(batch)
+            terms["mox"], terms["fro"] = self.extrapolation(batch, bank)
         return {name: self.weights[name] * value for name, value in terms.items() if self.weights[name]}
 
     def real(self, batch: Batch) -> Batch:
@@ -335,12 +347,13 @@ class BrokenBind(BindingMethod):
             total = total + (value / len(batch.full[ds][m]) if self.sym_normalizer == "pairs" else value)
         return total
 
-    def extrapolation(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks."""
+    def extrapolation(self, batch: Batch, bank: Embeddings | None = None) -> tuple[Tensor, Tensor]:
+        """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks; ``bank``: the
+        rows the transition reads (``kernel_memory``; default this batch's)."""
         mox, fro = 0.0, 0.0
         real = self.real(batch)
         for ds, mods in real.local.items():
-            for target, pseudo in self.pseudo_embeddings(batch.full, ds).items():
+            for target, pseudo in self.pseudo_embeddings(batch.full, ds, bank).items():
                 candidates = self.mox_candidates(pseudo, batch.full[pseudo.source][target])
                 pivot = mods[pseudo.origin]
                 mox = mox + sum(
@@ -387,7 +400,7 @@ class BrokenBind(BindingMethod):
         logits = self.scale(modality) * orthogonal_logits(query, candidates, pivot)
         return F.cross_entropy(logits, offset + torch.arange(len(query), device=query.device))
 
-    def pseudo_embeddings(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
+    def pseudo_embeddings(self, full: Embeddings, dataset: str, bank: Embeddings | None = None) -> dict[str, Pseudo]:
         """Pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
 
         Extrapolated by ``extrapolator`` along the pairing graph; with the regressor transition they are already in
@@ -395,7 +408,7 @@ class BrokenBind(BindingMethod):
         """
         if self.imputer is not None:
             return self.imputed_pseudo(full, dataset)
-        return self.extrapolator(self.graph, full, dataset)
+        return self.extrapolator(self.graph, full, dataset, bank)
 
     def imputed_pseudo(self, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
         """The regressor transition's pseudo embeddings of ``dataset``: its imputed modalities, each with the real

@@ -19,13 +19,12 @@ head per modality, so the method becomes:
 
 Noise (``noise_std`` per coordinate, then re-normalised) is added to every embedding entering the ``pseudo`` and
 ``clip`` terms. What the sources leave open and what is chosen here: the memory is a queue of the last
-``memory_size`` rows of every dataset (detached; the current batch enters before retrieval, so the first step has a
-memory), saved in checkpoints for exact resumes; τ = 0.01 and noise standard deviation 0.063 (variance 0.004) follow
-the values reported for C-MCR by re-implementations (the paper's values were not verified); the intra term uses
-squared distances.
+``memory_size`` rows of every dataset (``methods.memory``: detached; the current batch enters before retrieval, so the
+first step has a memory), saved in checkpoints for exact resumes; τ = 0.01 and noise standard deviation 0.063
+(variance 0.004) follow the values reported for C-MCR by re-implementations (the paper's values were not verified);
+the intra term uses squared distances.
 """
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,6 +39,7 @@ from brokenbind.methods.base import (
     check_non_negative,
     modality_pairs,
 )
+from brokenbind.methods.memory import EmbeddingMemory
 
 
 class CMCR(BindingMethod):
@@ -75,24 +75,7 @@ class CMCR(BindingMethod):
         self.memory_size, self.temperature, self.noise_std = memory_size, retrieval_temperature, noise_std
         self.pseudo_weight, self.intra_weight = pseudo_weight, intra_weight
         self.noise = SharedNoise() if noise_std else None
-        self.memory: Embeddings = {}  # dataset -> modality -> (≤ memory_size, d), newest rows first
-
-    # the memory travels in checkpoints, so a resumed run retrieves from what an uninterrupted one would
-    def get_extra_state(self) -> Embeddings:
-        return self.memory
-
-    def set_extra_state(self, state: Embeddings) -> None:
-        self.memory = state
-
-    def remember(self, full: Embeddings) -> None:
-        """Push the gathered batch (detached) in front of each dataset's queue and keep the newest rows."""
-        for ds, mods in full.items():
-            old = self.memory.get(ds, {})
-            self.memory[ds] = {
-                m: torch.cat([f.detach().float(), old[m].to(f.device)])[: self.memory_size] if m in old else
-                f.detach().float()[: self.memory_size]
-                for m, f in mods.items()
-            }  # fmt: skip
+        self.memory = EmbeddingMemory(memory_size)
 
     def corrupt(self, full: Embeddings) -> Embeddings:
         if self.noise is None:
@@ -101,7 +84,7 @@ class CMCR(BindingMethod):
                 for ds, mods in full.items()}  # fmt: skip
 
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
-        self.remember(batch.full)
+        self.memory.push(batch.full)
         full = self.corrupt(batch.full)
         rows = len(next(iter(next(iter(batch.local.values())).values())))
         own = slice(batch.offset, batch.offset + rows)
@@ -141,7 +124,7 @@ class CMCR(BindingMethod):
         out: dict[str, Tensor] = {}
         while level := self.graph.next_level(dataset, have):
             for target, (source, pivot) in level.items():
-                memory = self.memory[source]
+                memory = self.memory.rows[source]
                 retrieved = kernel_transition(have[pivot], memory[pivot], memory[target], self.temperature)
                 out[target] = F.normalize(retrieved, dim=1)
             have.update(out)

@@ -41,27 +41,32 @@ class Extrapolator:
     normalize_pseudo: bool = False
     pseudo_centring: Literal["none", "target_mean"] = "none"
 
-    def __call__(self, graph: PairingGraph, full: Embeddings, dataset: str) -> dict[str, Pseudo]:
+    def __call__(
+        self, graph: PairingGraph, full: Embeddings, dataset: str, bank: Embeddings | None = None
+    ) -> dict[str, Pseudo]:
         """Pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
 
         Level by level: each other dataset that shares a modality with what ``dataset`` has so far (real, or pseudo
-        from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot.
+        from an earlier level) lends the modalities it has and ``dataset`` lacks, through that shared pivot. The rows
+        it lends are its rows of ``bank`` (default ``full``: this batch's; the kernel transition also reads a memory
+        of past batches, ``methods.memory``).
         """
+        bank = full if bank is None else bank
         have = dict(full[dataset])
         origin = {m: m for m in have}
         out: dict[str, Pseudo] = {}
         while level := graph.next_level(dataset, have):
             pinvs = {}
             if self.transition == "linear":  # one pseudo-inverse per (source, pivot), shared by its targets
-                pinvs = {link: pivot_pinv(full[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
+                pinvs = {link: pivot_pinv(bank[link[0]][link[1]], self.pinv_ridge) for link in set(level.values())}
             for target, (source, pivot) in level.items():
-                real = full[source][target]
+                real = bank[source][target]
                 if self.transition == "linear":
                     data = x_data(have[pivot], pinvs[source, pivot], real)
                     mod = x_mod(have[pivot], pinvs[source, pivot], real)
                 else:  # the source's pivot rows detached, as the pseudo-inverse of the linear transition
                     pivot_rows = F.normalize(have[pivot].float(), dim=1)
-                    data = kernel_transition(pivot_rows, full[source][pivot].detach(), real, self.kernel_temperature)
+                    data = kernel_transition(pivot_rows, bank[source][pivot].detach(), real, self.kernel_temperature)
                     mod = None
                 if self.normalize_pseudo:
                     data = F.normalize(data, dim=1)
