@@ -43,6 +43,10 @@ METHODS = {
     "cmcr": (lambda: CMCR(), TWO),
     "cmcr_without_noise": (lambda: CMCR(noise_std=0.0, retrieval_temperature=0.1), CHAIN),
     "brokenbind_kernel": (lambda: BrokenBind(consistency_epochs=0, transition="kernel"), TWO),
+    "brokenbind_kernel_memory_noise": (
+        lambda: BrokenBind(consistency_epochs=0, transition="kernel", kernel_memory=32, embedding_noise=0.05),
+        TWO,
+    ),
     "brokenbind_orthogonal": (lambda: BrokenBind(consistency_epochs=0, mox_subspace="orthogonal"), TWO),
     "brokenbind_centred_noise": (
         lambda: BrokenBind(consistency_epochs=0, pseudo_centring="target_mean", pseudo_noise=0.05),

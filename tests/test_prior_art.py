@@ -650,9 +650,62 @@ def test_kernel_transition_along_a_chain_uses_the_normalised_pseudo_pivot():
     assert steps["c"].mod is None and steps["e"].mod is None
 
 
+def test_kernel_transition_with_a_memory_reads_this_batch_then_the_newest_past_rows():
+    """kernel_memory = 7 rows, batches of 5: the second step retrieves from its own 5 rows (with their gradient) and
+    the first step's first 2 (detached)."""
+    first, second = layout(87, TWO), layout(88, TWO)
+    method = mox_only(transition="kernel", kernel_temperature=0.2, kernel_memory=7)
+    run(method, first, epoch=0)
+    second = {ds: {m: f.clone().requires_grad_() for m, f in mods.items()} for ds, mods in second.items()}
+    got = run(method, second, epoch=0)
+    e1, e2 = ({ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()} for emb in (first, second))
+    bank = {ds: {m: np.concatenate([e2[ds][m], e1[ds][m][:2]]) for m in mods} for ds, mods in e2.items()}
+    candidates = {
+        "d1": unit_rows(kernel_loop(e2["d1"]["b"], bank["d2"]["b"], bank["d2"]["c"], 0.2)),
+        "d2": unit_rows(kernel_loop(e2["d2"]["b"], bank["d1"]["b"], bank["d1"]["a"], 0.2)),
+    }
+    assert got["mox"].item() == pytest.approx(mox_reference(second, candidates), rel=1e-5)
+    for ds, mods in method.memory.rows.items():  # the queue: this batch first, then the first's newest rows
+        for m, rows in mods.items():
+            assert torch.equal(rows, torch.cat([second[ds][m], first[ds][m][:2]]).detach())
+            assert not rows.requires_grad
+    got["mox"].backward()  # the batch's target rows lent to the other dataset take gradient, as without a memory
+    assert second["d2"]["c"].grad.abs().sum() > 0 and second["d1"]["a"].grad.abs().sum() > 0
+
+
+def test_kernel_memory_is_filled_before_mox_starts_and_saved_in_the_state():
+    method = BrokenBind(transition="kernel", kernel_memory=8, consistency_epochs=5)
+    terms = run(method, layout(89, TWO), epoch=0)
+    assert "mox" not in terms and {len(f) for mods in method.memory.rows.values() for f in mods.values()} == {B}
+    assert "memory._extra_state" in method.state_dict()
+    assert "memory._extra_state" not in BrokenBind(transition="kernel").state_dict()  # no memory: as before
+
+
+def test_embedding_noise_corrupts_the_real_embeddings_of_every_term_but_not_the_pseudo_rows():
+    emb = layout(90, TWO)
+    kwargs = {"consistency_epochs": 0, "transition": "kernel", "kernel_temperature": 0.2, "mox_subspace": "full",
+              "modality_scales": SCALES}  # fmt: skip
+    torch.manual_seed(21)
+    got = run(BrokenBind(embedding_noise=0.05, **kwargs), emb, epoch=0)
+    gen = torch.Generator().manual_seed(21)  # SharedNoise seeds from torch.initial_seed(), dataset by dataset
+    noisy = {ds: {m: F.normalize(f + 0.05 * torch.randn(f.shape, generator=gen), dim=1) for m, f in mods.items()}
+             for ds, mods in emb.items()}  # fmt: skip
+    on_noisy = run(BrokenBind(mox_weight=0.0, **kwargs), noisy, epoch=0)  # L_CLIP and L_Sym of the noisy rows
+    assert (got["clip"].item(), got["sym"].item()) == pytest.approx((on_noisy["clip"].item(), on_noisy["sym"].item()))
+    e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
+    candidates = {  # extrapolated from the clean rows; the noisy rows are the queries
+        "d1": unit_rows(kernel_loop(e["d1"]["b"], e["d2"]["b"], e["d2"]["c"], 0.2)),
+        "d2": unit_rows(kernel_loop(e["d2"]["b"], e["d1"]["b"], e["d1"]["a"], 0.2)),
+    }
+    assert got["mox"].item() == pytest.approx(mox_reference(noisy, candidates), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"kernel_memory": 64}, "kernel_memory is read by the kernel transition only, not the auto one"),
+        ({"transition": "kernel", "kernel_memory": -1}, "kernel_memory must be a non-negative number of rows, got -1"),
+        ({"embedding_noise": -0.1}, "embedding_noise must be non-negative, got -0.1"),
         ({"transition": "kernel", "mox_contrast": "x_mod"},
          "mox_contrast x_mod needs transition linear: the kernel transition has no X-mod form"),
         ({"kernel_temperature": 0.0}, "kernel_temperature must be positive, got 0.0"),

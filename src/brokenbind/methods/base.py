@@ -7,6 +7,7 @@ from itertools import combinations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brokenbind.errors import ConfigError
@@ -133,6 +134,16 @@ class SharedNoise(nn.Module):
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(torch.initial_seed())
         return std * torch.randn(like.shape, generator=self.generator).to(like.device)
+
+    def corrupt(self, batch: Batch, std: float) -> Batch:
+        """``batch`` with noise of ``std`` per coordinate added to every embedding of the gathered rows, re-normalised
+        (C-MCR's semantic completion, arXiv 2305.14381 §3.2); this rank's rows are its slice of them."""
+        full = {
+            ds: {m: F.normalize(f + self(f, std), dim=1) for m, f in mods.items()} for ds, mods in batch.full.items()
+        }
+        local = {ds: {m: full[ds][m][batch.offset : batch.offset + len(f)] for m, f in mods.items()}
+                 for ds, mods in batch.local.items()}  # fmt: skip
+        return Batch(local, full, batch.offset)
 
     def get_extra_state(self) -> Tensor:
         return torch.empty(0, dtype=torch.uint8) if self.generator is None else self.generator.get_state()

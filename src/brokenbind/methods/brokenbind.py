@@ -110,6 +110,9 @@ class BrokenBind(BindingMethod):
         pseudo_centring: ``target_mean`` moves the pseudo embeddings' batch mean onto the real target's batch mean in
             the dataset they come from (C3's collapse, arXiv 2401.08567 §3), ``none`` leaves them as extrapolated;
             ``pseudo_noise`` adds Gaussian noise of that standard deviation per coordinate (C3's corrupt).
+        embedding_noise: Gaussian noise of that standard deviation per coordinate on every real embedding entering
+            L_CLIP, L_Sym and, as queries, L_MOX, re-normalised (C-MCR's semantic completion, arXiv 2305.14381 §3.2,
+            which carried its lead on validation flows with a weak pivot; docs/choosing.md). 0 (default) adds none.
         mox_subspace: ``full`` (the paper) contrasts a query with the pseudo embeddings as they are; ``orthogonal``
             (default) only in the subspace orthogonal to the query row's own pivot embedding (after EmergentBridge,
             arXiv 2604.11043), so that L_MOX cannot repeat what L_CLIP already aligns through the pivot; the pivot's
@@ -151,6 +154,7 @@ class BrokenBind(BindingMethod):
         kernel_memory: int = 0,
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
+        embedding_noise: float = 0.0,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
         detach_pseudo: bool | float | None = None,
         logit_scale: float = 10.0,
@@ -160,7 +164,8 @@ class BrokenBind(BindingMethod):
         super().__init__(logit_scale, learn_logit_scale, modality_scales)
         weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
         check_non_negative(**{f"{k}_weight": v for k, v in weights.items()}, pinv_ridge=pinv_ridge,
-                           push_away_weight=push_away_weight, pseudo_noise=pseudo_noise)  # fmt: skip
+                           push_away_weight=push_away_weight, pseudo_noise=pseudo_noise,
+                           embedding_noise=embedding_noise)  # fmt: skip
         if not (clip_weight or sym_weight or mox_weight):  # R_Fro alone only makes transitions agree
             raise ConfigError(
                 "clip_weight, sym_weight and mox_weight are all 0: no contrastive term is left and the run would not "
@@ -211,7 +216,9 @@ class BrokenBind(BindingMethod):
         if not 0 <= float(detach_pseudo or 0) <= 1:
             raise ConfigError(f"detach_pseudo must be true, false, null or a share in [0, 1], got {detach_pseudo}")
         self.detach_pseudo = detach_pseudo
-        self.noise = SharedNoise() if pseudo_noise else None  # a submodule only when used: checkpoints stay as before
+        self.embedding_noise = embedding_noise
+        # a submodule only when used: checkpoints stay as before
+        self.noise = SharedNoise() if pseudo_noise or embedding_noise else None
         self.transfer, self.regressor = transfer, regressor
         # the regressor transition's maps, refitted by ``prepare`` at every fit start (a deterministic function of the
         # frozen features), never saved; ``auto`` extrapolates linearly until a fit finds the features frozen
@@ -289,13 +296,15 @@ class BrokenBind(BindingMethod):
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         terms = {}
         real = self.real(batch)
+        if self.embedding_noise:
+            real = self.noise.corrupt(real, self.embedding_noise)
         bank = None if self.memory is None else self.memory.push(batch.full)  # filled before MOX starts, too
         if self.weights["clip"]:
             terms["clip"] = self.clip(real)
         if self.weights["sym"]:
             terms["sym"] = self.symmetry(real)
         if (self.weights["mox"] or self.weights["fro"]) and epoch >= self.mox_start(max_epochs):
-            terms["mox"], terms["fro"] = self.extrapolation(batch, bank)
+            terms["mox"], terms["fro"] = self.extrapolation(batch, real, bank)
         return {name: self.weights[name] * value for name, value in terms.items() if self.weights[name]}
 
     def real(self, batch: Batch) -> Batch:
@@ -347,11 +356,11 @@ class BrokenBind(BindingMethod):
             total = total + (value / len(batch.full[ds][m]) if self.sym_normalizer == "pairs" else value)
         return total
 
-    def extrapolation(self, batch: Batch, bank: Embeddings | None = None) -> tuple[Tensor, Tensor]:
-        """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks; ``bank``: the
-        rows the transition reads (``kernel_memory``; default this batch's)."""
+    def extrapolation(self, batch: Batch, real: Batch, bank: Embeddings | None = None) -> tuple[Tensor, Tensor]:
+        """(contrastive part of L_MOX, R_Fro), summed over every dataset and every modality it lacks: pseudo
+        embeddings from ``batch`` (and ``bank``, the rows the transition reads: ``kernel_memory``; default this
+        batch's), queries from ``real`` (its observed modalities, with ``embedding_noise``)."""
         mox, fro = 0.0, 0.0
-        real = self.real(batch)
         for ds, mods in real.local.items():
             for target, pseudo in self.pseudo_embeddings(batch.full, ds, bank).items():
                 candidates = self.mox_candidates(pseudo, batch.full[pseudo.source][target])

@@ -77,18 +77,12 @@ class CMCR(BindingMethod):
         self.noise = SharedNoise() if noise_std else None
         self.memory = EmbeddingMemory(memory_size)
 
-    def corrupt(self, full: Embeddings) -> Embeddings:
-        if self.noise is None:
-            return full
-        return {ds: {m: F.normalize(f + self.noise(f, self.noise_std), dim=1) for m, f in mods.items()}
-                for ds, mods in full.items()}  # fmt: skip
-
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         self.memory.push(batch.full)
-        full = self.corrupt(batch.full)
+        noisy = batch if self.noise is None else self.noise.corrupt(batch, self.noise_std)
+        full, local = noisy.full, noisy.local
         rows = len(next(iter(next(iter(batch.local.values())).values())))
         own = slice(batch.offset, batch.offset + rows)
-        local = {ds: {m: f[own] for m, f in mods.items()} for ds, mods in full.items()}
         pairs = modality_pairs(batch.local)
         if not pairs:
             raise ConfigError("cmcr needs at least one dataset observing two modalities")
