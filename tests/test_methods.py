@@ -63,7 +63,8 @@ def test_three_dataset_chain_composes_eqs_20_and_21():
 
 def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
     emb = layout(1, CHAIN)
-    method = BrokenBind(consistency_epochs=0, logit_scale=4.0, sym_weight=0.0, clip_weight=0.0, mox_subspace="full")
+    method = BrokenBind(consistency_epochs=0, logit_scale=4.0, sym_weight=0.0, clip_weight=0.0, mox_subspace="full",
+                        embedding_noise=0.0)  # fmt: skip
     terms = run(method, emb, epoch=0)
     expected = 0.0
     for ds, mods in emb.items():
@@ -74,7 +75,8 @@ def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
 
 def test_single_modality_dataset_only_lends_negatives_to_clip():
     emb = layout(2, CHAIN)
-    value = run(BrokenBind(logit_scale=3.0, push_away="none", consistency_epochs=25), emb, epoch=0)["clip"]
+    method = BrokenBind(logit_scale=3.0, push_away="none", consistency_epochs=25, embedding_noise=0.0)
+    value = run(method, emb, epoch=0)["clip"]
     expected = sum(
         ce_loop(emb[ds][m], emb[ds][n], 3.0) for ds in ("d2", "d3") for m in emb[ds] for n in emb[ds] if m != n
     )
@@ -123,8 +125,9 @@ def test_fro_mean_divides_by_entries_and_normalize_pseudo_makes_unit_rows():
 def test_mox_contrast_x_mod_uses_the_x_mod_pseudo_embeddings():
     emb = layout(6, TWO)
     method = BrokenBind(
-        consistency_epochs=0, mox_contrast="x_mod", transition="linear", logit_scale=3.0, mox_subspace="full"
-    )
+        consistency_epochs=0, mox_contrast="x_mod", transition="linear", logit_scale=3.0, mox_subspace="full",
+        embedding_noise=0.0,
+    )  # fmt: skip
     expected = 0.0
     for ds in emb:
         for _, mod, *_ in pseudo_of(method, emb, ds).values():

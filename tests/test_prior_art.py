@@ -565,13 +565,14 @@ def mox_reference(emb, candidates: dict[str, np.ndarray], orthogonal: bool = Fal
 
 def mox_only(**kwargs) -> BrokenBind:
     """L_MOX alone; the paper's full-space term unless ``mox_subspace`` is given (the references are written for it)."""
-    kwargs = {"mox_subspace": "full", **kwargs}
+    kwargs = {"mox_subspace": "full", "embedding_noise": 0.0, **kwargs}
     return BrokenBind(consistency_epochs=0, clip_weight=0.0, sym_weight=0.0, modality_scales=SCALES, **kwargs)
 
 
 def test_default_recipe_terms_equal_the_explicit_formulas():
+    """Without its noise on the real embeddings (``embedding_noise``: its own test below)."""
     emb = layout(80, TWO)
-    got = run(BrokenBind(consistency_epochs=0, modality_scales=SCALES), emb, epoch=0)
+    got = run(BrokenBind(consistency_epochs=0, modality_scales=SCALES, embedding_noise=0.0), emb, epoch=0)
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     pseudo = linear_pseudo(emb)
     s = SCALES
@@ -584,7 +585,15 @@ def test_default_recipe_terms_equal_the_explicit_formulas():
     mox = mox_reference(emb, {ds: unit_rows(data) for ds, (data, _) in pseudo.items()}, orthogonal=True)
     fro = sum(np.sum((mod - data) ** 2) / (B * D) for data, mod in pseudo.values())  # fro_reduction "mean"
     assert_terms(got, {"clip": clip, "sym": sym, "mox": mox, "fro": fro})
-    assert not [k for k in BrokenBind().state_dict() if "noise" in k or "extra_state" in k]  # checkpoints as before
+    assert not [k for k in BrokenBind(embedding_noise=0.0).state_dict() if "extra_state" in k]  # no state to save
+
+
+def test_the_default_noise_state_is_saved_and_a_checkpoint_written_without_it_still_loads():
+    assert BrokenBind().embedding_noise == 0.063 and "noise._extra_state" in BrokenBind().state_dict()
+    method = BrokenBind()
+    loaded = method.load_state_dict(BrokenBind(embedding_noise=0.0).state_dict())
+    assert (loaded.missing_keys, loaded.unexpected_keys) == ([], [])
+    assert method.noise.generator is None  # seeded at first use, as in a fresh run
 
 
 def test_orthogonal_subspace_mox_matches_a_per_pair_projection_loop():
@@ -690,7 +699,8 @@ def test_embedding_noise_corrupts_the_real_embeddings_of_every_term_but_not_the_
     gen = torch.Generator().manual_seed(21)  # SharedNoise seeds from torch.initial_seed(), dataset by dataset
     noisy = {ds: {m: F.normalize(f + 0.05 * torch.randn(f.shape, generator=gen), dim=1) for m, f in mods.items()}
              for ds, mods in emb.items()}  # fmt: skip
-    on_noisy = run(BrokenBind(mox_weight=0.0, **kwargs), noisy, epoch=0)  # L_CLIP and L_Sym of the noisy rows
+    # L_CLIP and L_Sym of the noisy rows
+    on_noisy = run(BrokenBind(mox_weight=0.0, embedding_noise=0.0, **kwargs), noisy, epoch=0)
     assert (got["clip"].item(), got["sym"].item()) == pytest.approx((on_noisy["clip"].item(), on_noisy["sym"].item()))
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     candidates = {  # extrapolated from the clean rows; the noisy rows are the queries

@@ -242,7 +242,7 @@ def test_imputer_configuration_errors(kwargs, match):
 # -- BrokenBind's regressor transition ---------------------------------------------------------------------------------
 def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_targets_with_mox():
     emb = layout(30, {"d1": ["a", "b", "c"], "d2": ["a", "b", "c"]})  # c of d1 and a of d2 stand for imputed rows
-    method = BrokenBind(consistency_epochs=0, modality_scales=SCALES, transition="regressor")
+    method = BrokenBind(consistency_epochs=0, modality_scales=SCALES, transition="regressor", embedding_noise=0.0)
     method.imputer.steps = [("d1", "b", "c"), ("d2", "b", "a")]
     got = run(method, emb, TWO, epoch=0)
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}

@@ -129,6 +129,13 @@ class SharedNoise(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.generator: torch.Generator | None = None
+        self.register_load_state_dict_pre_hook(self._unused_if_absent)
+
+    @staticmethod
+    def _unused_if_absent(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+        """A checkpoint written by a method without noise (before a default added it) resumes with an unused
+        generator, seeded at first use, rather than failing on a missing key."""
+        state_dict.setdefault(prefix + "_extra_state", torch.empty(0, dtype=torch.uint8))
 
     def forward(self, like: Tensor, std: float) -> Tensor:
         if self.generator is None:
