@@ -218,6 +218,11 @@ def test_cmcr_state_round_trip_gives_identical_subsequent_terms(tmp_path):
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert not torch.equal(other["pseudo"], expected["pseudo"])  # the restored state matters
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    older = {("_extra_state" if k == "memory._extra_state" else k): v for k, v in saved.items()}
+    from_older = CMCR(memory_size=8, retrieval_temperature=0.2, noise_std=0.05)
+    from_older.load_state_dict(older)  # a checkpoint from before methods.memory held the queue as the method's state
+    assert torch.equal(run(from_older, steps[2], epoch=0)["pseudo"], expected["pseudo"])
 
 
 def test_cmcr_chains_retrieve_level_by_level():

@@ -26,7 +26,7 @@ the intra term uses squared distances.
 """
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from brokenbind.errors import ConfigError
 from brokenbind.losses.clip import symmetric_info_nce
@@ -76,6 +76,14 @@ class CMCR(BindingMethod):
         self.pseudo_weight, self.intra_weight = pseudo_weight, intra_weight
         self.noise = SharedNoise() if noise_std else None
         self.memory = EmbeddingMemory(memory_size)
+        self.register_load_state_dict_pre_hook(self._memory_of_older_checkpoints)
+
+    @staticmethod
+    def _memory_of_older_checkpoints(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+        """Checkpoints written before the memory became its own module (``methods.memory``) hold it as the method's
+        own extra state."""
+        if prefix + "_extra_state" in state_dict:
+            state_dict[prefix + "memory._extra_state"] = state_dict.pop(prefix + "_extra_state")
 
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         self.memory.push(batch.full)
