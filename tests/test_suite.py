@@ -73,10 +73,11 @@ def test_validation_suite_covers_what_issue_9_asks_for():
     chains = [s for s in suite.settings.values() if len(s.get("experiment", {}).get("data", {}).get("init_args", {})
                                                           .get("datasets", {})) == 3]  # fmt: skip
     assert len(chains) >= 2
-    for setting in suite.settings.values():
+    for name, setting in suite.settings.items():
         for flow in setting.get("experiment", {}).get("data", {}).get("init_args", {}).get("flows", []):
             query, _, target = flow["flow"].split("->")
-            assert {query, target} != {"pix", "kar"}
+            # kar→fou→pix is in on purpose (issue 25): the flow where the pivot's map does not carry across datasets
+            assert {query, target} != {"pix", "kar"} or name == "mf_kar_fou_pix"
 
 
 def test_seed_pairs_cross_or_zip():
