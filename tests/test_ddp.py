@@ -48,6 +48,7 @@ METHODS = {
         TWO,
     ),
     "brokenbind_orthogonal": (lambda: BrokenBind(consistency_epochs=0, mox_subspace="orthogonal"), TWO),
+    "brokenbind_both_directions": (lambda: BrokenBind(consistency_epochs=0, mox_direction="both"), CHAIN),
     "brokenbind_centred_noise": (
         lambda: BrokenBind(consistency_epochs=0, pseudo_centring="target_mean", pseudo_noise=0.05),
         TWO,

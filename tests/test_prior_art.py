@@ -544,27 +544,32 @@ def linear_pseudo(emb, ridge: float = 0.1) -> dict[str, tuple[np.ndarray, np.nda
     return {"d1": (b1 @ p2 @ c2, c2 @ p2 @ b1), "d2": (b2 @ p1 @ a1, a1 @ p1 @ b2)}
 
 
-def mox_reference(emb, candidates: dict[str, np.ndarray], orthogonal: bool = False) -> float:
+def mox_reference(emb, candidates: dict[str, np.ndarray], orthogonal: bool = False, both: bool = False) -> float:
     """L_MOX for d1 (a, b) → pseudo c and d2 (b, c) → pseudo a: the mean over the dataset's real modalities of one-way
-    InfoNCE to the unit pseudo rows; with ``orthogonal`` the non-pivot modality's cosines are taken after projecting
-    out that row's own pivot embedding b_i (per (i, j), explicitly)."""
+    InfoNCE from the real rows to the unit pseudo rows; with ``orthogonal`` the non-pivot modality's cosines are taken
+    after projecting out that real row's own pivot embedding b_i (per (i, j), explicitly); with ``both`` each term is
+    the mean of that and the InfoNCE from each pseudo row j over the real rows (the columns of the same cosines), at
+    the target's scale."""
+
+    def cross_entropy(logits: list[list[float]]) -> float:  # row i's positive is column i
+        return math.fsum(math.log(math.fsum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(logits)) / B
+
     total = 0.0
-    for ds, other in (("d1", "a"), ("d2", "c")):
-        keys, pivot, query = candidates[ds], arr(emb[ds]["b"]), arr(emb[ds][other])
-        total += ce_loop(torch.as_tensor(pivot), torch.as_tensor(keys), SCALES["b"]) / 2  # the pivot's term is full
-        if not orthogonal:
-            total += ce_loop(torch.as_tensor(query), torch.as_tensor(keys), SCALES[other]) / 2
-            continue
-        ce = 0.0
-        for i in range(B):
-            logits = []
-            for j in range(B):
-                qp = query[i] - (query[i] @ pivot[i]) * pivot[i]
-                kp = keys[j] - (keys[j] @ pivot[i]) * pivot[i]
-                logits.append(SCALES[other] * float(qp @ kp) / (np.linalg.norm(qp) * np.linalg.norm(kp)))
-            top = max(logits)
-            ce += top + math.log(math.fsum(math.exp(v - top) for v in logits)) - logits[i]
-        total += ce / B / 2
+    for ds, other, target in (("d1", "a", "c"), ("d2", "c", "a")):
+        keys, pivot = candidates[ds], arr(emb[ds]["b"])
+        for m in ("b", other):  # the pivot's own term is in the full space
+            query, cos = arr(emb[ds][m]), [[0.0] * B for _ in range(B)]
+            for i in range(B):
+                for j in range(B):
+                    qp, kp = query[i], keys[j]
+                    if orthogonal and m != "b":
+                        qp, kp = qp - (qp @ pivot[i]) * pivot[i], kp - (kp @ pivot[i]) * pivot[i]
+                    cos[i][j] = float(qp @ kp) / (np.linalg.norm(qp) * np.linalg.norm(kp))
+            term = cross_entropy([[SCALES[m] * v for v in row] for row in cos])
+            if both:
+                backward = [[SCALES[target] * cos[i][j] for i in range(B)] for j in range(B)]
+                term = (term + cross_entropy(backward)) / 2
+            total += term / 2
     return total
 
 
@@ -609,6 +614,16 @@ def test_orthogonal_subspace_mox_matches_a_per_pair_projection_loop():
     assert got["mox"].item() == pytest.approx(mox_reference(emb, candidates, orthogonal=True), rel=1e-5)
     full = run(mox_only(fro_weight=0.0), emb, epoch=0)["mox"].item()
     assert full == pytest.approx(mox_reference(emb, candidates), rel=1e-5) and abs(full - got["mox"].item()) > 1e-3
+
+
+@pytest.mark.parametrize("subspace", ["orthogonal", "full"])
+def test_mox_in_both_directions_adds_the_pseudo_to_real_infonce_over_the_same_cosines(subspace):
+    emb = layout(79, TWO)
+    candidates = {ds: unit_rows(data) for ds, (data, _) in linear_pseudo(emb).items()}
+    got = run(mox_only(mox_subspace=subspace, mox_direction="both", fro_weight=0.0), emb, epoch=0)["mox"].item()
+    orthogonal = subspace == "orthogonal"
+    assert got == pytest.approx(mox_reference(emb, candidates, orthogonal=orthogonal, both=True), rel=1e-5)
+    assert abs(got - mox_reference(emb, candidates, orthogonal=orthogonal)) > 1e-3  # the paper's one-way term differs
 
 
 def test_chain_pseudo_embeddings_keep_the_real_modality_they_start_from():
@@ -728,6 +743,8 @@ def test_embedding_noise_corrupts_the_real_embeddings_of_every_term_but_not_the_
         ({"transition": "cubic"}, "transition must be one of ['auto', 'linear', 'kernel', 'regressor'], got 'cubic'"),
         ({"pseudo_centring": "pivot_mean"}, "pseudo_centring must be one of ['none', 'target_mean'], got 'pivot_mean'"),
         ({"mox_subspace": "half"}, "mox_subspace must be one of ['full', 'orthogonal'], got 'half'"),
+        ({"mox_direction": "pseudo_to_real"},
+         "mox_direction must be one of ['real_to_pseudo', 'both'], got 'pseudo_to_real'"),
     ],
 )  # fmt: skip
 def test_mox_variant_configuration_errors(kwargs, match):

@@ -41,6 +41,7 @@ from brokenbind.losses.clip import info_nce, push_away
 from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
 from brokenbind.losses.distributed import Batch
 from brokenbind.losses.mox import frobenius, orthogonal_logits, recentre
+from brokenbind.losses.precision import fp32
 from brokenbind.methods.base import (
     BindingMethod,
     Embeddings,
@@ -116,6 +117,10 @@ class BrokenBind(BindingMethod):
             L_CLIP, L_Sym and, as queries, L_MOX, re-normalised (C-MCR's semantic completion, arXiv 2305.14381 §3.2,
             which carried its lead on validation flows with a weak pivot). The default, 0.063, is C-MCR's: chosen on
             validation against 0 (the previous default), 0.03 and 0.1 (docs/choosing.md); 0 adds none.
+        mox_direction: ``real_to_pseudo`` (default, the paper's Eq. 4: one-way, each real row is the anchor and the
+            pseudo rows are its candidates) or ``both``: the mean of that and the pseudo → real direction, each pseudo
+            row the anchor against every real row (C-MCR's symmetric InfoNCE on its pseudo pairs, arXiv 2305.14381
+            §3.3), in the same subspace and at the target modality's logit scale.
         mox_subspace: ``full`` (the paper) contrasts a query with the pseudo embeddings as they are; ``orthogonal``
             (default) only in the subspace orthogonal to the query row's own pivot embedding (after EmergentBridge,
             arXiv 2604.11043), so that L_MOX cannot repeat what L_CLIP already aligns through the pivot; the pivot's
@@ -159,6 +164,7 @@ class BrokenBind(BindingMethod):
         pseudo_noise: float = 0.0,
         embedding_noise: float = 0.063,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
+        mox_direction: Literal["real_to_pseudo", "both"] = "real_to_pseudo",
         detach_pseudo: bool | float | None = None,
         logit_scale: float = 10.0,
         learn_logit_scale: bool = False,
@@ -188,6 +194,7 @@ class BrokenBind(BindingMethod):
             "regressor": (regressor, REGRESSORS),
             "pseudo_centring": (pseudo_centring, ("none", "target_mean")),
             "mox_subspace": (mox_subspace, ("full", "orthogonal")),
+            "mox_direction": (mox_direction, ("real_to_pseudo", "both")),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -216,6 +223,7 @@ class BrokenBind(BindingMethod):
         # a submodule only when used, as the noise: other checkpoints stay as before
         self.memory = EmbeddingMemory(kernel_memory) if kernel_memory else None
         self.pseudo_centring, self.pseudo_noise, self.mox_subspace = pseudo_centring, pseudo_noise, mox_subspace
+        self.mox_direction = mox_direction
         if not 0 <= float(detach_pseudo or 0) <= 1:
             raise ConfigError(f"detach_pseudo must be true, false, null or a share in [0, 1], got {detach_pseudo}")
         self.detach_pseudo = detach_pseudo
@@ -367,11 +375,7 @@ class BrokenBind(BindingMethod):
         for ds, mods in real.local.items():
             for target, pseudo in self.pseudo_embeddings(batch.full, ds, bank).items():
                 candidates = self.mox_candidates(pseudo, batch.full[pseudo.source][target])
-                pivot = mods[pseudo.origin]
-                mox = mox + sum(
-                    self.mox_term(f, candidates, pivot, batch.offset, m, full=m == pseudo.origin)
-                    for m, f in mods.items()
-                ) / len(mods)
+                mox = mox + sum(self.mox_term(real, ds, m, target, pseudo.origin, candidates) for m in mods) / len(mods)
                 if pseudo.mod is not None:
                     residual = frobenius(pseudo.mod, pseudo.data)
                     fro = fro + (residual / pseudo.data.numel() if self.fro_reduction == "mean" else residual)
@@ -402,15 +406,28 @@ class BrokenBind(BindingMethod):
             contrast = contrast + self.noise(contrast, self.pseudo_noise)
         return F.normalize(contrast, dim=1)
 
-    def mox_term(
-        self, query: Tensor, candidates: Tensor, pivot: Tensor, offset: int, modality: str, full: bool
-    ) -> Tensor:
-        """One-way InfoNCE from this rank's ``query`` rows of ``modality`` to every pseudo row (the positive of row i
-        is row ``offset + i``); in the subspace orthogonal to each row's own ``pivot`` embedding unless ``full``."""
-        if self.mox_subspace == "full" or full:
-            return info_nce(query, candidates, self.scale(modality), offset)
-        logits = self.scale(modality) * orthogonal_logits(query, candidates, pivot)
-        return F.cross_entropy(logits, offset + torch.arange(len(query), device=query.device))
+    def mox_term(self, real: Batch, dataset: str, modality: str, target: str, pivot: str, candidates: Tensor) -> Tensor:
+        """InfoNCE from this rank's real rows of ``modality`` to every pseudo row of ``target`` (``candidates``; the
+        positive of row i is row ``offset + i``) and, with ``mox_direction: both``, the mean with the pseudo → real
+        direction. Cosines in the subspace orthogonal to each real row's own ``pivot`` embedding unless the query is
+        the pivot itself or ``mox_subspace`` is ``full``."""
+        local, full = real.local[dataset], real.full[dataset]
+        rows = real.offset + torch.arange(len(local[modality]), device=local[modality].device)
+        forward = self.scale(modality) * self.mox_cosines(local[modality], candidates, local[pivot], modality == pivot)
+        loss = F.cross_entropy(forward, rows)
+        if self.mox_direction == "real_to_pseudo":
+            return loss
+        own = candidates[real.offset : real.offset + len(rows)]  # this rank's pseudo rows, against every real row
+        backward = self.scale(target) * self.mox_cosines(full[modality], own, full[pivot], modality == pivot).T
+        return 0.5 * (loss + F.cross_entropy(backward, rows))
+
+    @fp32
+    def mox_cosines(self, query: Tensor, candidates: Tensor, pivot: Tensor, own_pivot: bool) -> Tensor:
+        """(query rows, candidate rows) cosines: as they are for the pivot's own term or ``mox_subspace: full``, else
+        after removing each query row's own pivot direction (``losses.mox.orthogonal_logits``)."""
+        if self.mox_subspace == "full" or own_pivot:
+            return query.float() @ candidates.float().T
+        return orthogonal_logits(query, candidates, pivot)
 
     def pseudo_embeddings(self, full: Embeddings, dataset: str, bank: Embeddings | None = None) -> dict[str, Pseudo]:
         """Pseudo embeddings of every modality ``dataset`` lacks, by shortest chains of datasets.
