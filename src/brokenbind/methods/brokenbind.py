@@ -11,8 +11,9 @@ cost instance mAP on every setting and most on three-dataset chains, and bought 
 the pseudo target is closer to its row's pivot than to the real target, so the full term repeats L_CLIP) and, on
 frozen backbones, ``transition="auto"``'s kernel map pivot → target fitted once on every supporting row, with L_MOX's
 gradient stopped at its pseudo rows (``benchmarks/suites/transfer.yaml`` and ``validation.yaml``), and C-MCR's noise
-on the real embeddings (``embedding_noise``, arXiv 2305.14381 §3.2; ``validation.yaml``); everything else as in the
-paper, including MOX after half the run (``consistency_fraction=0.5``).
+on the real embeddings with that map (``embedding_noise``, arXiv 2305.14381 §3.2; ``validation.yaml``), and
+``mox_weight=4`` (L_MOX weighed 4 against L_CLIP and L_Sym; ``validation.yaml``); everything else as in the paper,
+including MOX after half the run (``consistency_fraction=0.5``).
 Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
@@ -51,6 +52,7 @@ from brokenbind.methods.base import (
     check_non_negative,
     modality_pairs,
 )
+from brokenbind.methods.cmcr import NOISE_STD as CMCR_NOISE
 from brokenbind.methods.extrapolation import Extrapolator, Pseudo
 from brokenbind.methods.impute import PivotImputer
 from brokenbind.methods.memory import EmbeddingMemory
@@ -67,6 +69,7 @@ PAPER_RECIPE = {
     "push_away": "all",
     "mox_subspace": "full",
     "embedding_noise": 0.0,
+    "mox_weight": 1.0,
 }
 
 
@@ -75,6 +78,7 @@ class BrokenBind(BindingMethod):
 
     Args:
         clip_weight, sym_weight, mox_weight, fro_weight: weights of L_CLIP, L_Sym, the MOX contrastive part and R_Fro.
+            All 1 in the paper; the default weighs L_MOX 4 (chosen on validation against 1 and 2: docs/choosing.md).
         consistency_fraction: the share of the run (``trainer.max_epochs``) spent in consistency pre-training
             (L_CLIP + L_Sym) before MOX switches on: MOX from epoch ``floor(fraction·max_epochs)``. 0.5 is the paper's
             25 of 50 and scales with the run, so a short run still gets its MOX phase; 0.2 gave the same validation mAP.
@@ -115,8 +119,10 @@ class BrokenBind(BindingMethod):
             ``pseudo_noise`` adds Gaussian noise of that standard deviation per coordinate (C3's corrupt).
         embedding_noise: Gaussian noise of that standard deviation per coordinate on every real embedding entering
             L_CLIP, L_Sym and, as queries, L_MOX, re-normalised (C-MCR's semantic completion, arXiv 2305.14381 §3.2,
-            which carried its lead on validation flows with a weak pivot). The default, 0.063, is C-MCR's: chosen on
-            validation against 0 (the previous default), 0.03 and 0.1 (docs/choosing.md); 0 adds none.
+            which carried its lead on validation flows with a weak pivot); 0 adds none. None (default): C-MCR's 0.063
+            when L_MOX's pseudo rows come from the fitted map (the regressor transition, which ``auto`` picks on
+            frozen backbones), chosen there on validation against 0, 0.03 and 0.1; 0 with the batch transitions, where
+            validation found it collapsing the embeddings with L_Sym on a trainable backbone (docs/choosing.md).
         mox_direction: ``real_to_pseudo`` (default, the paper's Eq. 4: one-way, each real row is the anchor and the
             pseudo rows are its candidates) or ``both``: the mean of that and the pseudo → real direction, each pseudo
             row the anchor against every real row (C-MCR's symmetric InfoNCE on its pseudo pairs, arXiv 2305.14381
@@ -144,7 +150,7 @@ class BrokenBind(BindingMethod):
         self,
         clip_weight: float = 1.0,
         sym_weight: float = 1.0,
-        mox_weight: float = 1.0,
+        mox_weight: float = 4.0,
         fro_weight: float = 1.0,
         consistency_epochs: int | None = None,
         consistency_fraction: float = 0.5,
@@ -162,7 +168,7 @@ class BrokenBind(BindingMethod):
         kernel_memory: int = 0,
         pseudo_centring: Literal["none", "target_mean"] = "none",
         pseudo_noise: float = 0.0,
-        embedding_noise: float = 0.063,
+        embedding_noise: float | None = None,
         mox_subspace: Literal["full", "orthogonal"] = "orthogonal",
         mox_direction: Literal["real_to_pseudo", "both"] = "real_to_pseudo",
         detach_pseudo: bool | float | None = None,
@@ -174,7 +180,7 @@ class BrokenBind(BindingMethod):
         weights = {"clip": clip_weight, "sym": sym_weight, "mox": mox_weight, "fro": fro_weight}
         check_non_negative(**{f"{k}_weight": v for k, v in weights.items()}, pinv_ridge=pinv_ridge,
                            push_away_weight=push_away_weight, pseudo_noise=pseudo_noise,
-                           embedding_noise=embedding_noise)  # fmt: skip
+                           embedding_noise=embedding_noise or 0.0)  # fmt: skip
         if not (clip_weight or sym_weight or mox_weight):  # R_Fro alone only makes transitions agree
             raise ConfigError(
                 "clip_weight, sym_weight and mox_weight are all 0: no contrastive term is left and the run would not "
@@ -228,8 +234,8 @@ class BrokenBind(BindingMethod):
             raise ConfigError(f"detach_pseudo must be true, false, null or a share in [0, 1], got {detach_pseudo}")
         self.detach_pseudo = detach_pseudo
         self.embedding_noise = embedding_noise
-        # a submodule only when used: checkpoints stay as before
-        self.noise = SharedNoise() if pseudo_noise or embedding_noise else None
+        # a submodule only when it may be used: checkpoints stay as before
+        self.noise = SharedNoise() if pseudo_noise or embedding_noise is None or embedding_noise else None
         self.transfer, self.regressor = transfer, regressor
         # the regressor transition's maps, refitted by ``prepare`` at every fit start (a deterministic function of the
         # frozen features), never saved; ``auto`` extrapolates linearly until a fit finds the features frozen
@@ -278,6 +284,14 @@ class BrokenBind(BindingMethod):
     def pivot_map(self, dataset: str, pivot: str, target: str) -> PivotMap | None:
         return None if self.imputer is None else self.imputer.maps.get((dataset, pivot, target))
 
+    @property
+    def noise_std(self) -> float:
+        """The noise on the real embeddings: ``embedding_noise``, or with None C-MCR's with the fitted map (known once
+        ``prepare`` has chosen the transition) and none with a batch transition."""
+        if self.embedding_noise is not None:
+            return self.embedding_noise
+        return CMCR_NOISE if self.imputer is not None else 0.0
+
     def mox_start(self, max_epochs: int | None) -> int:
         """The first epoch with MOX in a run of ``max_epochs`` (the trainer's, which the LightningModule passes with
         each batch): ``consistency_epochs`` if given, else ``floor(consistency_fraction·max_epochs)``. Without a run
@@ -307,8 +321,8 @@ class BrokenBind(BindingMethod):
     def terms(self, batch: Batch, epoch: int, max_epochs: int | None) -> dict[str, Tensor]:
         terms = {}
         real = self.real(batch)
-        if self.embedding_noise:
-            real = self.noise.corrupt(real, self.embedding_noise)
+        if std := self.noise_std:
+            real = self.noise.corrupt(real, std)
         bank = None if self.memory is None else self.memory.push(batch.full)  # filled before MOX starts, too
         if self.weights["clip"]:
             terms["clip"] = self.clip(real)

@@ -41,6 +41,8 @@ from brokenbind.methods.base import (
 )
 from brokenbind.methods.memory import EmbeddingMemory
 
+NOISE_STD = 0.063  # C-MCR's noise standard deviation (variance 0.004; module docstring)
+
 
 class CMCR(BindingMethod):
     """C-MCR-style binding in one space (module docstring).
@@ -59,7 +61,7 @@ class CMCR(BindingMethod):
         self,
         memory_size: int = 1024,
         retrieval_temperature: float = 0.01,
-        noise_std: float = 0.063,
+        noise_std: float = NOISE_STD,
         pseudo_weight: float = 1.0,
         intra_weight: float = 0.1,
         logit_scale: float = 10.0,
