@@ -111,7 +111,14 @@ class Suite:
         if spec.get("stage", "val") not in ("val", "test"):
             raise ConfigError(f"{path}: stage must be val or test, got {spec.get('stage')!r}")
         if isinstance(spec.get("settings"), str):  # the settings of another suite file: one definition for both stages
-            spec["settings"] = cls.load(Path(path).resolve().parent / spec["settings"]).settings
+            borrowed = cls.load(Path(path).resolve().parent / spec["settings"]).settings
+            # a setting's list of methods names the other suite's: it keeps those this suite defines, or is left out
+            ours = set(spec.get("methods") or {})
+            spec["settings"] = {
+                name: setting if "methods" not in setting else {**setting, "methods": kept}
+                for name, setting in borrowed.items()
+                if "methods" not in setting or (kept := [m for m in setting["methods"] if m in ours])
+            }
         if not spec.get("settings") or not spec.get("methods"):
             raise ConfigError(f"{path}: a suite needs settings and methods")
         for kind in ("settings", "methods"):

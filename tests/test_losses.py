@@ -480,10 +480,9 @@ def test_brokenbind_weights_multiply_terms() -> None:
     weights = {"clip": 2.0, "sym": 0.5, "mox": 3.0, "fro": 0.25}
     weighted = run(
         BrokenBind(
-            **PAPER,
+            **PAPER | {"mox_weight": 3.0},
             clip_weight=2.0,
             sym_weight=0.5,
-            mox_weight=3.0,
             fro_weight=0.25,
             logit_scale=5.0,
             consistency_epochs=0,
@@ -506,7 +505,7 @@ def test_brokenbind_weights_multiply_terms() -> None:
     ],
 )
 def test_brokenbind_zero_weight_removes_term(zeroed: str, expected_keys: set[str]) -> None:
-    terms = run(BrokenBind(**PAPER, logit_scale=5.0, consistency_epochs=0, **{zeroed: 0.0}), _embeddings(24), epoch=0)
+    terms = run(BrokenBind(**PAPER | {zeroed: 0.0}, logit_scale=5.0, consistency_epochs=0), _embeddings(24), epoch=0)
     assert set(terms) == expected_keys
 
 
@@ -514,7 +513,7 @@ def test_brokenbind_skips_extrapolation_when_mox_and_fro_weights_are_zero() -> N
     # No shared pivot: extrapolation would raise, so it must not be run at all.
     gen = torch.Generator().manual_seed(25)
     emb = {"d1": {"a": _unit(gen, B), "b": _unit(gen, B)}, "d2": {"c": _unit(gen, B), "e": _unit(gen, B)}}
-    terms = run(BrokenBind(**PAPER, mox_weight=0.0, fro_weight=0.0, consistency_epochs=0), emb, epoch=5)
+    terms = run(BrokenBind(**PAPER | {"mox_weight": 0.0}, fro_weight=0.0, consistency_epochs=0), emb, epoch=5)
     assert set(terms) == {"clip", "sym"}
     with pytest.raises(ValueError, match="no dataset with a modality to extrapolate"):
         run(BrokenBind(**PAPER, consistency_epochs=0), emb, epoch=5)

@@ -64,7 +64,7 @@ def test_three_dataset_chain_composes_eqs_20_and_21():
 def test_chain_mox_contrasts_the_real_modality_with_both_pseudo_modalities():
     emb = layout(1, CHAIN)
     method = BrokenBind(consistency_epochs=0, logit_scale=4.0, sym_weight=0.0, clip_weight=0.0, mox_subspace="full",
-                        embedding_noise=0.0)  # fmt: skip
+                        embedding_noise=0.0, mox_weight=1.0)  # fmt: skip
     terms = run(method, emb, epoch=0)
     expected = 0.0
     for ds, mods in emb.items():
@@ -126,7 +126,7 @@ def test_mox_contrast_x_mod_uses_the_x_mod_pseudo_embeddings():
     emb = layout(6, TWO)
     method = BrokenBind(
         consistency_epochs=0, mox_contrast="x_mod", transition="linear", logit_scale=3.0, mox_subspace="full",
-        embedding_noise=0.0,
+        embedding_noise=0.0, mox_weight=1.0,
     )  # fmt: skip
     expected = 0.0
     for ds in emb:

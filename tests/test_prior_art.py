@@ -574,8 +574,9 @@ def mox_reference(emb, candidates: dict[str, np.ndarray], orthogonal: bool = Fal
 
 
 def mox_only(**kwargs) -> BrokenBind:
-    """L_MOX alone; the paper's full-space term unless ``mox_subspace`` is given (the references are written for it)."""
-    kwargs = {"mox_subspace": "full", "embedding_noise": 0.0, **kwargs}
+    """L_MOX alone, weighed 1; the paper's full-space term unless ``mox_subspace`` is given (the references are written
+    for it)."""
+    kwargs = {"mox_subspace": "full", "embedding_noise": 0.0, "mox_weight": 1.0, **kwargs}
     return BrokenBind(consistency_epochs=0, clip_weight=0.0, sym_weight=0.0, modality_scales=SCALES, **kwargs)
 
 
@@ -594,12 +595,22 @@ def test_default_recipe_terms_equal_the_explicit_formulas():
     # mox_subspace "orthogonal": each non-pivot modality meets the pseudo target orthogonally to its row's pivot
     mox = mox_reference(emb, {ds: unit_rows(data) for ds, (data, _) in pseudo.items()}, orthogonal=True)
     fro = sum(np.sum((mod - data) ** 2) / (B * D) for data, mod in pseudo.values())  # fro_reduction "mean"
-    assert_terms(got, {"clip": clip, "sym": sym, "mox": mox, "fro": fro})
+    assert_terms(got, {"clip": clip, "sym": sym, "mox": 4.0 * mox, "fro": fro})  # mox_weight 4
     assert not [k for k in BrokenBind(embedding_noise=0.0).state_dict() if "extra_state" in k]  # no state to save
 
 
+def test_the_default_noise_follows_the_transition():
+    """C-MCR's noise with the fitted map (the regressor transition, auto's choice on frozen backbones), none with a
+    batch transition (auto's fallback on trainable ones), unless embedding_noise says otherwise."""
+    assert BrokenBind().embedding_noise is None and BrokenBind().noise_std == 0.0  # auto, before prepare: linear
+    assert BrokenBind(transition="regressor").noise_std == 0.063
+    assert BrokenBind(transition="kernel").noise_std == 0.0
+    assert BrokenBind(transition="kernel", embedding_noise=0.05).noise_std == 0.05
+    assert BrokenBind(transition="regressor", embedding_noise=0.0).noise_std == 0.0
+
+
 def test_the_default_noise_state_is_saved_and_a_checkpoint_written_without_it_still_loads():
-    assert BrokenBind().embedding_noise == 0.063 and "noise._extra_state" in BrokenBind().state_dict()
+    assert "noise._extra_state" in BrokenBind().state_dict()
     method = BrokenBind()
     loaded = method.load_state_dict(BrokenBind(embedding_noise=0.0).state_dict())
     assert (loaded.missing_keys, loaded.unexpected_keys) == ([], [])
@@ -713,14 +724,14 @@ def test_kernel_memory_is_filled_before_mox_starts_and_saved_in_the_state():
 def test_embedding_noise_corrupts_the_real_embeddings_of_every_term_but_not_the_pseudo_rows():
     emb = layout(90, TWO)
     kwargs = {"consistency_epochs": 0, "transition": "kernel", "kernel_temperature": 0.2, "mox_subspace": "full",
-              "modality_scales": SCALES}  # fmt: skip
+              "modality_scales": SCALES, "mox_weight": 1.0}  # fmt: skip
     torch.manual_seed(21)
     got = run(BrokenBind(embedding_noise=0.05, **kwargs), emb, epoch=0)
     gen = torch.Generator().manual_seed(21)  # SharedNoise seeds from torch.initial_seed(), dataset by dataset
     noisy = {ds: {m: F.normalize(f + 0.05 * torch.randn(f.shape, generator=gen), dim=1) for m, f in mods.items()}
              for ds, mods in emb.items()}  # fmt: skip
     # L_CLIP and L_Sym of the noisy rows
-    on_noisy = run(BrokenBind(mox_weight=0.0, embedding_noise=0.0, **kwargs), noisy, epoch=0)
+    on_noisy = run(BrokenBind(**kwargs | {"mox_weight": 0.0, "embedding_noise": 0.0}), noisy, epoch=0)
     assert (got["clip"].item(), got["sym"].item()) == pytest.approx((on_noisy["clip"].item(), on_noisy["sym"].item()))
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     candidates = {  # extrapolated from the clean rows; the noisy rows are the queries

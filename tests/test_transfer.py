@@ -242,7 +242,8 @@ def test_imputer_configuration_errors(kwargs, match):
 # -- BrokenBind's regressor transition ---------------------------------------------------------------------------------
 def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_targets_with_mox():
     emb = layout(30, {"d1": ["a", "b", "c"], "d2": ["a", "b", "c"]})  # c of d1 and a of d2 stand for imputed rows
-    method = BrokenBind(consistency_epochs=0, modality_scales=SCALES, transition="regressor", embedding_noise=0.0)
+    method = BrokenBind(consistency_epochs=0, modality_scales=SCALES, transition="regressor", embedding_noise=0.0,
+                        mox_weight=1.0)  # fmt: skip
     method.imputer.steps = [("d1", "b", "c"), ("d2", "b", "a")]
     got = run(method, emb, TWO, epoch=0)
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
@@ -288,7 +289,7 @@ def test_auto_transition_fits_the_kernel_map_on_frozen_features_and_stops_l_mox_
     assert (method.imputer, method.extrapolator.transition, method.stopped_gradient) == (None, "linear", 0.0)
     with caplog.at_level("INFO", logger="lightning.pytorch"):  # a suite before may have quietened Lightning
         method.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
-    assert method.extrapolator is None and method.stopped_gradient == 1.0
+    assert method.extrapolator is None and method.stopped_gradient == 1.0 and method.noise_std == 0.063
     assert "MOX: transition auto → regressor (kernel map" in caplog.text
     want = BrokenBind(transition="regressor", regressor="kernel")
     want.prepare(fake_encoder(layout_, []), PairingGraph(TWO))
@@ -304,6 +305,7 @@ def test_auto_transition_extrapolates_linearly_when_a_backbone_trains(caplog):
     with caplog.at_level("INFO", logger="lightning.pytorch"):
         method.prepare(adapted, PairingGraph(TWO))
     assert (method.imputer, method.extrapolator.transition, method.stopped_gradient) == (None, "linear", 0.0)
+    assert method.noise_std == 0.0  # C-MCR's noise only with the fitted map
     assert (
         "MOX: transition auto → linear (Eqs. 5-8 on each batch): ['c'] have trainable or adapted backbones"
         in caplog.text
