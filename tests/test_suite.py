@@ -80,6 +80,17 @@ def test_validation_suite_covers_what_issue_9_asks_for():
             assert {query, target} != {"pix", "kar"} or name == "mf_kar_fou_pix"
 
 
+def test_borrowed_settings_keep_the_methods_of_the_suite_that_borrows_them(tmp_path):
+    (tmp_path / "val.yaml").write_text(
+        "settings: {a: {}, b: {methods: [m, n]}, c: {methods: [n]}}\n"
+        "methods: {m: {preset: fabind}, n: {preset: cmcr}}\n"
+    )
+    (tmp_path / "test.yaml").write_text("stage: test\nsettings: val.yaml\nmethods: {m: {preset: fabind}}\n")
+    suite = Suite.load(tmp_path / "test.yaml")
+    assert suite.settings == {"a": {}, "b": {"methods": ["m"]}}  # c names none of its methods: left out
+    assert Suite.load(SUITES / "test.yaml").settings["real_digits"]["methods"] == ["fabind", "cmcr"]
+
+
 def test_seed_pairs_cross_or_zip():
     suite = Suite(settings={"s": {}}, methods={"m": {}}, seeds=[0, 1], split_seeds=[5, 6])
     assert suite.seed_pairs() == [(0, 5), (1, 5), (0, 6), (1, 6)]
