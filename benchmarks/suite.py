@@ -112,13 +112,14 @@ class Suite:
             raise ConfigError(f"{path}: stage must be val or test, got {spec.get('stage')!r}")
         if isinstance(spec.get("settings"), str):  # the settings of another suite file: one definition for both stages
             borrowed = cls.load(Path(path).resolve().parent / spec["settings"]).settings
-            # a setting's list of methods names the other suite's: it keeps those this suite defines, or is left out
-            ours = set(spec.get("methods") or {})
-            spec["settings"] = {
-                name: setting if "methods" not in setting else {**setting, "methods": kept}
-                for name, setting in borrowed.items()
-                if "methods" not in setting or (kept := [m for m in setting["methods"] if m in ours])
-            }
+            ours, spec["settings"] = set(spec.get("methods") or {}), {}
+            for name, setting in borrowed.items():
+                if "methods" in setting:  # names the other suite's methods: keep those this suite defines, if any
+                    kept = [m for m in setting["methods"] if m in ours]
+                    if not kept:
+                        continue
+                    setting = {**setting, "methods": kept}
+                spec["settings"][name] = setting
         if not spec.get("settings") or not spec.get("methods"):
             raise ConfigError(f"{path}: a suite needs settings and methods")
         for kind in ("settings", "methods"):
