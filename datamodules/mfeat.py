@@ -9,6 +9,7 @@ class. Both divisions depend only on ``split_seed``, so runs with different trai
 import importlib.util
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -95,6 +96,15 @@ def assign_instances(
     return assigned
 
 
+def shuffled_within_class(ids: np.ndarray, labels: np.ndarray, seed: int | list[int]) -> np.ndarray:
+    """``ids`` with each class's members permuted among that class's positions (labels stay in place)."""
+    rng, out = np.random.default_rng(seed), ids.copy()
+    for c in np.unique(labels):
+        at = np.flatnonzero(labels == c)
+        out[at] = ids[at[rng.permutation(len(at))]]
+    return out
+
+
 class MfeatDataModule(PairedDataModule):
     """mfeat as several datasets of disjoint instances, each observing the views its config lists.
 
@@ -111,6 +121,10 @@ class MfeatDataModule(PairedDataModule):
             dataset, drawn with ``pool_seed`` alone (so one pretrained model serves every ``split_seed``).
         use_pool: the datasets divide the pool instead of the rest: the data a pre-binding run (``bound``
             backbones) trains on, never seen by the benchmark datasets that share ``pool_fraction`` and ``pool_seed``.
+        pairing: ``instance`` (a row holds the views of one instance), or ``class``: every view of every training
+            split shuffled within its class, each view with its own draw from ``split_seed``, so that a training row
+            pairs views of different instances of one class, as the built-in digits are paired; validation and test
+            keep their instance pairs, so that instance mAP still says whether any instance structure was learned.
     """
 
     available_modalities = tuple(VIEWS)
@@ -124,6 +138,7 @@ class MfeatDataModule(PairedDataModule):
         pool_fraction: float = 0.0,
         pool_seed: int = 0,
         use_pool: bool = False,
+        pairing: Literal["instance", "class"] = "instance",
         **kwargs,
     ):
         """``kwargs`` are ``PairedDataModule``'s (datasets, pivot, flows, batch sizes, sampling, ...)."""
@@ -136,7 +151,9 @@ class MfeatDataModule(PairedDataModule):
                 f"pool_fraction must lie in [0, 1) and be positive with use_pool, got {pool_fraction} "
                 f"(use_pool={use_pool})"
             )
-        self.class_shift, self.split_seed = class_shift, split_seed
+        if pairing not in ("instance", "class"):
+            raise ConfigError(f"pairing must be 'instance' or 'class', got {pairing!r}")
+        self.class_shift, self.split_seed, self.pairing = class_shift, split_seed, pairing
         self.split_fractions = check_split_fractions(split_fractions)
         self.train_fraction, self.pool_fraction, self.pool_seed, self.use_pool = (
             train_fraction,
@@ -165,8 +182,13 @@ class MfeatDataModule(PairedDataModule):
         if self._ids is None:
             self._ids = self.assignment()
         ids = self._ids[dataset][split]
+        rows = {m: ids for m in modalities}
+        if split == "train" and self.pairing == "class":
+            # (no feature cache to mislead: mfeat gives no data_fingerprint, so rows are never cached by instance id)
+            rows = {m: shuffled_within_class(ids, labels[ids], [self.split_seed, *f"{dataset}/{m}".encode()])
+                    for m in modalities}  # fmt: skip
         return TensorDictDataset(
-            {m: torch.from_numpy(views[m][ids]) for m in modalities},
+            {m: torch.from_numpy(views[m][rows[m]]) for m in modalities},
             index=torch.from_numpy(ids),
             label=torch.from_numpy(labels[ids]),
         )

@@ -76,6 +76,31 @@ def test_hidden_target_only_in_evaluation_splits(mfeat):
     assert mfeat.graph.observed_together("pix", "zer")
 
 
+def test_class_pairing_shuffles_each_training_view_within_its_class_and_keeps_evaluation_pairs(mfeat):
+    paired = make_mfeat(pairing="class")
+    paired.setup()
+    for name, splits in paired.splits.items():
+        for split, data in splits.items():
+            instance = mfeat.splits[name][split]
+            assert torch.equal(data.index, instance.index) and torch.equal(data.label, instance.label)
+            for m, rows in data.features.items():
+                if split != "train":
+                    assert torch.equal(rows, instance.features[m])
+                    continue
+                # each class's rows hold the views of that class's instances, each once, mostly not the row's own
+                for c in data.label.unique():
+                    shuffled, own = rows[data.label == c].tolist(), instance.features[m][data.label == c].tolist()
+                    assert sorted(shuffled) == sorted(own)
+                    assert np.mean([a == b for a, b in zip(shuffled, own, strict=True)]) < 0.2
+    train = paired.splits["evaluation"]["train"]
+    different = (train.features["fou"] != mfeat.splits["evaluation"]["train"].features["fou"]).any(1)
+    again = make_mfeat(pairing="class")
+    again.setup()  # a function of split_seed: the same shuffle every time
+    assert different.any() and torch.equal(again.splits["evaluation"]["train"].features["fou"], train.features["fou"])
+    with pytest.raises(ConfigError, match="pairing"):
+        make_mfeat(pairing="label")
+
+
 def test_split_depends_only_on_split_seed():
     a, b, c = make_mfeat(), make_mfeat(), make_mfeat(split_seed=1)
     np.random.seed(1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from brokenbind.errors import ConfigError
 from brokenbind.losses.clip import info_nce, push_away, symmetric_info_nce
-from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
+from brokenbind.losses.cyclip import centred, cross_modal_cyclic, in_modal_cyclic
 from brokenbind.losses.mox import frobenius, pivot_pinv, x_data, x_mod
 from brokenbind.losses.temperature import LogitScale
 from brokenbind.methods import BrokenBind, FABind
@@ -209,6 +209,39 @@ def test_cyclic_terms_are_zero_for_a_symmetric_orthogonal_map_but_not_for_a_rota
     z = (x @ rotation).float()
     assert in_modal_cyclic(x.float(), z).item() == pytest.approx(0.0, abs=1e-6)
     assert cross_modal_cyclic(x.float(), z).item() > 1e-2
+
+
+def _ref_centred(x: list[list[float]], full: list[list[float]]) -> list[list[float]]:
+    mean = [math.fsum(column) / len(full) for column in zip(*full, strict=True)]
+    out = []
+    for row in x:
+        d = [a - m for a, m in zip(row, mean, strict=True)]
+        norm = math.sqrt(_dot(d, d))
+        out.append([a / norm for a in d])
+    return out
+
+
+def test_centred_subtracts_the_whole_batch_mean_and_renormalises() -> None:
+    gen = torch.Generator().manual_seed(8)
+    full = _unit(gen, B)
+    local, local_full = centred(full[2:4], full)  # one DDP rank's rows, centred on the gathered batch's mean
+    assert torch.allclose(local, torch.tensor(_ref_centred(_rows(full[2:4]), _rows(full))), atol=ATOL)
+    assert torch.allclose(local_full, torch.tensor(_ref_centred(_rows(full), _rows(full))), atol=ATOL)
+    assert torch.allclose(local_full[2:4], local, atol=1e-6)
+
+
+def test_centred_symmetry_ignores_a_direction_every_row_shares() -> None:
+    """Rows that all point one way (a common offset before normalisation) look alike on raw cosines; centred, they
+    have the geometry of the rows without the offset, so the in-modal term against those rows is 0."""
+    gen = torch.Generator().manual_seed(9)
+    spread = torch.randn(B, D, generator=gen, dtype=torch.float64)
+    cone = spread + 20 * F.normalize(torch.randn(1, D, generator=gen, dtype=torch.float64), dim=1)
+    x, y = F.normalize(spread, dim=1).float(), F.normalize(cone, dim=1).float()
+    assert in_modal_cyclic(x, y).item() > 1.0  # the cone's cosines are all near 1
+    # the offset goes with the batch mean: the cone's rows centred are the spread rows centred
+    (a, _), (c, _) = centred(spread.float(), spread.float()), centred(cone.float(), cone.float())
+    assert torch.allclose(a, c, atol=1e-5)
+    assert in_modal_cyclic(a, c).item() == pytest.approx(0.0, abs=1e-8)
 
 
 @pytest.mark.parametrize("fn", [cross_modal_cyclic, in_modal_cyclic])

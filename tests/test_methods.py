@@ -152,6 +152,18 @@ def test_sym_normalizer_pairs_divides_the_cyclip_sum_by_the_batch_once_more():
     assert pairs.item() == pytest.approx(batch.item() / B, rel=1e-6)
 
 
+def test_sym_centring_takes_cyclip_of_each_modality_centred_on_its_batch_mean():
+    emb = layout(14, TWO)
+    expected = 0.0
+    for mods in emb.values():
+        x, y = (F.normalize(mods[m] - mods[m].mean(0), dim=1) for m in sorted(mods))
+        gram = lambda u, v: u @ v.T  # noqa: E731
+        expected += ((gram(x, y) - gram(y, x)).square().sum() + (gram(x, x) - gram(y, y)).square().sum()) / B
+    assert BrokenBind().symmetry(Batch(emb, emb, 0)).item() == pytest.approx(expected.item(), rel=1e-5)  # default
+    raw = BrokenBind(sym_centring=False).symmetry(Batch(emb, emb, 0))  # the paper's
+    assert raw.item() != pytest.approx(expected.item(), rel=1e-2)
+
+
 # -- when MOX switches on --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("max_epochs", "start"), [(50, 25), (10, 5), (7, 3), (1, 0)])
 def test_consistency_fraction_is_a_share_of_the_run_length(max_epochs, start):

@@ -31,7 +31,7 @@ from datamodules.base import Flow
 
 from .binding import pseudo_of, run
 from .test_faults import stop_at
-from .test_losses import _ref_cross_cyclic, _ref_in_cyclic
+from .test_losses import _ref_centred, _ref_cross_cyclic, _ref_in_cyclic
 from .test_methods import ce_loop
 
 B, D = 5, 12
@@ -590,8 +590,10 @@ def test_default_recipe_terms_equal_the_explicit_formulas():
     # push_away "none": each anchor's L_CLIP is its InfoNCE against the other modality of its dataset
     clip = sum(ce_loop(emb[ds][m], emb[ds][n], s[m]) for ds, (m, n) in
                (("d1", "ab"), ("d1", "ba"), ("d2", "bc"), ("d2", "cb")))  # fmt: skip
-    sym = sum(_ref_cross_cyclic(e[ds][m].tolist(), e[ds][n].tolist()) + _ref_in_cyclic(e[ds][m].tolist(),
-              e[ds][n].tolist()) for ds, (m, n) in (("d1", "ab"), ("d2", "bc")))  # fmt: skip
+    centred = {ds: {m: _ref_centred(f.tolist(), f.tolist()) for m, f in mods.items()} for ds, mods in e.items()}
+    # sym_centring: L_Sym on each modality's rows less their batch mean
+    sym = sum(_ref_cross_cyclic(centred[ds][m], centred[ds][n]) + _ref_in_cyclic(centred[ds][m], centred[ds][n])
+              for ds, (m, n) in (("d1", "ab"), ("d2", "bc")))  # fmt: skip
     # mox_subspace "orthogonal": each non-pivot modality meets the pseudo target orthogonally to its row's pivot
     mox = mox_reference(emb, {ds: unit_rows(data) for ds, (data, _) in pseudo.items()}, orthogonal=True)
     fro = sum(np.sum((mod - data) ** 2) / (B * D) for data, mod in pseudo.values())  # fro_reduction "mean"

@@ -31,7 +31,7 @@ from brokenbind.transfer import (
 )
 
 from .binding import pseudo_of, run
-from .test_losses import _ref_cross_cyclic, _ref_in_cyclic
+from .test_losses import _ref_centred, _ref_cross_cyclic, _ref_in_cyclic
 from .test_methods import ce_loop
 from .test_prior_art import SCALES, TWO, arr, fake_encoder, layout, mox_reference
 
@@ -249,8 +249,10 @@ def test_regressor_transition_scores_real_pairs_with_clip_and_sym_and_imputed_ta
     e = {ds: {m: arr(f) for m, f in mods.items()} for ds, mods in emb.items()}
     clip = sum(ce_loop(emb[ds][m], emb[ds][n], SCALES[m]) for ds, (m, n) in
                (("d1", "ab"), ("d1", "ba"), ("d2", "bc"), ("d2", "cb")))  # fmt: skip
-    sym = sum(_ref_cross_cyclic(e[ds][m].tolist(), e[ds][n].tolist()) + _ref_in_cyclic(e[ds][m].tolist(),
-              e[ds][n].tolist()) for ds, (m, n) in (("d1", "ab"), ("d2", "bc")))  # fmt: skip
+    centred = {ds: {m: _ref_centred(f.tolist(), f.tolist()) for m, f in mods.items()} for ds, mods in e.items()}
+    # sym_centring: L_Sym on each modality's rows less their batch mean
+    sym = sum(_ref_cross_cyclic(centred[ds][m], centred[ds][n]) + _ref_in_cyclic(centred[ds][m], centred[ds][n])
+              for ds, (m, n) in (("d1", "ab"), ("d2", "bc")))  # fmt: skip
     mox = mox_reference(emb, {"d1": e["d1"]["c"], "d2": e["d2"]["a"]}, orthogonal=True)
     assert sorted(got) == ["clip", "fro", "mox", "sym"] and got["fro"].item() == 0.0  # no X-mod: R_Fro is 0
     for name, value in {"clip": clip, "sym": sym, "mox": mox}.items():

@@ -4,6 +4,7 @@ Normaliser: (1/N)·Σ_jk, as the official code computes it (mean over N² entrie
 it; several re-implementations drop the ×N. Computed in fp32: squares of bf16 cosines are not on autocast's fp32 list.
 """
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from brokenbind.losses.precision import fp32
@@ -32,3 +33,13 @@ def in_modal_cyclic(x: Tensor, y: Tensor, x_full: Tensor | None = None, y_full: 
     x_full = x if x_full is None else x_full
     y_full = y if y_full is None else y_full
     return (x.float() @ x_full.float().T - y.float() @ y_full.float().T).pow(2).sum() / len(x)
+
+
+@fp32
+def centred(x: Tensor, x_full: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` and ``x_full`` less the mean of ``x_full`` (the whole batch, gathered under DDP), L2-normalised again:
+    a modality's geometry around its own centre. The symmetry terms then compare how rows spread, not how far the
+    whole modality sits from the origin: matched on raw cosines, a modality whose rows all point one way (short
+    templated sentences in a pretrained text encoder) pulls its partner's rows together with it."""
+    mean = x_full.float().mean(0)
+    return F.normalize(x.float() - mean, dim=-1), F.normalize(x_full.float() - mean, dim=-1)

@@ -39,7 +39,7 @@ from torch import Tensor
 from brokenbind.errors import ConfigError, TrainableBackboneError
 from brokenbind.graph import PairingGraph
 from brokenbind.losses.clip import info_nce, push_away
-from brokenbind.losses.cyclip import cross_modal_cyclic, in_modal_cyclic
+from brokenbind.losses.cyclip import centred, cross_modal_cyclic, in_modal_cyclic
 from brokenbind.losses.distributed import Batch
 from brokenbind.losses.mox import frobenius, orthogonal_logits, recentre
 from brokenbind.losses.precision import fp32
@@ -70,6 +70,7 @@ PAPER_RECIPE = {
     "mox_subspace": "full",
     "embedding_noise": 0.0,
     "mox_weight": 1.0,
+    "sym_centring": False,
 }
 
 
@@ -141,6 +142,10 @@ class BrokenBind(BindingMethod):
             stops that share of the gradient (True is 1, False 0): the pseudo rows get (1 − share) of it.
         sym_normalizer: CyCLIP's normaliser: ``batch`` is the paper's (1/N)·Σ over N² entries (it grows with the batch
             against InfoNCE's log N); ``pairs`` divides once more by N (the mean over entries).
+        sym_centring: L_Sym on each modality's rows less their batch mean, re-normalised (``losses.cyclip.centred``;
+            default) rather than on the raw embeddings (the paper's). Raw cosines make a modality whose rows all point
+            one way (a pretrained text encoder on short templated sentences) pull its partner's rows together;
+            chosen on validation (docs/choosing.md).
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
     """
 
@@ -161,6 +166,7 @@ class BrokenBind(BindingMethod):
         push_away: Literal["all", "observed_pairs", "none"] = "none",
         push_away_weight: float = 1.0,
         sym_normalizer: Literal["batch", "pairs"] = "batch",
+        sym_centring: bool = True,
         transition: Literal["auto", "linear", "kernel", "regressor"] = "auto",
         transfer: Transfer = "none",
         regressor: Regressor = "kernel",
@@ -210,6 +216,7 @@ class BrokenBind(BindingMethod):
         self.pinv_ridge, self.fro_reduction, self.normalize_pseudo = pinv_ridge, fro_reduction, normalize_pseudo
         self.mox_contrast, self.push_away, self.push_away_weight = mox_contrast, push_away, push_away_weight
         self.sym_normalizer = sym_normalizer
+        self.sym_centring = sym_centring
         if not kernel_temperature > 0:
             raise ConfigError(f"kernel_temperature must be positive, got {kernel_temperature}")
         if transition != "linear" and mox_contrast == "x_mod":
@@ -376,7 +383,10 @@ class BrokenBind(BindingMethod):
         """L_Sym (Eqs. 11-12): CyCLIP cross-modal and in-modal symmetry for every observed pair."""
         total = 0.0
         for ds, m, n in modality_pairs(batch.local):
-            rows = (batch.local[ds][m], batch.local[ds][n], batch.full[ds][m], batch.full[ds][n])
+            (x, x_full), (y, y_full) = (batch.local[ds][m], batch.full[ds][m]), (batch.local[ds][n], batch.full[ds][n])
+            if self.sym_centring:
+                (x, x_full), (y, y_full) = centred(x, x_full), centred(y, y_full)
+            rows = (x, y, x_full, y_full)
             value = cross_modal_cyclic(*rows) + in_modal_cyclic(*rows)  # (1/N)·Σ_jk, N = local rows
             total = total + (value / len(batch.full[ds][m]) if self.sym_normalizer == "pairs" else value)
         return total
