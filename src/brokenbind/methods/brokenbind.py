@@ -123,7 +123,7 @@ class BrokenBind(BindingMethod):
             which carried its lead on validation flows with a weak pivot); 0 adds none. None (default): C-MCR's 0.063
             when L_MOX's pseudo rows come from the fitted map (the regressor transition, which ``auto`` picks on
             frozen backbones), chosen there on validation against 0, 0.03 and 0.1; 0 with the batch transitions, where
-            validation found it collapsing the embeddings with L_Sym on a trainable backbone (docs/choosing.md).
+            it cost class mAP on the real digits' validation split, with L_Sym and without (docs/choosing.md).
         mox_direction: ``real_to_pseudo`` (default, the paper's Eq. 4: one-way, each real row is the anchor and the
             pseudo rows are its candidates) or ``both``: the mean of that and the pseudo → real direction, each pseudo
             row the anchor against every real row (C-MCR's symmetric InfoNCE on its pseudo pairs, arXiv 2305.14381
