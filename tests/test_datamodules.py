@@ -93,6 +93,11 @@ def test_class_pairing_shuffles_each_training_view_within_its_class_and_keeps_ev
                     assert sorted(shuffled) == sorted(own)
                     assert np.mean([a == b for a, b in zip(shuffled, own, strict=True)]) < 0.2
     train = paired.splits["evaluation"]["train"]
+    # within a row the two views come from different instances: few rows hold a (fou, pix) pair that one instance has
+    instance_pairs = {tuple(f + p) for f, p in zip(*(mfeat.splits["evaluation"]["train"].features[m].tolist()
+                                                  for m in ("fou", "pix")), strict=True)}  # fmt: skip
+    rows = zip(train.features["fou"].tolist(), train.features["pix"].tolist(), strict=True)
+    assert np.mean([tuple(f + p) in instance_pairs for f, p in rows]) < 0.2
     different = (train.features["fou"] != mfeat.splits["evaluation"]["train"].features["fou"]).any(1)
     again = make_mfeat(pairing="class")
     again.setup()  # a function of split_seed: the same shuffle every time

@@ -49,7 +49,6 @@ METHODS = {
     ),
     "brokenbind_orthogonal": (lambda: BrokenBind(consistency_epochs=0, mox_subspace="orthogonal"), TWO),
     "brokenbind_both_directions": (lambda: BrokenBind(consistency_epochs=0, mox_direction="both"), CHAIN),
-    "brokenbind_sym_centring": (lambda: BrokenBind(consistency_epochs=0, sym_centring=True), TWO),
     "brokenbind_centred_noise": (
         lambda: BrokenBind(consistency_epochs=0, pseudo_centring="target_mean", pseudo_noise=0.05),
         TWO,

@@ -47,8 +47,9 @@ def make_trainer(tmp_path, **kwargs) -> Trainer:
     return Trainer(**{**args, **kwargs})
 
 
-# two short epochs: fou and zer (the frozen BatchNorm passes mfeat's raw features, and zer's start in a narrow cone) may
-# not spread out yet (the collapse alarm is right), which is beside the point here
+# two short epochs: fou may not spread out yet, nor zer, whose raw features (the frozen BatchNorm passes them) start in
+# a narrow cone that the default's centred L_Sym does not see (docs/choosing.md, "L_Sym on centred rows"); the
+# collapse alarm is right, and beside the point here
 @pytest.mark.filterwarnings(r"ignore:embeddings of modality '(fou|zer)' on dataset 'evaluation' never spread out")
 def test_frozen_backbones_stay_bit_identical_in_eval_mode_and_out_of_checkpoints(tmp_path, bn_backbone):
     seed_everything(0)

@@ -202,6 +202,8 @@ def test_sigusr1_to_every_task_requeues_the_job_once_and_the_requeued_job_resume
     assert_close(weights(job.run), weights(expected), 1e-6)
     got_rows, rows = results(job.run), results(expected)
     assert [(r["stage"], r["weights"]) for r in got_rows] == [(r["stage"], r["weights"]) for r in rows]
+    # the weights agree to float rounding (the reductions of four processes), not bit for bit, so two gallery items
+    # whose scores all but tie may swap ranks: a few millionths of mAP
     for got_row, row in zip(got_rows, rows, strict=True):
         for metric in ("map_instance", "map_class", "r1", "r5", "r10"):
-            assert float(got_row[metric]) == pytest.approx(float(row[metric]), abs=1e-6)
+            assert float(got_row[metric]) == pytest.approx(float(row[metric]), abs=1e-5)

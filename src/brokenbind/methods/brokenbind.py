@@ -12,7 +12,8 @@ the pseudo target is closer to its row's pivot than to the real target, so the f
 frozen backbones, ``transition="auto"``'s kernel map pivot → target fitted once on every supporting row, with L_MOX's
 gradient stopped at its pseudo rows (``benchmarks/suites/transfer.yaml`` and ``validation.yaml``), and C-MCR's noise
 on the real embeddings with that map (``embedding_noise``, arXiv 2305.14381 §3.2; ``validation.yaml``), and
-``mox_weight=4`` (L_MOX weighed 4 against L_CLIP and L_Sym; ``validation.yaml``); everything else as in the paper,
+``mox_weight=4`` (L_MOX weighed 4 against L_CLIP and L_Sym; ``validation.yaml``), and ``sym_centring=True`` (L_Sym on
+each modality's rows centred on their batch mean; ``validation.yaml``); everything else as in the paper,
 including MOX after half the run (``consistency_fraction=0.5``).
 Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
@@ -380,7 +381,8 @@ class BrokenBind(BindingMethod):
         return total
 
     def symmetry(self, batch: Batch) -> Tensor:
-        """L_Sym (Eqs. 11-12): CyCLIP cross-modal and in-modal symmetry for every observed pair."""
+        """L_Sym (Eqs. 11-12): CyCLIP cross-modal and in-modal symmetry for every observed pair, on each modality's
+        rows centred on their batch mean with ``sym_centring``."""
         total = 0.0
         for ds, m, n in modality_pairs(batch.local):
             (x, x_full), (y, y_full) = (batch.local[ds][m], batch.full[ds][m]), (batch.local[ds][n], batch.full[ds][n])
