@@ -22,6 +22,8 @@ RESULTS = (
     "pool_size",
     "tuned_digit_views",
     "tune_digit_views",
+    "sym_regimes",
+    "weak_pivot",
 )
 SUFFIXES = (".md", ".png")
 
