@@ -49,6 +49,7 @@ def centred(x: Tensor, x_full: Tensor) -> tuple[Tensor, Tensor]:
     whole modality sits from the origin: matched on raw cosines, a modality whose rows all point one way (short
     templated sentences in a pretrained text encoder) pulls its partner's rows together with it."""
     mean = x_full.float().mean(0)
-    full = F.normalize(x_full.float() - mean, dim=-1, eps=CENTRED_EPS)
-    # one process: the local rows are the batch, centred once
-    return (full if x is x_full else F.normalize(x.float() - mean, dim=-1, eps=CENTRED_EPS)), full
+    return (
+        F.normalize(x.float() - mean, dim=-1, eps=CENTRED_EPS),
+        F.normalize(x_full.float() - mean, dim=-1, eps=CENTRED_EPS),
+    )
