@@ -25,7 +25,7 @@ from brokenbind.graph import PairingGraph
 from brokenbind.losses.mox import kernel_transition, orthogonal_logits, recentre
 from brokenbind.methods import CMCR, BrokenBind, FABind, Impute, Transitive
 from brokenbind.methods.impute import DEFAULT_RIDGES
-from brokenbind.metrics.transitive import transitive_embeddings
+from brokenbind.metrics.transitive import blended, transitive_embeddings
 from brokenbind.transfer import PivotMap, fit_ridge, predict_ridge
 from datamodules.base import Flow
 
@@ -505,11 +505,50 @@ def test_transitive_retrieval_goes_through_the_anchors_and_direct_retrieval_neve
     expected = transitive_embeddings(query, target, anchor_q, anchor_t, 4, 2.0)
     assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
     assert calls == [("support", "train", ["pix", "zer"])]
-    assert (Transitive.retrieval, FABind.retrieval) == ("transitive", "direct")
+    assert (Transitive.transitive_weight, FABind.transitive_weight, BrokenBind().transitive_weight) == (1, 0, 0)
 
     calls.clear()
     direct = EmergentBinding._represent(anchored_module(FABind(), datasets, {}, calls), flow, query, target)
     assert direct == (query, target) and calls == []
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_blended_scores_are_the_weighted_sum_of_the_cosine_and_the_relative_score(weight):
+    gen = torch.Generator().manual_seed(5)
+    q, t = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (4, 6))
+    rq, rt = (F.normalize(torch.rand(n, 9, generator=gen), dim=1) for n in (4, 6))
+    bq, bt = blended(q, rq, weight), blended(t, rt, weight)
+    expected = [[(1 - weight) * float(q[i] @ t[j]) + weight * float(rq[i] @ rt[j]) for j in range(6)] for i in range(4)]
+    np.testing.assert_allclose(arr(bq @ bt.T), np.array(expected), atol=1e-6)
+    np.testing.assert_allclose(arr(bq.norm(dim=1)), np.ones(4), atol=1e-6)
+    with pytest.raises(ValueError, match=r"weight must lie in \[0, 1\], got 1.5"):
+        blended(q, rq, 1.5)
+
+
+def test_a_blended_brokenbind_score_goes_through_the_anchors_where_a_dataset_observes_pivot_and_target():
+    gen = torch.Generator().manual_seed(73)
+    query, target, anchor_q, anchor_t = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (3, 3, 8, 8))
+    calls, flow = [], Flow("evaluation", "fou->pix->zer")
+    method = BrokenBind(transitive_weight=0.25)
+    module = anchored_module(method, {"evaluation": ["fou", "pix"], "support": ["pix", "zer"]},
+                             {"pix": anchor_q, "zer": anchor_t}, calls)  # fmt: skip
+    got = EmergentBinding._represent(module, flow, query, target)
+    rq, rt = transitive_embeddings(query, target, anchor_q, anchor_t, method.top_k, method.power)
+    np.testing.assert_allclose(arr(got[0] @ got[1].T), arr(0.75 * query @ target.T + 0.25 * rq @ rt.T), atol=1e-6)
+    assert calls == [("support", "train", ["pix", "zer"])]
+
+    calls.clear()  # a chain: no dataset observes pix and zer, so the cosine alone (Transitive refuses it)
+    chain = {"evaluation": ["fou", "pix"], "middle": ["pix", "kar"], "support": ["kar", "zer"]}
+    assert EmergentBinding._represent(anchored_module(method, chain, {}, calls), flow, query, target) == (query, target)
+    assert calls == []
+    with pytest.raises(ConfigError, match="no training dataset observes both"):
+        EmergentBinding._represent(anchored_module(Transitive(), chain, {}, calls), flow, query, target)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_brokenbind_transitive_weight_outside_the_unit_interval_is_an_error(weight):
+    with pytest.raises(ConfigError, match=rf"transitive_weight must lie in \[0, 1\], got {weight}"):
+        BrokenBind(transitive_weight=weight)
 
 
 def test_anchors_are_the_training_rows_of_the_first_dataset_observing_pivot_and_target():

@@ -15,7 +15,7 @@ from torch import Tensor
 from brokenbind.checkpoints import checkpoint_digest
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
-from brokenbind.metrics.transitive import transitive_embeddings
+from brokenbind.metrics.transitive import blended, transitive_embeddings
 from brokenbind.pairing import PairedData
 from brokenbind.results import ResultRow, format_table, write_csv
 
@@ -74,10 +74,15 @@ class EmergentBinding(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
             self.rows.pop("val", None)
-        if pl_module.method.retrieval != "direct":  # refuse unscoreable flows before training
-            dm: PairedData = trainer.datamodule
-            for flow in dm.flows:
-                anchor_holder(pl_module, flow)
+        method, dm = pl_module.method, trainer.datamodule
+        if method.transitive_weight:  # before training: refuse unscoreable flows, or name those scored directly
+            alone = [f.flow for f in dm.flows if anchor_holder(pl_module, f, method.transitive_weight == 1) is None]
+            if alone:
+                rank_zero_info(
+                    f"method {method.name!r} gives {method.transitive_weight} of the retrieval score to anchor rows "
+                    f"observing a flow's pivot and target; no training dataset observes both for {alone}: those "
+                    "flows are scored by the embeddings' cosine alone"
+                )
 
     # the best validation epoch so far and which modalities ever spread out travel in checkpoints, so a resumed run
     # reports the best over the whole run and judges collapse over the whole run
@@ -147,16 +152,22 @@ class EmergentBinding(Callback):
 
     @staticmethod
     def _represent(pl_module: LightningModule, flow, query: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """The rows compared by cosine for a flow's query and target, as the method's ``retrieval`` declares: the
-        embeddings themselves (``direct``), or their relative representations through the (pivot, target) embeddings
-        of the training rows of the first dataset observing both (``transitive``, ``metrics.transitive``)."""
+        """The rows compared by cosine for a flow's query and target, as the method's ``transitive_weight`` declares:
+        the embeddings themselves (0), their relative representations through the (pivot, target) embeddings of the
+        training rows of the first dataset observing both (1, ``metrics.transitive``), or the two blended (between;
+        the embeddings alone where no dataset observes both)."""
         method = pl_module.method
-        if method.retrieval == "direct":
+        weight = method.transitive_weight
+        holder = anchor_holder(pl_module, flow, weight == 1) if weight else None
+        if holder is None:
             return query, target
         _, pivot, target_modality = flow.modalities
-        features = pl_module.encode(anchor_holder(pl_module, flow), "train", [pivot, target_modality])
+        features = pl_module.encode(holder, "train", [pivot, target_modality])
         anchor_pivot, anchor_target = (pl_module.model.project(m, features[m]) for m in (pivot, target_modality))
-        return transitive_embeddings(query, target, anchor_pivot, anchor_target, method.top_k, method.power)
+        relative = transitive_embeddings(query, target, anchor_pivot, anchor_target, method.top_k, method.power)
+        if weight == 1:
+            return relative
+        return blended(query, relative[0], weight), blended(target, relative[1], weight)
 
     def _check_health(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, dataset: str, data: dict[str, Any]
@@ -288,23 +299,24 @@ class EmergentBinding(Callback):
         self._report(trainer.log_dir, "test")
 
 
-def anchor_holder(pl_module: LightningModule, flow) -> str:
-    """The first training dataset observing a flow's pivot and target: the anchor rows of transitive retrieval."""
+def anchor_holder(pl_module: LightningModule, flow, required: bool = True) -> str | None:
+    """The first training dataset observing a flow's pivot and target: the anchor rows of transitive retrieval. None
+    when there is none and it is not ``required`` (a blended score then has only the embeddings' cosine)."""
     _, pivot, target = flow.modalities
+    dm: PairedData = pl_module.trainer.datamodule
+    holder = None if pivot is None else dm.graph.anchor_holder(pivot, target)
+    if holder is not None or not required:
+        return holder
     if pivot is None:
         raise ConfigError(
             f"method {pl_module.method.name!r} retrieves through anchor rows observing a flow's pivot and target, and "
             f"flow {flow.flow!r} has no pivot; score it with another method, or name a pivot ('query->pivot->target')"
         )
-    dm: PairedData = pl_module.trainer.datamodule
-    holder = dm.graph.anchor_holder(pivot, target)
-    if holder is None:
-        raise ConfigError(
-            f"method {pl_module.method.name!r} retrieves through anchor rows observing both {pivot!r} and "
-            f"{target!r} (flow {flow.flow!r}), and no training dataset observes both: three-dataset chains have "
-            "no such rows; use another method for them"
-        )
-    return holder
+    raise ConfigError(
+        f"method {pl_module.method.name!r} retrieves through anchor rows observing both {pivot!r} and "
+        f"{target!r} (flow {flow.flow!r}), and no training dataset observes both: three-dataset chains have "
+        "no such rows; use another method for them"
+    )
 
 
 def _seed(pl_module: LightningModule) -> str:

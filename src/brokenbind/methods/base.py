@@ -4,7 +4,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +38,18 @@ class BindingMethod(nn.Module, ABC):
     same path; how datasets link through shared modalities is the ``PairingGraph`` given to ``prepare``. Under DDP the
     embeddings are gathered first (``losses.distributed``) and every term is exact for the global batch.
 
-    Two declarations tell the rest of the run what to do with the method's embeddings: ``retrieval`` names how
-    evaluation represents a flow's query and target (``direct``: the embeddings themselves; ``transitive``: through
-    anchor rows observing the flow's pivot and target, ``metrics.transitive``, with the method's ``top_k`` and
-    ``power``), and ``extrapolator`` how a pseudo target is extrapolated through the pivot for the pivot diagnosis
-    (``callbacks.diagnosis``): MOX's default linear transition unless the method has its own (None: the method's
-    ``complete`` imputes it).
+    Two declarations tell the rest of the run what to do with the method's embeddings: ``transitive_weight`` is the
+    share of a flow's retrieval score that goes through anchor rows observing the flow's pivot and target
+    (``metrics.transitive``, with the method's ``top_k`` and ``power``; 0: the embeddings' cosine alone, 1: the
+    relative representations alone), and ``extrapolator`` how a pseudo target is extrapolated through the pivot for
+    the pivot diagnosis (``callbacks.diagnosis``): MOX's default linear transition unless the method has its own
+    (None: the method's ``complete`` imputes it).
     """
 
     name: str
-    retrieval: Literal["direct", "transitive"] = "direct"
+    transitive_weight: float = 0.0
+    top_k: int = 800  # ASIF's values (arXiv 2210.01738, its code): with a few hundred anchors top_k keeps them all
+    power: float = 8.0
     extrapolator: Extrapolator | None = Extrapolator()
 
     def __init__(

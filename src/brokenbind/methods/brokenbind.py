@@ -147,6 +147,12 @@ class BrokenBind(BindingMethod):
             default) rather than on the raw embeddings (the paper's). Raw cosines make a modality whose rows all point
             one way (a pretrained text encoder on short templated sentences) pull its partner's rows together;
             chosen on validation (docs/choosing.md).
+        transitive_weight: the share of a flow's retrieval score that goes through the training rows of a dataset
+            observing the flow's pivot and target (ASIF's relative representations, arXiv 2210.01738, §3;
+            ``metrics.transitive.blended``): the query's cosines to those rows' pivot embeddings against the
+            target's to their target embeddings. 0 (default) scores the embeddings' cosine alone; flows that no
+            dataset's rows reach in one hop (three-dataset chains) are scored by it whatever the weight. Training is
+            unchanged.
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
     """
 
@@ -168,6 +174,7 @@ class BrokenBind(BindingMethod):
         push_away_weight: float = 1.0,
         sym_normalizer: Literal["batch", "pairs"] = "batch",
         sym_centring: bool = True,
+        transitive_weight: float = 0.0,
         transition: Literal["auto", "linear", "kernel", "regressor"] = "auto",
         transfer: Transfer = "none",
         regressor: Regressor = "kernel",
@@ -218,6 +225,9 @@ class BrokenBind(BindingMethod):
         self.mox_contrast, self.push_away, self.push_away_weight = mox_contrast, push_away, push_away_weight
         self.sym_normalizer = sym_normalizer
         self.sym_centring = sym_centring
+        if not 0.0 <= transitive_weight <= 1.0:
+            raise ConfigError(f"transitive_weight must lie in [0, 1], got {transitive_weight}")
+        self.transitive_weight = transitive_weight
         if not kernel_temperature > 0:
             raise ConfigError(f"kernel_temperature must be positive, got {kernel_temperature}")
         if transition != "linear" and mox_contrast == "x_mod":

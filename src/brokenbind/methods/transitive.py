@@ -3,10 +3,10 @@
 Training is ``FABind``'s. At evaluation a flow's query is not compared with the target directly: both are compared
 with the anchor rows of a dataset observing the flow's pivot and target (its training split), the query with the
 anchors' pivot embeddings, the target with the same anchors' target embeddings, and the two relative representations
-are compared (``metrics.transitive``; the method declares ``retrieval = "transitive"`` and the evaluation,
+are compared (``metrics.transitive``; the method declares ``transitive_weight = 1`` and the evaluation,
 ``callbacks.emergent``, computes them with its ``top_k`` and ``power``). Nothing learns query→target; this is what
 retrieval through the pivot alone gives. ASIF leaves the anchor set open (its anchors are a paired dataset);
-``top_k`` (800) and ``power`` (8) are the values of its code; with a few hundred anchors ``top_k`` keeps them all.
+``top_k`` (800) and ``power`` (8) are the values of its code.
 Flows whose pivot and target no single dataset observes (three-dataset chains) are refused: the relative
 representation has no second hop.
 """
@@ -17,7 +17,7 @@ from brokenbind.methods.fabind import FABind
 
 class Transitive(FABind):
     name = "transitive"
-    retrieval = "transitive"
+    transitive_weight = 1.0
 
     def __init__(
         self,

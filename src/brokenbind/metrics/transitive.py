@@ -5,6 +5,9 @@ of the target side are one pair (the same row of a dataset observing both), so t
 coordinates and are compared directly. As in ASIF's code: keep the top-k cosines of each row, raise them to the
 power p, L2-normalise the sparse row. With few anchors some kept cosines can be negative; they are clamped at 0
 before the power (an even power would otherwise turn a dissimilar anchor into a similar one).
+
+``blended`` scores with a share of each: a learned space's cosine and the relative representation's, so a method that
+binds the query to the target can still borrow the anchors' pairs at retrieval.
 """
 
 import torch
@@ -34,3 +37,12 @@ def transitive_embeddings(
         relative_representation(query, anchor_query, top_k, power),
         relative_representation(target, anchor_target, top_k, power),
     )
+
+
+def blended(direct: Tensor, relative: Tensor, weight: float) -> Tensor:
+    """Rows whose dot products are ``(1 − weight)·`` those of the unit rows ``direct`` plus ``weight·`` those of the
+    unit rows ``relative`` (one item per row in both): the two, scaled by the square roots of their shares, side by
+    side. Unit rows again, so retrieval scores them as it scores any embedding."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must lie in [0, 1], got {weight}")
+    return torch.cat([direct.float() * (1.0 - weight) ** 0.5, relative.float() * weight**0.5], dim=1)
