@@ -24,6 +24,7 @@ from brokenbind.errors import ConfigError
 from brokenbind.graph import PairingGraph
 from brokenbind.losses.mox import kernel_transition, orthogonal_logits, recentre
 from brokenbind.methods import CMCR, BrokenBind, FABind, Impute, Transitive
+from brokenbind.methods.brokenbind import PAPER_RECIPE
 from brokenbind.methods.impute import DEFAULT_RIDGES
 from brokenbind.metrics.transitive import blended, transitive_embeddings
 from brokenbind.transfer import PivotMap, fit_ridge, predict_ridge
@@ -505,7 +506,8 @@ def test_transitive_retrieval_goes_through_the_anchors_and_direct_retrieval_neve
     expected = transitive_embeddings(query, target, anchor_q, anchor_t, 4, 2.0)
     assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
     assert calls == [("support", "train", ["pix", "zer"])]
-    assert (Transitive.transitive_weight, FABind.transitive_weight, BrokenBind().transitive_weight) == (1, 0, 0)
+    assert (Transitive.transitive_weight, FABind.transitive_weight, BrokenBind().transitive_weight) == (1, 0, 0.25)
+    assert BrokenBind(**PAPER_RECIPE).transitive_weight == 0
 
     calls.clear()
     direct = EmergentBinding._represent(anchored_module(FABind(), datasets, {}, calls), flow, query, target)
