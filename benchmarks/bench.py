@@ -395,8 +395,9 @@ def report(
     lines += [
         "brokenbind minus the column's method, paired over the same runs (seed i, split seed i): the difference's mean "
         "± 95 % t-interval in percentage points, W / T / L when the interval lies above / around / below 0. An empty "
-        "cell: the method was not run on that setting. `brokenbind_wo_mox` is what MOX adds, `brokenbind_wo_transitive` "
-        "what the default's share of the score through the supporting rows adds; `pivot_ceiling` is an "
+        "cell: the method was not run on that setting. `brokenbind_wo_mox` is what MOX adds, "
+        "`brokenbind_wo_transitive` what the default's share of the score through the supporting rows adds; "
+        "`pivot_ceiling` is an "
         "analysis row (its regressor is fitted on pivot-target pairs of every dataset, the hidden ones included), "
         "never a method: a loss against it is expected.",
         "",

@@ -5,6 +5,7 @@ calls the function it checks. The CLI tests at the end run each method end to en
 """
 
 import csv
+import logging
 import math
 import re
 import signal
@@ -545,6 +546,19 @@ def test_a_blended_brokenbind_score_goes_through_the_anchors_where_a_dataset_obs
     assert calls == []
     with pytest.raises(ConfigError, match="no training dataset observes both"):
         EmergentBinding._represent(anchored_module(Transitive(), chain, {}, calls), flow, query, target)
+
+
+def test_a_blended_score_names_at_fit_start_the_flows_scored_by_the_cosine_alone(caplog):
+    chain = {"evaluation": ["fou", "pix"], "middle": ["pix", "kar"], "support": ["kar", "zer"]}
+    module = anchored_module(BrokenBind(transitive_weight=0.25), chain, {}, [])
+    flows = [Flow("evaluation", "fou->pix->zer"), Flow("middle", "pix->kar->zer")]
+    module.trainer = SimpleNamespace(ckpt_path=None, datamodule=SimpleNamespace(graph=PairingGraph(chain), flows=flows))
+    with caplog.at_level(logging.INFO):
+        EmergentBinding().on_fit_start(module.trainer, module)
+    assert "no training dataset observes both for ['fou->pix->zer']: those flows are scored by" in caplog.text
+    module.method = Transitive()
+    with pytest.raises(ConfigError, match="no training dataset observes both"):
+        EmergentBinding().on_fit_start(module.trainer, module)
 
 
 @pytest.mark.parametrize("weight", [-0.1, 1.5])
