@@ -15,8 +15,7 @@ on the real embeddings with that map (``embedding_noise``, arXiv 2305.14381 §3.
 ``mox_weight=4`` (L_MOX weighed 4 against L_CLIP and L_Sym; ``validation.yaml``), and ``sym_centring=True`` (L_Sym on
 each modality's rows centred on their batch mean; ``validation.yaml``) and ``transitive_weight=0.25`` (a quarter of
 each retrieval score through the supporting dataset's rows, ASIF's; ``validation.yaml``); everything else as in the
-paper,
-including MOX after half the run (``consistency_fraction=0.5``).
+paper, including MOX after half the run (``consistency_fraction=0.5``).
 Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) are made here:
 - embeddings, pseudo-inverses and R_Fro use the L2-normalised, unscaled embeddings;
 - each contrastive term uses the logit scale of its anchor (real) modality;
