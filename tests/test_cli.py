@@ -295,6 +295,31 @@ def test_a_checkpoint_whose_datasets_come_in_another_order_is_refused(three_epoc
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_checkpoint_saved_before_an_argument_existed_runs_as_saved(three_epoch_run, tmp_path, monkeypatch):
+    """A stored configuration lacks the arguments added since; re-parsed, they would take today's defaults, and the
+    run would differ from the checkpoint's configuration (refused) or score otherwise than it was saved."""
+    state = torch.load(three_epoch_run, weights_only=True)
+    init_args = state["config"]["model"]["method"]["init_args"]
+    assert (init_args["transitive_weight"], init_args["sym_centring"]) == (0.25, True)  # today's defaults
+    del init_args["transitive_weight"], init_args["sym_centring"]
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    monkeypatch.chdir(tmp_path)
+    method = main(["test", "--ckpt_path", str(old), "--trainer.enable_progress_bar=false"]).model.method
+    assert (method.transitive_weight, method.sym_centring) == (0.0, False)
+    assert method.transition == "auto"  # stored: kept as saved
+
+    with pytest.raises(SystemExit):  # a class that cannot be imported is the parser's to name
+        main(["test", "--ckpt_path", str(with_class_path(state, "nowhere.Mine", tmp_path))])
+
+
+def with_class_path(state: dict, class_path: str, tmp_path: Path) -> Path:
+    state["config"]["model"]["method"]["class_path"] = class_path
+    path = tmp_path / "renamed.ckpt"
+    torch.save(state, path)
+    return path
+
+
 def test_only_the_datasets_mapping_compares_its_order():
     stored = {
         "init_args": {"datasets": {"a": {"modalities": ["x"]}, "b": {"modalities": ["y"]}}},

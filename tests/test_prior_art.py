@@ -27,7 +27,7 @@ from brokenbind.losses.mox import kernel_transition, orthogonal_logits, recentre
 from brokenbind.methods import CMCR, BrokenBind, FABind, Impute, Transitive
 from brokenbind.methods.brokenbind import PAPER_RECIPE
 from brokenbind.methods.impute import DEFAULT_RIDGES
-from brokenbind.metrics.transitive import blended, transitive_embeddings
+from brokenbind.metrics.transitive import anchor_subset, blended, transitive_embeddings
 from brokenbind.transfer import PivotMap, fit_ridge, predict_ridge
 from datamodules.base import Flow
 
@@ -486,13 +486,15 @@ def anchored_module(method, datasets: dict[str, list[str]], anchors: dict[str, t
     """A LightningModule as ``EmergentBinding._represent`` reads it: ``encode`` gives ``anchors`` and records its calls,
     the model's ``project`` is the identity."""
 
-    def encode(dataset, split, modalities):
-        calls.append((dataset, split, modalities))
-        return anchors
+    def encode(dataset, split, modalities, rows=None):
+        calls.append((dataset, split, modalities) if rows is None else (dataset, split, modalities, rows.tolist()))
+        return anchors if rows is None else {m: a[rows] for m, a in anchors.items()}
 
+    n = len(next(iter(anchors.values()))) if anchors else 0
+    splits = {d: {"train": range(n)} for d in datasets}
     graph = PairingGraph(datasets)
     return SimpleNamespace(
-        trainer=SimpleNamespace(datamodule=SimpleNamespace(graph=graph)), encode=encode,
+        trainer=SimpleNamespace(datamodule=SimpleNamespace(graph=graph, splits=splits)), encode=encode,
         model=SimpleNamespace(project=lambda m, f: f), method=method,
     )  # fmt: skip
 
@@ -524,6 +526,7 @@ def test_blended_scores_are_the_weighted_sum_of_the_cosine_and_the_relative_scor
     expected = [[(1 - weight) * float(q[i] @ t[j]) + weight * float(rq[i] @ rt[j]) for j in range(6)] for i in range(4)]
     np.testing.assert_allclose(arr(bq @ bt.T), np.array(expected), atol=1e-6)
     np.testing.assert_allclose(arr(bq.norm(dim=1)), np.ones(4), atol=1e-6)
+    np.testing.assert_allclose(arr(bt.norm(dim=1)), np.ones(6), atol=1e-6)
     with pytest.raises(ValueError, match=r"weight must lie in \[0, 1\], got 1.5"):
         blended(q, rq, 1.5)
 
@@ -543,9 +546,32 @@ def test_a_blended_brokenbind_score_goes_through_the_anchors_where_a_dataset_obs
     calls.clear()  # a chain: no dataset observes pix and zer, so the cosine alone (Transitive refuses it)
     chain = {"evaluation": ["fou", "pix"], "middle": ["pix", "kar"], "support": ["kar", "zer"]}
     assert EmergentBinding._represent(anchored_module(method, chain, {}, calls), flow, query, target) == (query, target)
+    no_pivot = Flow("evaluation", "fou->zer")
+    assert EmergentBinding._represent(module, no_pivot, query, target) == (query, target)
     assert calls == []
-    with pytest.raises(ConfigError, match="no training dataset observes both"):
-        EmergentBinding._represent(anchored_module(Transitive(), chain, {}, calls), flow, query, target)
+    for refusing, flow_refused in ((Transitive(), flow), (BrokenBind(transitive_weight=1.0), flow)):
+        with pytest.raises(ConfigError, match="no training dataset observes both"):
+            EmergentBinding._represent(anchored_module(refusing, chain, {}, calls), flow_refused, query, target)
+    with pytest.raises(ConfigError, match="has no pivot"):
+        EmergentBinding._represent(anchored_module(Transitive(), chain, {}, calls), no_pivot, query, target)
+
+
+def test_anchors_beyond_max_anchors_are_a_fixed_subset_of_the_training_rows():
+    assert anchor_subset(5, 5) is None
+    subset = anchor_subset(10, 4)
+    assert subset.tolist() == sorted(set(subset.tolist())) and len(subset) == 4 and subset.max() < 10
+    assert torch.equal(subset, anchor_subset(10, 4)) and not torch.equal(subset, anchor_subset(10, 4, seed=1))
+
+    gen = torch.Generator().manual_seed(74)
+    query, target, anchor_q, anchor_t = (F.normalize(torch.randn(n, D, generator=gen), dim=1) for n in (3, 3, 10, 10))
+    calls, flow, method = [], Flow("evaluation", "fou->pix->zer"), Transitive(top_k=800, power=2.0)
+    method.max_anchors = 4
+    module = anchored_module(method, {"evaluation": ["fou", "pix"], "support": ["pix", "zer"]},
+                             {"pix": anchor_q, "zer": anchor_t}, calls)  # fmt: skip
+    got = EmergentBinding._represent(module, flow, query, target)
+    expected = transitive_embeddings(query, target, anchor_q[subset], anchor_t[subset], 800, 2.0)
+    assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+    assert calls == [("support", "train", ["pix", "zer"], subset.tolist())]
 
 
 def test_a_blended_score_names_at_fit_start_the_flows_scored_by_the_cosine_alone(caplog):
@@ -555,9 +581,12 @@ def test_a_blended_score_names_at_fit_start_the_flows_scored_by_the_cosine_alone
     module.trainer = SimpleNamespace(ckpt_path=None, datamodule=SimpleNamespace(graph=PairingGraph(chain), flows=flows))
     with caplog.at_level(logging.INFO):
         EmergentBinding().on_fit_start(module.trainer, module)
-    assert "no training dataset observes both for ['fou->pix->zer']: those flows are scored by" in caplog.text
+    assert "scored by the embeddings' cosine alone: ['fou->pix->zer']" in caplog.text
     module.method = Transitive()
     with pytest.raises(ConfigError, match="no training dataset observes both"):
+        EmergentBinding().on_fit_start(module.trainer, module)
+    module.method = SimpleNamespace(name="mine", transitive_weight=1.5)  # a class attribute of one's own method
+    with pytest.raises(ConfigError, match=r"method 'mine': transitive_weight must lie in \[0, 1\], got 1.5"):
         EmergentBinding().on_fit_start(module.trainer, module)
 
 

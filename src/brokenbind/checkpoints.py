@@ -2,6 +2,7 @@
 them; every checkpoint is written whole or not at all (``AtomicCheckpointIO``)."""
 
 import hashlib
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -63,10 +64,26 @@ def _is_text(path: Path) -> bool:
 
 
 def stored_config(path: str | Path) -> dict[str, Any]:
-    """The resolved run configuration a checkpoint carries (``brokenbind fit`` stores it)."""
+    """The resolved run configuration a checkpoint carries (``brokenbind fit`` stores it), ``as_run``."""
     config = load_checkpoint(path).get("config")
     if config is None:
         raise ConfigError(f"checkpoint {path} holds no run configuration; pass the experiment with --config")
+    return as_run(config)
+
+
+def as_run(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored run configuration with the method arguments added since it was saved set to what the run did (its
+    method class's ``added_arguments``); re-parsed without them, the method would take today's defaults. A class that
+    cannot be imported is left to the parser, which names it."""
+    method = (config.get("model") or {}).get("method")
+    if not isinstance(method, dict):
+        return config
+    module, _, name = str(method.get("class_path", "")).rpartition(".")
+    try:
+        added = getattr(importlib.import_module(module), name).added_arguments
+    except (ImportError, AttributeError, ValueError):
+        return config
+    method["init_args"] = {**added, **(method.get("init_args") or {})}
     return config
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.cli import LightningArgumentParser
 
 from brokenbind.callbacks.emergent import EmergentBinding
-from brokenbind.checkpoints import load_checkpoint, stored_config
+from brokenbind.checkpoints import as_run, load_checkpoint, stored_config
 from brokenbind.errors import ConfigError
 from brokenbind.messages import check_yaml_files
 from brokenbind.module import BindingModule
@@ -332,6 +332,7 @@ def check_checkpoint(settings: Settings, ckpt: Path) -> None:
     stored = state.get("config")
     if stored is None:
         return  # written without a stored configuration: nothing to compare
+    stored = as_run(stored)
     current = settings.plain()
     differences = [
         d for key in CONFIG_KEYS_COMPARED for d in config_differences(stored.get(key), current.get(key), f"{key}.")

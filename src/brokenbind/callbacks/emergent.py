@@ -15,7 +15,7 @@ from torch import Tensor
 from brokenbind.checkpoints import checkpoint_digest
 from brokenbind.errors import ConfigError, DivergenceError
 from brokenbind.metrics.retrieval import class_map_problem, retrieval_metrics
-from brokenbind.metrics.transitive import blended, transitive_embeddings
+from brokenbind.metrics.transitive import anchor_subset, blended, transitive_embeddings
 from brokenbind.pairing import PairedData
 from brokenbind.results import ResultRow, format_table, write_csv
 
@@ -74,14 +74,17 @@ class EmergentBinding(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is None:  # a resumed fit keeps the best epoch restored from its checkpoint
             self.rows.pop("val", None)
-        method, dm = pl_module.method, trainer.datamodule
-        if method.transitive_weight:  # before training: refuse unscoreable flows, or name those scored directly
-            alone = [f.flow for f in dm.flows if anchor_holder(pl_module, f, method.transitive_weight == 1) is None]
+        method, weight = pl_module.method, pl_module.method.transitive_weight
+        dm: PairedData = trainer.datamodule
+        if not 0.0 <= weight <= 1.0:  # a method of one's own sets it as a class attribute: say so before training
+            raise ConfigError(f"method {method.name!r}: transitive_weight must lie in [0, 1], got {weight}")
+        if weight:  # before training: refuse unscoreable flows, or name those scored by the cosine alone
+            alone = [f.flow for f in dm.flows if anchor_holder(pl_module, f, weight == 1) is None]
             if alone:
                 rank_zero_info(
-                    f"method {method.name!r} gives {method.transitive_weight} of the retrieval score to anchor rows "
-                    f"observing a flow's pivot and target; no training dataset observes both for {alone}: those "
-                    "flows are scored by the embeddings' cosine alone"
+                    f"method {method.name!r} gives {weight} of the retrieval score to anchor rows observing a flow's "
+                    "pivot and target; these flows have no pivot or no training dataset observing both, and are "
+                    f"scored by the embeddings' cosine alone: {alone}"
                 )
 
     # the best validation epoch so far and which modalities ever spread out travel in checkpoints, so a resumed run
@@ -154,15 +157,17 @@ class EmergentBinding(Callback):
     def _represent(pl_module: LightningModule, flow, query: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """The rows compared by cosine for a flow's query and target, as the method's ``transitive_weight`` declares:
         the embeddings themselves (0), their relative representations through the (pivot, target) embeddings of the
-        training rows of the first dataset observing both (1, ``metrics.transitive``), or the two blended (between;
-        the embeddings alone where no dataset observes both)."""
+        training rows of the first dataset observing both (1, ``metrics.transitive``; at most the method's
+        ``max_anchors`` of them), or the two blended (between; the embeddings alone where no dataset observes
+        both)."""
         method = pl_module.method
         weight = method.transitive_weight
         holder = anchor_holder(pl_module, flow, weight == 1) if weight else None
         if holder is None:
             return query, target
         _, pivot, target_modality = flow.modalities
-        features = pl_module.encode(holder, "train", [pivot, target_modality])
+        rows = anchor_subset(len(pl_module.trainer.datamodule.splits[holder]["train"]), method.max_anchors)
+        features = pl_module.encode(holder, "train", [pivot, target_modality], rows)
         anchor_pivot, anchor_target = (pl_module.model.project(m, features[m]) for m in (pivot, target_modality))
         relative = transitive_embeddings(query, target, anchor_pivot, anchor_target, method.top_k, method.power)
         if weight == 1:

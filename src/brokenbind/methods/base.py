@@ -4,6 +4,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,11 @@ class BindingMethod(nn.Module, ABC):
     transitive_weight: float = 0.0
     top_k: int = 800  # ASIF's values (arXiv 2210.01738, its code): with a few hundred anchors top_k keeps them all
     power: float = 8.0
+    max_anchors: int = 4096  # beyond, a fixed subset: scoring holds (queries + targets) × max_anchors floats
     extrapolator: Extrapolator | None = Extrapolator()
+    # Arguments added after runs of the method were first saved, each at the value such a run behaved as: their
+    # stored configuration lacks them, and re-parsed it would take today's default (``checkpoints.stored_config``).
+    added_arguments: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,

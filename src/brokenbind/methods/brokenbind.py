@@ -31,7 +31,7 @@ Choices the paper leaves open (arXiv 2602.06451 §3.2-3.3, Eq. 10, Appendix B) a
 """
 
 import sys
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -154,12 +154,20 @@ class BrokenBind(BindingMethod):
             ``metrics.transitive.blended``): the query's cosines to those rows' pivot embeddings against the
             target's to their target embeddings. 0.25 (default; chosen on validation against 0 and 0.5,
             docs/choosing.md) gives the rest to the embeddings' cosine; 0 scores by the cosine alone, as the paper.
-            Flows that no dataset's rows reach in one hop (three-dataset chains) are scored by the cosine whatever the
-            weight. Training is unchanged; exported embeddings (``embed``) are the embeddings, not the blend.
+            Below 1, flows that no dataset's rows reach in one hop (three-dataset chains) are scored by the cosine
+            alone (at 1 they are refused, as by ``Transitive``). Training is unchanged; the embeddings ``brokenbind
+            predict`` writes are the embeddings, not the blend.
         logit_scale, learn_logit_scale, modality_scales: the temperature (``losses.temperature``).
     """
 
     name = "brokenbind"
+    # each ran as the paper before it existed
+    added_arguments: ClassVar[dict[str, Any]] = {
+        "transition": "linear",
+        "mox_subspace": "full",
+        "sym_centring": False,
+        "transitive_weight": 0.0,
+    }
 
     def __init__(
         self,

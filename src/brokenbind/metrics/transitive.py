@@ -7,7 +7,8 @@ power p, L2-normalise the sparse row. With few anchors some kept cosines can be 
 before the power (an even power would otherwise turn a dissimilar anchor into a similar one).
 
 ``blended`` scores with a share of each: a learned space's cosine and the relative representation's, so a method that
-binds the query to the target can still borrow the anchors' pairs at retrieval.
+binds the query to the target can still borrow the anchors' pairs at retrieval. The relative rows are as wide as the
+anchors are many, so ``anchor_subset`` bounds their number (and with it the memory of scoring).
 """
 
 import torch
@@ -41,8 +42,17 @@ def transitive_embeddings(
 
 def blended(direct: Tensor, relative: Tensor, weight: float) -> Tensor:
     """Rows whose dot products are ``(1 − weight)·`` those of the unit rows ``direct`` plus ``weight·`` those of the
-    unit rows ``relative`` (one item per row in both): the two, scaled by the square roots of their shares, side by
-    side. Unit rows again, so retrieval scores them as it scores any embedding."""
+    rows ``relative`` (one item per row in both): the two, scaled by the square roots of their shares, side by side,
+    so retrieval's dot products are the blend (a relative row whose kept cosines are all ≤ 0 is zero: it adds
+    nothing)."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must lie in [0, 1], got {weight}")
     return torch.cat([direct.float() * (1.0 - weight) ** 0.5, relative.float() * weight**0.5], dim=1)
+
+
+def anchor_subset(n: int, limit: int, seed: int = 0) -> Tensor | None:
+    """Positions of at most ``limit`` of ``n`` anchor rows: None (all of them) when ``n <= limit``, else a fixed
+    random subset in row order, the same on every rank and every epoch."""
+    if n <= limit:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
