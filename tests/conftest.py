@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from datamodules import MfeatDataModule
+from tests.helpers import free_port
 
 TWO_DATASETS = {"support": {"modalities": ["pix", "zer"]}, "evaluation": {"modalities": ["fou", "pix"]}}
 FLOW = [{"dataset": "evaluation", "flow": "fou->pix->zer"}]
@@ -11,6 +12,13 @@ FLOW = [{"dataset": "evaluation", "flow": "fou->pix->zer"}]
 def make_mfeat(**overrides) -> MfeatDataModule:
     args = {"datasets": TWO_DATASETS, "pivot": "pix", "flows": FLOW, "batch_size": 32}
     return MfeatDataModule(**{**args, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def master_port(monkeypatch) -> None:
+    """Every DDP job a test starts (Lightning's launcher reads MASTER_PORT) gets a free port outside the ephemeral
+    range, not one Lightning draws from it (``tests.helpers.free_port`` says why)."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 ``scontrol`` on the PATH) for running the real code path of a job on one machine."""
 
 import os
+import random
 import signal
 import socket
 import sys
@@ -110,9 +111,22 @@ SCONTROL = 'echo "$@" >> "$FAKE_SCONTROL_LOG"\n'
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port below the kernel's ephemeral range. A port from that range (``bind(0)``) is free only until
+    something else binds it, and the gloo connections of a DDP job in a parallel test worker bind ephemeral ports: one
+    that took this job's store port reads the job's store traffic as its own and corrupts its heap ("malloc():
+    unaligned tcache chunk detected", SIGABRT). Ports below the range are never handed out that way."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    first_ephemeral = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    draw = random.SystemRandom()  # not the tests' seeded generator: parallel workers would draw the same ports
+    for _ in range(100):
+        port = draw.randrange(20000, first_ephemeral)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [20000, {first_ephemeral}) after 100 draws")
 
 
 def fake_slurm_commands(bin_dir: Path) -> None:
